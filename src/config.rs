@@ -1,0 +1,414 @@
+//! The settings file: event schemas, metric declarations, limits and retention.
+//!
+//! Everything has a default that works out of the box (the original design's two events and the
+//! metrics its dashboard needs). Unknown keys are rejected so a typo is an error, not a silent
+//! default. `Settings::check` reports every problem at once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer};
+
+/// Problems found in a configuration; all of them, not just the first.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default = "Settings::empty")]
+pub struct Settings {
+    /// Limits applied to incoming events.
+    pub ingest: IngestSettings,
+    /// How long raw data and fine-grained buckets are kept.
+    pub retention: RetentionSettings,
+    /// Query-side settings.
+    pub api: ApiSettings,
+    /// Kafka consumer settings (brokers may also come from flags or the environment).
+    pub kafka: KafkaSettings,
+    /// Event schemas by event name. Events with other names are accepted unvalidated.
+    pub events: BTreeMap<String, EventSchema>,
+    /// Declared metrics: what is rolled up into time buckets.
+    pub metrics: Vec<MetricDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Largest accepted HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How far in the future an event's timestamp may be (clock skew allowance).
+    #[serde(deserialize_with = "de_duration")]
+    pub max_future_skew: Duration,
+    /// Most events the writer puts in one transaction.
+    pub max_batch_events: usize,
+    /// Longest accepted single event (raw bytes); longer ones become dead letters.
+    pub max_event_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Raw events (the source for rebuilding rollups).
+    #[serde(deserialize_with = "de_duration")]
+    pub raw_events: Duration,
+    /// Dead letters.
+    #[serde(deserialize_with = "de_duration")]
+    pub dead_letters: Duration,
+    /// One-second buckets (windows finer than a minute need them).
+    #[serde(deserialize_with = "de_duration")]
+    pub second_buckets: Duration,
+    /// One-minute buckets.
+    #[serde(deserialize_with = "de_duration")]
+    pub minute_buckets: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Longest time a cached answer may be served (bounds staleness across instances).
+    #[serde(deserialize_with = "de_duration")]
+    pub cache_ttl: Duration,
+    /// Window of `GET /api/product/sale/{id}`.
+    #[serde(deserialize_with = "de_duration")]
+    pub sales_window: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Comma-separated bootstrap servers; empty means "no Kafka consumer".
+    pub brokers: String,
+    /// Topic to consume.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Optional topic that dead letters are also produced to.
+    pub dead_letter_topic: Option<String>,
+    /// Largest accepted record value, in bytes.
+    pub max_record_bytes: usize,
+}
+
+/// The fields an event must (or may) carry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSchema {
+    pub fields: BTreeMap<String, FieldSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    #[serde(rename = "type")]
+    pub kind: FieldKind,
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[serde(default)]
+    pub min: Option<Decimal>,
+    #[serde(default)]
+    pub max: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldKind {
+    /// A non-negative integer, or a string of digits (an identifier).
+    Id,
+    /// A non-negative integer.
+    Uint,
+    /// A decimal: a JSON number or a numeric string such as "19.99".
+    Decimal,
+    /// A short string kept as a label (usable as a dimension).
+    Label,
+}
+
+/// A metric rolled up into buckets. Every bucket keeps count, sum, min and max; `aggregation` is
+/// what the API reports by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricDef {
+    pub name: String,
+    /// The event name it folds, or `*` for every accepted event.
+    pub event: String,
+    pub aggregation: Aggregation,
+    /// The numeric field; omitted for `count`.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Each dimension gets its own series per value (plus one overall series).
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    Sum,
+    Count,
+    Avg,
+    Min,
+    Max,
+}
+
+/// The dimension the built-in `events` metric uses: every accepted event, counted by name.
+pub const EVENT_NAME_DIMENSION: &str = "event_name";
+
+fn yes() -> bool {
+    true
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Parses `90s`, `15m`, `12h`, `30d` (and anything `humantime` accepts).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 90s, 15m, 12h, 30d"))
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_future_skew: Duration::from_secs(300),
+            max_batch_events: 50_000,
+            max_event_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            raw_events: Duration::from_secs(30 * DAY),
+            dead_letters: Duration::from_secs(30 * DAY),
+            second_buckets: Duration::from_secs(2 * DAY),
+            minute_buckets: Duration::from_secs(90 * DAY),
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { cache_ttl: Duration::from_secs(1), sales_window: Duration::from_secs(3600) }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic: "analytics".into(),
+            group: "jetstream".into(),
+            dead_letter_topic: None,
+            max_record_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The configuration shipped with Jetstream: the original design's events and metrics.
+pub const DEFAULT_CONFIG: &str = r#"
+[events.productSold.fields]
+product_id      = { type = "id" }
+no_of_units     = { type = "uint" }
+amount          = { type = "decimal", min = 0 }
+name_of_product = { type = "label", required = false }
+category        = { type = "label", required = false }
+
+[events.productRated.fields]
+product_id      = { type = "id" }
+rating          = { type = "decimal", min = 1, max = 5 }
+name_of_product = { type = "label", required = false }
+category        = { type = "label", required = false }
+
+[[metrics]]
+name = "sales_amount"
+event = "productSold"
+aggregation = "sum"
+field = "amount"
+dimensions = ["product_id", "category"]
+
+[[metrics]]
+name = "sales_units"
+event = "productSold"
+aggregation = "sum"
+field = "no_of_units"
+dimensions = ["product_id", "category"]
+
+[[metrics]]
+name = "rating"
+event = "productRated"
+aggregation = "avg"
+field = "rating"
+dimensions = ["product_id", "category"]
+
+[[metrics]]
+name = "events"
+event = "*"
+aggregation = "count"
+dimensions = ["event_name"]
+"#;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::parse(DEFAULT_CONFIG).expect("the built-in configuration is valid (pinned by a test)")
+    }
+}
+
+impl Settings {
+    /// Default limits with no events and no metrics (what a file's omitted sections start from).
+    fn empty() -> Self {
+        Self {
+            ingest: IngestSettings::default(),
+            retention: RetentionSettings::default(),
+            api: ApiSettings::default(),
+            kafka: KafkaSettings::default(),
+            events: BTreeMap::new(),
+            metrics: Vec::new(),
+        }
+    }
+
+    /// Parses a settings file; sections it omits take their defaults. If it declares no
+    /// `[events]` and no `[[metrics]]`, the built-in ones are used.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut s: Settings = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        if s.events.is_empty() && s.metrics.is_empty() {
+            let d: Settings = toml::from_str(DEFAULT_CONFIG).map_err(|e| ConfigError(vec![e.to_string()]))?;
+            s.events = d.events;
+            s.metrics = d.metrics;
+        }
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Loads the file at `path`, or the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Ok(Self::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(vec![format!("cannot read config file {}: {e}", p.display())]))?;
+                Self::parse(&text).map_err(|ConfigError(v)| {
+                    ConfigError(v.into_iter().map(|m| format!("{}: {m}", p.display())).collect())
+                })
+            }
+        }
+    }
+
+    /// Every problem at once.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for m in &self.metrics {
+            if !names.insert(&m.name) {
+                problems.push(format!("metric {:?} is declared twice", m.name));
+            }
+            if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                problems.push(format!("metric name {:?} must be letters, digits and _", m.name));
+            }
+            match (&m.field, m.aggregation) {
+                (None, Aggregation::Count) => {}
+                (None, _) => {
+                    problems.push(format!("metric {:?}: aggregation {:?} needs a `field`", m.name, m.aggregation))
+                }
+                (Some(f), _) => {
+                    if let Some(schema) = self.events.get(&m.event) {
+                        match schema.fields.get(f) {
+                            Some(spec) if spec.kind == FieldKind::Label => problems.push(format!(
+                                "metric {:?}: field {f:?} of event {:?} is a label, not a number",
+                                m.name, m.event
+                            )),
+                            Some(_) => {}
+                            None => problems
+                                .push(format!("metric {:?}: event {:?} declares no field {f:?}", m.name, m.event)),
+                        }
+                    }
+                }
+            }
+            for d in &m.dimensions {
+                if d.is_empty() {
+                    problems.push(format!("metric {:?}: empty dimension name", m.name));
+                }
+            }
+        }
+        for (name, schema) in &self.events {
+            for (field, spec) in &schema.fields {
+                if let (Some(lo), Some(hi)) = (spec.min, spec.max) {
+                    if lo > hi {
+                        problems.push(format!("event {name:?} field {field:?}: min {lo} is above max {hi}"));
+                    }
+                }
+                if spec.kind == FieldKind::Label && (spec.min.is_some() || spec.max.is_some()) {
+                    problems.push(format!("event {name:?} field {field:?}: a label has no min/max"));
+                }
+            }
+        }
+        if self.ingest.max_body_bytes == 0 {
+            problems.push("ingest.max_body_bytes must be above 0".into());
+        }
+        if self.ingest.max_batch_events == 0 {
+            problems.push("ingest.max_batch_events must be above 0".into());
+        }
+        if self.api.sales_window.as_secs() == 0 {
+            problems.push("api.sales_window must be at least 1s".into());
+        }
+        if self.retention.second_buckets < self.api.sales_window + Duration::from_secs(120) {
+            problems.push("retention.second_buckets must exceed api.sales_window by at least 2m".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError(problems)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_configuration_is_valid() {
+        let s = Settings::default();
+        assert_eq!(s.metrics.len(), 4);
+        assert_eq!(s.events["productRated"].fields["rating"].max, Some(Decimal::from(5)));
+    }
+
+    #[test]
+    fn a_file_with_only_limits_keeps_the_default_metrics() {
+        let s = Settings::parse("[ingest]\nmax_body_bytes = 1024\n").unwrap();
+        assert_eq!(s.ingest.max_body_bytes, 1024);
+        assert!(s.metrics.iter().any(|m| m.name == "sales_amount"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Settings::parse("[ingest]\nmax_bodybytes = 1\n").unwrap_err();
+        assert!(e.to_string().contains("max_bodybytes"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [events.x.fields]
+            a = { type = "label" }
+            [[metrics]]
+            name = "m"
+            event = "x"
+            aggregation = "sum"
+            field = "a"
+            [[metrics]]
+            name = "m"
+            event = "x"
+            aggregation = "avg"
+        "#;
+        let ConfigError(problems) = Settings::parse(text).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn durations_take_the_usual_suffixes() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert!(parse_duration("soon").is_err());
+    }
+}
