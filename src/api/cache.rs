@@ -1,0 +1,122 @@
+//! A small read cache for window aggregates.
+//!
+//! Entries are keyed by series and exact window, so a sliding window never serves a neighbouring
+//! second's answer. The local writer invalidates touched series before it acknowledges a commit
+//! (read-your-writes), and every entry expires after `ttl`, which bounds how stale an answer can be
+//! when other processes write the same store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::rollup::{Agg, SeriesKey};
+
+/// Beyond this many cached series the cache starts over (bounded memory).
+const MAX_SERIES: usize = 50_000;
+
+type Window = (i64, i64);
+/// The cached windows of one series: window, answer, when it was read.
+type Slot = Vec<(Window, Agg, Instant)>;
+
+#[derive(Debug)]
+pub struct ReadCache {
+    ttl: Duration,
+    /// Bumped by every invalidation; a read that began before a bump must not fill the cache.
+    generation: AtomicU64,
+    entries: Mutex<HashMap<SeriesKey, Slot>>,
+    /// Dimension values known to exist (they never stop existing).
+    known: Mutex<HashSet<(String, String)>>,
+}
+
+impl ReadCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, generation: AtomicU64::new(0), entries: Mutex::default(), known: Mutex::default() }
+    }
+
+    /// Call before reading the store; pass the result to `put`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, series: &SeriesKey, window: Window) -> Option<Agg> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        entries
+            .get(series)?
+            .iter()
+            .find(|(w, _, at)| *w == window && now.duration_since(*at) < self.ttl)
+            .map(|(_, a, _)| a.clone())
+    }
+
+    /// Caches `agg`, unless an invalidation happened since `generation` was taken.
+    pub fn put(&self, series: &SeriesKey, window: Window, agg: Agg, generation: u64) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock that `invalidate` also takes, so no stale value slips in.
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if entries.len() >= MAX_SERIES {
+            entries.clear();
+        }
+        let now = Instant::now();
+        let slot = entries.entry(series.clone()).or_default();
+        slot.retain(|(w, _, at)| *w != window && now.duration_since(*at) < self.ttl);
+        slot.push((window, agg, now));
+    }
+
+    pub fn invalidate(&self, touched: &[SeriesKey]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for s in touched {
+            entries.remove(s);
+        }
+    }
+
+    pub fn is_known(&self, dim: &str, value: &str) -> bool {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(&(dim.to_string(), value.to_string()))
+    }
+
+    pub fn set_known(&self, dim: &str, value: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_SERIES {
+            known.clear();
+        }
+        known.insert((dim.to_string(), value.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn a_read_that_began_before_an_invalidation_does_not_fill_the_cache() {
+        let c = ReadCache::new(Duration::from_secs(10));
+        let s = SeriesKey::new("m", "", "");
+        let g = c.generation();
+        c.invalidate(std::slice::from_ref(&s));
+        c.put(&s, (0, 1), Agg::of(Decimal::ONE), g);
+        assert_eq!(c.get(&s, (0, 1)), None);
+        c.put(&s, (0, 1), Agg::of(Decimal::ONE), c.generation());
+        assert_eq!(c.get(&s, (0, 1)), Some(Agg::of(Decimal::ONE)));
+        assert_eq!(c.get(&s, (0, 2)), None, "another window is another entry");
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let c = ReadCache::new(Duration::from_millis(20));
+        let s = SeriesKey::new("m", "", "");
+        c.put(&s, (0, 1), Agg::default(), c.generation());
+        assert!(c.get(&s, (0, 1)).is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(c.get(&s, (0, 1)).is_none());
+    }
+}

@@ -1,0 +1,193 @@
+//! The HTTP API: the original design's two endpoints, the versioned `/api/v1`, health, and auth.
+//!
+//! Every route but `/healthz` and `/readyz` needs a bearer token with the route's scope. Errors
+//! are JSON `{"message": …}`; a 5xx says only "internal error" and the cause is logged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::auth::{AuthError, Scope, Tokens};
+use crate::config::Settings;
+use crate::event::Validator;
+use crate::ingest::writer::Writer;
+use crate::rollup::{Agg, Metrics, Resolution, SeriesKey, Span, cover};
+use crate::storage::{Store, StoreError};
+
+pub mod cache;
+mod product;
+mod v1;
+
+pub use cache::ReadCache;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub settings: Arc<Settings>,
+    pub validator: Arc<Validator>,
+    pub metrics: Arc<Metrics>,
+    pub writer: Writer,
+    pub tokens: Arc<Tokens>,
+    pub cache: Arc<ReadCache>,
+    pub health: Arc<Health>,
+}
+
+/// What `/readyz` reports beyond the store: the Kafka consumer, when there is one.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub kafka_configured: AtomicBool,
+    pub kafka_ok: AtomicBool,
+    pub kafka_detail: std::sync::Mutex<String>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.ingest.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(v1::get_readiness))
+        .route("/api/product/sale/{id}", get(product::get_product_sales))
+        .route("/api/product/rating/{id}", get(product::get_product_rating))
+        .route("/api/v1/events", post(crate::ingest::http::ingest_events).layer(DefaultBodyLimit::max(body_limit)))
+        .route("/api/v1/events/raw", get(v1::get_raw_events))
+        .route("/api/v1/dead-letters", get(v1::get_dead_letters))
+        .route("/api/v1/metrics", get(v1::list_metrics))
+        .route("/api/v1/metrics/{metric}", get(v1::get_metric_aggregate))
+        .route("/api/v1/metrics/{metric}/series", get(v1::get_metric_series))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+        })
+        .with_state(state)
+}
+
+impl AppState {
+    /// Checks the request's bearer token for `scope`.
+    pub fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<String, ApiError> {
+        let h = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        Ok(self.tokens.authorize(h, scope, crate::ingest::now_ms())?)
+    }
+
+    /// The merged buckets of `series` over `[from, to)` seconds (`None`: all time, one row),
+    /// through the read cache.
+    pub async fn aggregate(&self, series: &SeriesKey, window: Option<(i64, i64)>) -> Result<Agg, ApiError> {
+        let key = window.unwrap_or((i64::MIN, i64::MAX));
+        if let Some(a) = self.cache.get(series, key) {
+            return Ok(a);
+        }
+        let generation = self.cache.generation();
+        let spans: Vec<Span> = match window {
+            Some((from, to)) => cover(from, to),
+            None => vec![Span { res: Resolution::All, from: 0, to: 1 }],
+        };
+        let agg = self.store.read_aggregate(series, &spans).await?;
+        self.cache.put(series, key, agg.clone(), generation);
+        Ok(agg)
+    }
+
+    /// Whether any accepted event carried `value` for `dim`, through the read cache.
+    pub async fn is_known(&self, dim: &str, value: &str) -> Result<bool, ApiError> {
+        if self.cache.is_known(dim, value) {
+            return Ok(true);
+        }
+        let known = self.store.is_known(dim, value).await?;
+        if known {
+            self.cache.set_known(dim, value);
+        }
+        Ok(known)
+    }
+}
+
+/// Every error a handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{1}")]
+    Status(StatusCode, String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Status(s, _) => *s,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "request failed");
+                "internal error".to_string()
+            }
+            e => e.to_string(),
+        };
+        let mut resp = (status, Json(serde_json::json!({ "message": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A decimal written as an exact JSON number (never through a float).
+pub fn json_decimal(d: Decimal) -> Box<RawValue> {
+    RawValue::from_string(d.normalize().to_string()).expect("a decimal's text is a JSON number")
+}
+
+/// An RFC 3339 time for epoch seconds.
+pub fn rfc3339(t_s: i64) -> String {
+    chrono::DateTime::from_timestamp(t_s, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// Decimal places an average is rounded to.
+pub const AVG_DECIMALS: u32 = 6;
+
+/// A window's bounds in answers.
+#[derive(Debug, Serialize)]
+pub struct WindowOut {
+    pub from: String,
+    pub to: String,
+}
+
+impl WindowOut {
+    pub fn new(from: i64, to: i64) -> Self {
+        Self { from: rfc3339(from), to: rfc3339(to) }
+    }
+}
+
+impl Health {
+    pub fn set_kafka(&self, ok: bool, detail: impl Into<String>) {
+        self.kafka_configured.store(true, Ordering::Relaxed);
+        self.kafka_ok.store(ok, Ordering::Relaxed);
+        *self.kafka_detail.lock().unwrap_or_else(|e| e.into_inner()) = detail.into();
+    }
+}

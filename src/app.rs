@@ -1,0 +1,130 @@
+//! The running server: store, writer, background tasks and the HTTP listener, started together
+//! and stopped in order (stop accepting → finish requests → stop sources → drain the writer →
+//! close the store).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState, Health, ReadCache};
+use crate::auth::Tokens;
+use crate::config::Settings;
+use crate::event::Validator;
+use crate::ingest::now_ms;
+use crate::ingest::writer::{CommitHook, Writer};
+use crate::rollup::Metrics;
+use crate::storage::{self, PruneBefore, Store};
+
+/// How often retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    writer_task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Opens the store, starts the writer and background tasks, and binds `listen` (port 0 picks
+    /// a free port; see `local_addr`).
+    pub async fn build(settings: Settings, store_url: &str, listen: &str) -> anyhow::Result<Self> {
+        let store = storage::open(store_url).await.with_context(|| format!("opening store {store_url}"))?;
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let settings = Arc::new(settings);
+        let cache = Arc::new(ReadCache::new(settings.api.cache_ttl));
+        let invalidate: CommitHook = {
+            let cache = cache.clone();
+            Arc::new(move |series| cache.invalidate(series))
+        };
+        let (writer, writer_task) = Writer::spawn(store.clone(), settings.ingest.max_batch_events, vec![invalidate]);
+        let tokens = Arc::new(Tokens::default());
+        tokens.reload(&*store).await.context("loading tokens")?;
+        let background = vec![
+            tokio::spawn(tokens.clone().keep_fresh(store.clone())),
+            tokio::spawn(prune_forever(store.clone(), settings.clone())),
+        ];
+        let state = AppState {
+            store,
+            validator: Arc::new(Validator::new(&settings)),
+            metrics: Arc::new(Metrics::new(&settings)),
+            settings,
+            writer,
+            tokens,
+            cache,
+            health: Arc::new(Health::default()),
+        };
+        Ok(Self { listener, state, writer_task, background })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops in order and flushes everything.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, state, writer_task, background } = self;
+        let router = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+        for task in &background {
+            task.abort();
+        }
+        let store = state.store.clone();
+        // Dropping the last writer handle lets the writer drain its queue and end.
+        drop(state);
+        writer_task.await.context("writer task")?;
+        store.close().await.context("closing the store")?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Applies retention once a minute.
+async fn prune_forever(store: Arc<dyn Store>, settings: Arc<Settings>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        let r = &settings.retention;
+        let before = PruneBefore {
+            raw_ms: now - r.raw_events.as_millis() as i64,
+            dead_letters_ms: now - r.dead_letters.as_millis() as i64,
+            second_buckets_s: now / 1000 - r.second_buckets.as_secs() as i64,
+            minute_buckets_s: now / 1000 - r.minute_buckets.as_secs() as i64,
+        };
+        match store.prune(before).await {
+            Ok(p) if p != Default::default() => tracing::info!(?p, "retention pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention failed"),
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,201 @@
+//! Bearer tokens in the spirit of Laravel Sanctum's personal access tokens.
+//!
+//! A token is `js_` + 32 random bytes (base62-ish hex); only its SHA-256 is stored, with a name,
+//! scopes and an optional expiry. Servers keep the token table in memory and reload it when the
+//! store's token version changes, so the CLI's create/revoke take effect within a poll interval.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::storage::{Store, StoreError, TokenRecord};
+
+/// How often servers look for token changes.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Read,
+    Ingest,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Ingest, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Ingest => "ingest",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown scope {s:?}: use read, ingest or admin"))
+    }
+}
+
+/// Parses `read,ingest` into scopes (at least one, no unknown ones).
+pub fn parse_scopes(s: &str) -> Result<Vec<Scope>, String> {
+    let mut v: Vec<Scope> =
+        s.split(',').filter(|p| !p.trim().is_empty()).map(Scope::from_str).collect::<Result<_, _>>()?;
+    v.dedup();
+    if v.is_empty() {
+        return Err("at least one scope is needed: read, ingest or admin".into());
+    }
+    Ok(v)
+}
+
+/// Why a request was not authorised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token: send `Authorization: Bearer <token>`")]
+    Missing,
+    #[error("invalid token")]
+    Invalid,
+    #[error("token has expired")]
+    Expired,
+    #[error("token has been revoked")]
+    Revoked,
+    #[error("token lacks the {0} scope")]
+    Forbidden(Scope),
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates a token named `name`; returns the secret (shown once, never stored).
+pub async fn create_token(
+    store: &dyn Store,
+    name: &str,
+    scopes: &[Scope],
+    expires_in: Option<Duration>,
+    now_ms: i64,
+) -> Result<String, StoreError> {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("js_{}", hex::encode(bytes));
+    store
+        .create_token(TokenRecord {
+            name: name.to_string(),
+            hash: hash_token(&secret),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            created_ms: now_ms,
+            expires_ms: expires_in.map(|d| now_ms + d.as_millis() as i64),
+            revoked_ms: None,
+        })
+        .await?;
+    Ok(secret)
+}
+
+#[derive(Debug)]
+struct Known {
+    name: String,
+    scopes: Vec<Scope>,
+    expires_ms: Option<i64>,
+    revoked: bool,
+}
+
+/// The in-memory token table of a server.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    by_hash: RwLock<Arc<HashMap<String, Known>>>,
+}
+
+impl Tokens {
+    /// Checks the `Authorization` header value; returns the token's name.
+    pub fn authorize(&self, header: Option<&str>, scope: Scope, now_ms: i64) -> Result<String, AuthError> {
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let table = self.by_hash.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let k = table.get(&hash_token(token)).ok_or(AuthError::Invalid)?;
+        if k.revoked {
+            return Err(AuthError::Revoked);
+        }
+        if k.expires_ms.is_some_and(|e| e <= now_ms) {
+            return Err(AuthError::Expired);
+        }
+        if !k.scopes.contains(&scope) {
+            return Err(AuthError::Forbidden(scope));
+        }
+        Ok(k.name.clone())
+    }
+
+    /// Replaces the table with the store's.
+    pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let records = store.list_tokens().await?;
+        let map = records
+            .into_iter()
+            .map(|r| {
+                let known = Known {
+                    scopes: r.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+                    name: r.name,
+                    expires_ms: r.expires_ms,
+                    revoked: r.revoked_ms.is_some(),
+                };
+                (r.hash, known)
+            })
+            .collect();
+        *self.by_hash.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        Ok(())
+    }
+
+    /// Reloads whenever the store's token version changes, until the task is aborted.
+    pub async fn keep_fresh(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut seen = None;
+        let mut tick = tokio::time::interval(REFRESH_EVERY);
+        loop {
+            tick.tick().await;
+            match store.tokens_version().await {
+                Ok(v) if Some(v) != seen => match self.reload(&*store).await {
+                    Ok(()) => seen = Some(v),
+                    Err(e) => tracing::warn!(error = %e, "reloading tokens failed"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "checking the token version failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_and_unknown_ones_are_refused() {
+        assert_eq!(parse_scopes("read, ingest").unwrap(), vec![Scope::Read, Scope::Ingest]);
+        assert!(parse_scopes("read,write").unwrap_err().contains("write"));
+        assert!(parse_scopes("").is_err());
+    }
+
+    #[test]
+    fn the_header_must_be_a_bearer_token() {
+        let t = Tokens::default();
+        assert_eq!(t.authorize(None, Scope::Read, 0), Err(AuthError::Missing));
+        assert_eq!(t.authorize(Some("Basic abc"), Scope::Read, 0), Err(AuthError::Missing));
+        assert_eq!(t.authorize(Some("Bearer nope"), Scope::Read, 0), Err(AuthError::Invalid));
+    }
+}

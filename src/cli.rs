@@ -1,0 +1,212 @@
+//! The command line: `serve`, `demo`, `token …`, `check-config`.
+//!
+//! Exit codes: 0 success, 2 usage or configuration error (with what to fix), 1 anything else.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{Application, shutdown_signal};
+use crate::auth::{create_token, parse_scopes};
+use crate::config::{ConfigError, Settings, parse_duration};
+use crate::ingest::now_ms;
+use crate::storage::{self, StoreError};
+
+pub const DEFAULT_STORE: &str = "sqlite://./data/jetstream.db";
+
+/// A mistake in how Jetstream was called or configured: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Parser)]
+#[command(
+    name = "jetstream",
+    version,
+    about = "Real-time analytics: events in, time-bucketed rollups, dashboard API out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server: HTTP ingest and the API.
+    Serve(ServeArgs),
+    /// Run the server with a built-in traffic simulator and print a token and curl commands.
+    Demo(DemoArgs),
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Check the configuration file and the store URL; report every problem.
+    CheckConfig(StoreArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Where data lives: sqlite://PATH.
+    #[arg(long, env = "JETSTREAM_STORE", default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// Settings file (TOML): event schemas, metrics, limits, retention.
+    #[arg(long, env = "JETSTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "JETSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+}
+
+#[derive(Args, Clone)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Simulated events per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (only the token, on stdout).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, ingest, admin.
+        #[arg(long, default_value = "read")]
+        scope: String,
+        /// Lifetime such as 90s, 15m, 12h, 30d; no expiry when omitted.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by name.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+    },
+}
+
+fn load_settings(args: &StoreArgs) -> anyhow::Result<Settings> {
+    Ok(Settings::load(args.config.as_deref())?)
+}
+
+async fn open_store(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn storage::Store>> {
+    storage::check_url(&args.store)?;
+    Ok(storage::open(&args.store).await?)
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Demo(a) => crate::demo::run(a).await,
+        Command::CheckConfig(a) => {
+            let mut problems = Vec::new();
+            if let Err(ConfigError(p)) = Settings::load(a.config.as_deref()) {
+                problems.extend(p);
+            }
+            if let Err(e) = storage::check_url(&a.store) {
+                problems.push(e.to_string());
+            }
+            if !problems.is_empty() {
+                return Err(ConfigError(problems).into());
+            }
+            println!("configuration ok");
+            Ok(())
+        }
+        Command::Token { command } => token(command).await,
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let settings = load_settings(&a.store)?;
+    storage::check_url(&a.store.store)?;
+    let app = Application::build(settings, &a.store.store, &a.listen).await?;
+    announce(&app);
+    app.run_until(shutdown_signal()).await
+}
+
+/// Prints the address line that scripts and tests wait for.
+pub fn announce(app: &Application) {
+    println!("listening on http://{}", app.local_addr());
+    let _ = std::io::stdout().flush();
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { store, name, scope, expires_in } => {
+            let scopes = parse_scopes(&scope).map_err(UsageError)?;
+            let expires = expires_in.as_deref().map(parse_duration).transpose().map_err(UsageError)?;
+            if name.trim().is_empty() || name.len() > 128 {
+                return Err(UsageError("a token name must be 1 to 128 characters".into()).into());
+            }
+            let store = open_store(&store).await?;
+            let secret = create_token(&*store, &name, &scopes, expires, now_ms()).await?;
+            println!("{secret}");
+        }
+        TokenCommand::List { store } => {
+            let store = open_store(&store).await?;
+            let now = now_ms();
+            println!("{:<24} {:<20} {:<20} {:<20} STATUS", "NAME", "SCOPES", "CREATED", "EXPIRES");
+            for t in store.list_tokens().await? {
+                let time = |ms: i64| {
+                    chrono::DateTime::from_timestamp_millis(ms)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_default()
+                };
+                let status = match (t.revoked_ms, t.expires_ms) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= now => "expired",
+                    _ => "active",
+                };
+                let expires = t.expires_ms.map(time).unwrap_or_else(|| "never".into());
+                println!(
+                    "{:<24} {:<20} {:<20} {:<20} {status}",
+                    t.name,
+                    t.scopes.join(","),
+                    time(t.created_ms),
+                    expires
+                );
+            }
+        }
+        TokenCommand::Revoke { store, name } => {
+            let store = open_store(&store).await?;
+            if !store.revoke_token(&name, now_ms()).await? {
+                return Err(UsageError(format!("no active token named {name:?}")).into());
+            }
+            eprintln!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
+/// The exit code for an error from `run`.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    let usage = e.chain().any(|c| {
+        c.is::<UsageError>()
+            || c.is::<ConfigError>()
+            || matches!(c.downcast_ref::<StoreError>(), Some(StoreError::BadUrl(_) | StoreError::TokenExists(_)))
+    });
+    if usage { 2 } else { 1 }
+}
+
+/// Context for errors from the binary's edge.
+pub fn describe(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}

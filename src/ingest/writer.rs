@@ -1,0 +1,158 @@
+//! The group-commit writer: the one task that writes ingested data to the store.
+//!
+//! Sources submit [`Pending`] batches over a bounded channel and wait for the commit. While one
+//! commit runs, new submissions queue; the next commit takes all of them (up to a bound) in one
+//! transaction. A submitter is acknowledged only after its data is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Pending;
+use crate::rollup::SeriesKey;
+use crate::storage::{RawBlock, Store, StoreError, WriteBatch};
+
+/// Submissions waiting for the writer; beyond this, submitters wait (backpressure).
+const QUEUE: usize = 1024;
+
+/// Called after each commit, before submitters are acknowledged, with the series it touched.
+pub type CommitHook = Arc<dyn Fn(&[SeriesKey]) + Send + Sync>;
+
+/// Why a submission was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The batch's offsets were fenced by another consumer; nothing of it was applied.
+    #[error("{0}")]
+    Fenced(String),
+    #[error("store write failed: {0}")]
+    Failed(String),
+    #[error("the writer has shut down")]
+    Closed,
+}
+
+struct Job {
+    pending: Pending,
+    ack: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// A handle for submitting batches; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task. It ends once every `Writer` handle is dropped and the queue is empty.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        max_batch_events: usize,
+        hooks: Vec<CommitHook>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(store, rx, max_batch_events, hooks));
+        (Self { tx }, task)
+    }
+
+    /// Submits a batch and waits until it is committed.
+    pub async fn submit(&self, pending: Pending) -> Result<(), WriteError> {
+        let (ack, done) = oneshot::channel();
+        self.tx.send(Job { pending, ack }).await.map_err(|_| WriteError::Closed)?;
+        done.await.map_err(|_| WriteError::Closed)?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_events: usize, hooks: Vec<CommitHook>) {
+    while let Some(first) = rx.recv().await {
+        let mut events = first.pending.events();
+        let mut jobs = vec![first];
+        while events < max_events {
+            match rx.try_recv() {
+                Ok(job) => {
+                    events += job.pending.events();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&*store, jobs, &hooks).await;
+    }
+}
+
+/// Commits `jobs` together. If the group is fenced, the fenced jobs are failed and the rest are
+/// committed again without them (one stale Kafka batch must not fail the HTTP requests beside it).
+async fn commit_group(store: &dyn Store, mut jobs: Vec<Job>, hooks: &[CommitHook]) {
+    loop {
+        let (batch, series) = build_batch(&mut jobs);
+        match store.commit(batch).await {
+            Ok(()) => {
+                for h in hooks {
+                    h(&series);
+                }
+                for j in jobs {
+                    let _ = j.ack.send(Ok(())); // the submitter may have gone; nothing to do
+                }
+                return;
+            }
+            Err(StoreError::Fenced { source_name, partition, .. }) => {
+                let (fenced, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| {
+                    j.pending.offsets.iter().any(|o| o.source == source_name && o.partition == partition)
+                });
+                let msg = format!("{source_name} partition {partition} was advanced by another consumer");
+                tracing::warn!(%msg, "offset fence rejected a batch");
+                for j in fenced {
+                    let _ = j.ack.send(Err(WriteError::Fenced(msg.clone())));
+                }
+                if rest.is_empty() {
+                    return;
+                }
+                jobs = rest;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed");
+                let msg = e.to_string();
+                for j in jobs {
+                    let _ = j.ack.send(Err(WriteError::Failed(msg.clone())));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Merges the jobs' data into one batch, leaving their offsets in place (needed on a fence retry).
+fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Vec<SeriesKey>) {
+    let mut delta = crate::rollup::RollupDelta::default();
+    let mut by_name: HashMap<String, (Vec<u8>, i64, i64, i64)> = HashMap::new();
+    let mut batch = WriteBatch::default();
+    // Only a group carrying offsets can be fenced and retried; only then must the jobs keep their
+    // deltas, so the common HTTP path moves them instead of copying.
+    let may_retry = jobs.iter().any(|j| !j.pending.offsets.is_empty());
+    for j in jobs.iter_mut() {
+        if may_retry {
+            delta.merge(j.pending.delta.clone());
+        } else {
+            delta.merge(std::mem::take(&mut j.pending.delta));
+        }
+        for r in &j.pending.raw {
+            let e = by_name.entry(r.name.clone()).or_insert_with(|| (Vec::new(), i64::MAX, i64::MIN, 0));
+            e.0.extend_from_slice(r.line.as_bytes());
+            e.0.push(b'\n');
+            e.1 = e.1.min(r.time_ms);
+            e.2 = e.2.max(r.time_ms);
+            e.3 += 1;
+        }
+        batch.dead_letters.extend(j.pending.dead.iter().cloned());
+        batch.offsets.extend(j.pending.offsets.iter().cloned());
+    }
+    for (name, (ndjson, min_t, max_t, count)) in by_name {
+        // Level 1: fast, and JSON still compresses ~5x.
+        let zstd = zstd::bulk::compress(&ndjson, 1).expect("compressing to memory cannot fail");
+        batch.raw_blocks.push(RawBlock { name, min_time_ms: min_t, max_time_ms: max_t, count, zstd });
+    }
+    let series: Vec<SeriesKey> = delta.series().cloned().collect();
+    batch.dims = delta.dims.iter().map(|((d, v), t)| (d.clone(), v.clone(), *t)).collect();
+    batch.dims.sort_unstable();
+    batch.rollups = delta.into_sorted();
+    (batch, series)
+}

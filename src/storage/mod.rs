@@ -1,0 +1,166 @@
+//! Storage: one trait, backends chosen by URL (`sqlite://PATH`; PostgreSQL next).
+//!
+//! A backend owns durability. `commit` is one transaction holding everything a batch produced —
+//! rollup deltas, raw events, dead letters, dimension values and source offsets — so a crash leaves
+//! either all of it or none of it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::rollup::{Agg, BucketKey, Resolution, SeriesKey, Span};
+
+pub mod sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stored offset of a partition is not where the batch says it starts: another consumer
+    /// advanced it (a rebalance). The batch was not applied.
+    #[error("offset fence: {source_name} partition {partition} is at {stored:?}, batch expected {expected:?}")]
+    Fenced { source_name: String, partition: i32, stored: Option<i64>, expected: Option<i64> },
+    #[error("a token named {0:?} already exists")]
+    TokenExists(String),
+    #[error("unsupported store URL {0:?}: use sqlite://PATH")]
+    BadUrl(String),
+    #[error("the store's schema is version {found}, newer than this binary's {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("store closed")]
+    Closed,
+    #[error(transparent)]
+    Backend(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    pub fn backend(e: impl Into<anyhow::Error>) -> Self {
+        StoreError::Backend(e.into())
+    }
+}
+
+/// Moves a source partition's next offset from `expected` to `next` (fenced; `None` = never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetAdvance {
+    pub source: String,
+    pub partition: i32,
+    pub expected: Option<i64>,
+    pub next: i64,
+}
+
+/// Raw events of one name, as zstd-compressed NDJSON.
+#[derive(Debug, Clone)]
+pub struct RawBlock {
+    pub name: String,
+    pub min_time_ms: i64,
+    pub max_time_ms: i64,
+    pub count: i64,
+    pub zstd: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NewDeadLetter {
+    pub received_ms: i64,
+    pub source: String,
+    pub reason: String,
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    #[serde(flatten)]
+    pub letter: NewDeadLetter,
+}
+
+/// Everything one transaction writes.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Sorted by key (a consistent lock order).
+    pub rollups: Vec<(BucketKey, Agg)>,
+    pub dims: Vec<(Arc<str>, String, i64)>,
+    pub raw_blocks: Vec<RawBlock>,
+    pub dead_letters: Vec<NewDeadLetter>,
+    pub offsets: Vec<OffsetAdvance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    pub name: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub scopes: Vec<String>,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+}
+
+/// What retention removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub raw_blocks: u64,
+    pub dead_letters: u64,
+    pub buckets: u64,
+}
+
+/// Cut-off times (epoch ms / s) for `prune`.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneBefore {
+    pub raw_ms: i64,
+    pub dead_letters_ms: i64,
+    pub second_buckets_s: i64,
+    pub minute_buckets_s: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies a batch in one transaction, or nothing of it.
+    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Merges the buckets of `series` covered by `spans`.
+    async fn read_aggregate(&self, series: &SeriesKey, spans: &[Span]) -> Result<Agg, StoreError>;
+    /// The buckets of `series` at `res` starting in `[from, to)`, in time order.
+    async fn read_points(
+        &self,
+        series: &SeriesKey,
+        res: Resolution,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Agg)>, StoreError>;
+    /// Has any accepted event carried `value` for dimension `dim`?
+    async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError>;
+    /// Next offsets stored for each partition of `source`.
+    async fn stored_offsets(&self, source: &str) -> Result<Vec<(i32, i64)>, StoreError>;
+    /// Dead letters, newest first, with ids below `before`.
+    async fn dead_letters(&self, before: Option<i64>, limit: u32) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Raw blocks of events named `name`, newest first, with ids below `before`: `(id, block)`.
+    async fn raw_blocks(&self, name: &str, before: Option<i64>, limit: u32)
+    -> Result<Vec<(i64, RawBlock)>, StoreError>;
+    async fn create_token(&self, token: TokenRecord) -> Result<(), StoreError>;
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Marks the token revoked; false when there is no such active token.
+    async fn revoke_token(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// A number that changes whenever a token is created or revoked.
+    async fn tokens_version(&self) -> Result<i64, StoreError>;
+    async fn prune(&self, before: PruneBefore) -> Result<Pruned, StoreError>;
+    /// Flushes and releases resources (checkpoints the WAL for SQLite).
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `url`, creating and migrating it as needed.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
+    } else {
+        Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+/// Checks a store URL's form without opening it (for `check-config`).
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    match url.strip_prefix("sqlite://") {
+        Some(p) if !p.is_empty() => Ok(()),
+        _ => Err(StoreError::BadUrl(url.to_string())),
+    }
+}

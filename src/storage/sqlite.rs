@@ -1,0 +1,509 @@
+//! The embedded store: SQLite in WAL mode.
+//!
+//! One writer connection (writes are already serialised by the ingest writer, so a mutex costs
+//! nothing) and a small pool of read-only connections; all calls run on tokio's blocking pool.
+//! Decimal sums are kept as text and added by the registered SQL functions `dec_add`, `dec_min` and
+//! `dec_max` inside the upsert, so they stay exact without a read-modify-write.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rust_decimal::Decimal;
+
+use super::{DeadLetter, NewDeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch};
+use crate::rollup::{Agg, Resolution, SeriesKey, Span};
+
+/// Versioned migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE rollups (
+    metric TEXT NOT NULL, dim TEXT NOT NULL, val TEXT NOT NULL,
+    res INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum TEXT NOT NULL, min TEXT, max TEXT,
+    PRIMARY KEY (metric, dim, val, res, bucket)
+) WITHOUT ROWID;
+CREATE TABLE dim_values (
+    dim TEXT NOT NULL, val TEXT NOT NULL, first_seen INTEGER NOT NULL,
+    PRIMARY KEY (dim, val)
+) WITHOUT ROWID;
+CREATE TABLE raw_blocks (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+    min_time_ms INTEGER NOT NULL, max_time_ms INTEGER NOT NULL, count INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX raw_blocks_by_name ON raw_blocks (name, id);
+CREATE INDEX raw_blocks_by_time ON raw_blocks (max_time_ms);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    reason TEXT NOT NULL, raw BLOB NOT NULL, topic TEXT, partition INTEGER, "offset" INTEGER
+);
+CREATE INDEX dead_letters_by_time ON dead_letters (received_ms);
+CREATE TABLE offsets (
+    source TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (source, partition)
+) WITHOUT ROWID;
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, scopes TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, expires_ms INTEGER, revoked_ms INTEGER
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('tokens_version', 0);
+"#];
+
+/// Read connections kept open.
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    path: String,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str) -> Result<Self, StoreError> {
+        let path = path.to_string();
+        let p = path.clone();
+        let writer = tokio::task::spawn_blocking(move || open_writer(&p)).await.map_err(StoreError::backend)??;
+        Ok(Self { path, writer: Arc::new(Mutex::new(writer)), readers: Arc::new(Mutex::new(Vec::new())) })
+    }
+
+    /// Runs `f` on the writer connection on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-transaction; SQLite rolled it back, so go on.
+            let mut c = w.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    /// Runs `f` on a pooled read-only connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            let out = f(&conn);
+            let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+            if p.len() < READERS {
+                p.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn open_writer(path: &str) -> Result<Connection, StoreError> {
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(StoreError::backend)?;
+    }
+    let mut c = Connection::open(path).map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    // WAL: readers never block the writer. synchronous=FULL: a commit is on disk before we ack.
+    c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+    c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+    migrate(&mut c)?;
+    register_decimal_functions(&c).map_err(db_err)?;
+    Ok(c)
+}
+
+fn open_reader(path: &str) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    Ok(c)
+}
+
+fn migrate(c: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::SchemaTooNew { found: version, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = c.transaction().map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn dec(s: &str) -> Result<Decimal, rusqlite::Error> {
+    Decimal::from_str(s).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+}
+
+fn register_decimal_functions(c: &Connection) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    c.create_scalar_function("dec_add", 2, flags, |ctx| {
+        let a = dec(&ctx.get::<String>(0)?)?;
+        let b = dec(&ctx.get::<String>(1)?)?;
+        a.checked_add(b)
+            .map(|s| s.to_string())
+            .ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow".into()))
+    })?;
+    for (name, pick_max) in [("dec_min", false), ("dec_max", true)] {
+        c.create_scalar_function(name, 2, flags, move |ctx| {
+            let a: Option<String> = ctx.get(0)?;
+            let b: Option<String> = ctx.get(1)?;
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => {
+                    let (da, db) = (dec(&a)?, dec(&b)?);
+                    Some(if (da < db) != pick_max { a } else { b })
+                }
+                (a, b) => a.or(b),
+            })
+        })?;
+    }
+    Ok(())
+}
+
+fn agg_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Agg> {
+    let parse = |s: Option<String>| s.map(|s| dec(&s)).transpose();
+    Ok(Agg {
+        count: r.get(at)?,
+        sum: dec(&r.get::<_, String>(at + 1)?)?,
+        min: parse(r.get(at + 2)?)?,
+        max: parse(r.get(at + 3)?)?,
+    })
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    for o in &batch.offsets {
+        let stored: Option<i64> = tx
+            .prepare_cached("SELECT next_offset FROM offsets WHERE source = ?1 AND partition = ?2")
+            .and_then(|mut s| s.query_row(params![o.source, o.partition], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        if stored != o.expected {
+            return Err(StoreError::Fenced {
+                source_name: o.source.clone(),
+                partition: o.partition,
+                stored,
+                expected: o.expected,
+            });
+        }
+        tx.prepare_cached(
+            "INSERT INTO offsets (source, partition, next_offset) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source, partition) DO UPDATE SET next_offset = excluded.next_offset",
+        )
+        .and_then(|mut s| s.execute(params![o.source, o.partition, o.next]))
+        .map_err(db_err)?;
+    }
+    let mut up = tx
+        .prepare_cached(
+            "INSERT INTO rollups (metric, dim, val, res, bucket, count, sum, min, max)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (metric, dim, val, res, bucket) DO UPDATE SET
+               count = count + excluded.count,
+               sum = dec_add(sum, excluded.sum),
+               min = dec_min(min, excluded.min),
+               max = dec_max(max, excluded.max)",
+        )
+        .map_err(db_err)?;
+    for (k, a) in &batch.rollups {
+        up.execute(params![
+            &*k.series.metric,
+            &*k.series.dim,
+            k.series.value,
+            k.res.seconds(),
+            k.start,
+            a.count,
+            a.sum.to_string(),
+            a.min.map(|d| d.to_string()),
+            a.max.map(|d| d.to_string()),
+        ])
+        .map_err(db_err)?;
+    }
+    let mut dims = tx
+        .prepare_cached("INSERT OR IGNORE INTO dim_values (dim, val, first_seen) VALUES (?1, ?2, ?3)")
+        .map_err(db_err)?;
+    for (d, v, t) in &batch.dims {
+        dims.execute(params![&**d, v, t]).map_err(db_err)?;
+    }
+    let mut raw = tx
+        .prepare_cached(
+            "INSERT INTO raw_blocks (name, min_time_ms, max_time_ms, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(db_err)?;
+    for b in &batch.raw_blocks {
+        raw.execute(params![b.name, b.min_time_ms, b.max_time_ms, b.count, b.zstd]).map_err(db_err)?;
+    }
+    let mut dl = tx
+        .prepare_cached(
+            "INSERT INTO dead_letters (received_ms, source, reason, raw, topic, partition, \"offset\")
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db_err)?;
+    for d in &batch.dead_letters {
+        dl.execute(params![d.received_ms, d.source, d.reason, d.raw, d.topic, d.partition, d.offset])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
+    c.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_version'", [])
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            apply(&tx, &batch)?; // on error the transaction is dropped, which rolls it back
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn read_aggregate(&self, series: &SeriesKey, spans: &[Span]) -> Result<Agg, StoreError> {
+        let series = series.clone();
+        let spans = spans.to_vec();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT count, sum, min, max FROM rollups
+                     WHERE metric = ?1 AND dim = ?2 AND val = ?3 AND res = ?4 AND bucket >= ?5 AND bucket < ?6",
+                )
+                .map_err(db_err)?;
+            let mut total = Agg::default();
+            for sp in &spans {
+                let mut rows = s
+                    .query(params![&*series.metric, &*series.dim, series.value, sp.res.seconds(), sp.from, sp.to])
+                    .map_err(db_err)?;
+                while let Some(r) = rows.next().map_err(db_err)? {
+                    total.merge(&agg_from_row(r, 0).map_err(db_err)?);
+                }
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    async fn read_points(
+        &self,
+        series: &SeriesKey,
+        res: Resolution,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Agg)>, StoreError> {
+        let series = series.clone();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT bucket, count, sum, min, max FROM rollups
+                     WHERE metric = ?1 AND dim = ?2 AND val = ?3 AND res = ?4 AND bucket >= ?5 AND bucket < ?6
+                     ORDER BY bucket",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(params![&*series.metric, &*series.dim, series.value, res.seconds(), from, to], |r| {
+                    Ok((r.get(0)?, agg_from_row(r, 1)?))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError> {
+        let (dim, value) = (dim.to_string(), value.to_string());
+        self.read(move |c| {
+            c.prepare_cached("SELECT 1 FROM dim_values WHERE dim = ?1 AND val = ?2")
+                .and_then(|mut s| s.exists(params![dim, value]))
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn stored_offsets(&self, source: &str) -> Result<Vec<(i32, i64)>, StoreError> {
+        let source = source.to_string();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached("SELECT partition, next_offset FROM offsets WHERE source = ?1 ORDER BY partition")
+                .map_err(db_err)?;
+            let rows = s.query_map([source], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, before: Option<i64>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT id, received_ms, source, reason, raw, topic, partition, \"offset\" FROM dead_letters
+                     WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+                    Ok(DeadLetter {
+                        id: r.get(0)?,
+                        letter: NewDeadLetter {
+                            received_ms: r.get(1)?,
+                            source: r.get(2)?,
+                            reason: r.get(3)?,
+                            raw: r.get(4)?,
+                            topic: r.get(5)?,
+                            partition: r.get(6)?,
+                            offset: r.get(7)?,
+                        },
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn raw_blocks(
+        &self,
+        name: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, RawBlock)>, StoreError> {
+        let name = name.to_string();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT id, name, min_time_ms, max_time_ms, count, data FROM raw_blocks
+                     WHERE name = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map(params![name, before.unwrap_or(i64::MAX), limit], |r| {
+                    Ok((
+                        r.get(0)?,
+                        RawBlock {
+                            name: r.get(1)?,
+                            min_time_ms: r.get(2)?,
+                            max_time_ms: r.get(3)?,
+                            count: r.get(4)?,
+                            zstd: r.get(5)?,
+                        },
+                    ))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn create_token(&self, t: TokenRecord) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let exists = tx
+                .prepare("SELECT 1 FROM tokens WHERE name = ?1")
+                .and_then(|mut s| s.exists([&t.name]))
+                .map_err(db_err)?;
+            if exists {
+                return Err(StoreError::TokenExists(t.name));
+            }
+            tx.execute(
+                "INSERT INTO tokens (name, hash, scopes, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.name, t.hash, t.scopes.join(","), t.created_ms, t.expires_ms],
+            )
+            .map_err(db_err)?;
+            bump_tokens_version(&tx).map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT name, hash, scopes, created_ms, expires_ms, revoked_ms FROM tokens ORDER BY name",
+                )
+                .map_err(db_err)?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok(TokenRecord {
+                        name: r.get(0)?,
+                        hash: r.get(1)?,
+                        scopes: r.get::<_, String>(2)?.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                        created_ms: r.get(3)?,
+                        expires_ms: r.get(4)?,
+                        revoked_ms: r.get(5)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let n = tx
+                .execute(
+                    "UPDATE tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+                    params![name, now_ms],
+                )
+                .map_err(db_err)?;
+            bump_tokens_version(&tx).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn tokens_version(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM meta WHERE key = 'tokens_version'")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn prune(&self, b: PruneBefore) -> Result<Pruned, StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let raw_blocks = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < ?1", [b.raw_ms]).map_err(db_err)?;
+            let dead_letters =
+                tx.execute("DELETE FROM dead_letters WHERE received_ms < ?1", [b.dead_letters_ms]).map_err(db_err)?;
+            let mut buckets = 0;
+            for (res, before) in [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)] {
+                // The primary key starts with the series, so this scans; it runs once a minute.
+                buckets += tx
+                    .execute("DELETE FROM rollups WHERE res = ?1 AND bucket < ?2", params![res.seconds(), before])
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: buckets as u64 })
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.write(|c| c.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db_err)).await?;
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    }
+}
