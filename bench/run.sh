@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# Jetstream HTTP benchmark: one command, everything on 127.0.0.1, everything it starts is stopped
+# on exit. See bench/README.md for what each figure means.
+#
+#   bench/run.sh                      # defaults below; ~7 minutes
+#   RUNS=5 DURATION=15 bench/run.sh   # any setting below can be overridden from the environment
+#
+# Phases (each measured figure is the median of RUNS runs; every run is printed too):
+#   1. preload   PRELOAD_EVENTS events timed over the last hour, ~PRODUCTS products (loader.py)
+#   2. ingest    wrk POSTing 1,000-event batches for DURATION s; throughput = acknowledged events/s;
+#                the store's totals are checked against the acknowledged events after every run
+#   3. queries   GET /api/product/sale/{id} and /rating/{id} for random ids, wrk THREADS/CONNS,
+#                interleaved with the same wrk load on nginx serving a static body (the reference)
+#   4. mixed     the same queries while loader.py paces PACED_RATE events/s of ingest alongside
+#   5. no cache  the seed endpoints again with the read cache off (api.cache_ttl = 0s): the store path
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}            # seconds per measured wrk run
+THREADS=${THREADS:-2}               # wrk threads (queries, ingest and nginx)
+CONNS=${CONNS:-16}                  # wrk connections for queries and nginx
+INGEST_CONNS=${INGEST_CONNS:-16}    # wrk connections for the ingest phase
+PRODUCTS=${PRODUCTS:-1000}
+PRELOAD_EVENTS=${PRELOAD_EVENTS:-2000000}
+PACED_RATE=${PACED_RATE:-100000}    # events/s ingested during the mixed phase
+PACED_CONNS=${PACED_CONNS:-8}
+CACHE_OFF=${CACHE_OFF:-1}           # 0 skips phase 5
+SKIP_BUILD=${SKIP_BUILD:-0}
+BIN=${JETSTREAM_BIN:-$ROOT/target/release/jetstream}
+NGINX=${NGINX:-/usr/sbin/nginx}
+KEEP=${KEEP:-0}                     # 1 keeps the temporary directory (store, logs, raw results)
+
+for tool in wrk python3 jq curl "$NGINX"; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 2; }
+done
+
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
+WORK=$(mktemp -d /tmp/jetstream-bench.XXXXXX)
+RESULTS=$WORK/results.tsv           # phase <TAB> metric <TAB> value, one line per run and metric
+: >"$RESULTS"
+PIDS=()
+SERVER_PID=""
+
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do
+    kill "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]}"; do
+    wait "$p" 2>/dev/null || true
+  done
+  if [[ $KEEP == 1 ]]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '\n== %s\n' "$*" >&2; }
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# "RESULT k=v k=v" from a wrk script -> sets R_k variables
+parse_result() {
+  local line kv
+  line=$(sed -n 's/^RESULT //p' "$1" | tail -1)
+  [[ -n $line ]] || { echo "bench: no RESULT line in $1:" >&2; cat "$1" >&2; exit 1; }
+  for kv in $line; do printf -v "R_${kv%%=*}" '%s' "${kv#*=}"; done
+}
+
+# ---------------------------------------------------------------------------------------- build
+if [[ $SKIP_BUILD != 1 ]]; then
+  log "cargo build --release"
+  (cd "$ROOT" && cargo build --release 2>&1 | tail -3) >&2
+fi
+[[ -x $BIN ]] || { echo "bench: no binary at $BIN" >&2; exit 1; }
+
+STORE="sqlite://$WORK/bench.db"
+"$BIN" token create --store "$STORE" --name bench-ingest --scope ingest >"$WORK/ingest.tok"
+"$BIN" token create --store "$STORE" --name bench-read --scope read >"$WORK/read.tok"
+ING_TOKEN=$(cat "$WORK/ingest.tok")
+READ_TOKEN=$(cat "$WORK/read.tok")
+
+start_server() { # [config file]
+  local cfg=() i
+  [[ -n ${1:-} ]] && cfg=(--config "$1")
+  : >"$WORK/serve.out"
+  RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --store "$STORE" --listen 127.0.0.1:0 "${cfg[@]}" \
+    >"$WORK/serve.out" 2>>"$WORK/serve.err" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  for i in $(seq 1 300); do
+    ADDR=$(sed -n 's#^listening on http://##p' "$WORK/serve.out")
+    [[ -n $ADDR ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "bench: server exited:" >&2; cat "$WORK/serve.err" >&2; exit 1; }
+    sleep 0.1
+  done
+  [[ -n $ADDR ]] || { echo "bench: server did not start" >&2; exit 1; }
+  # tokens are loaded at start; make sure the read token works before measuring anything
+  curl -fsS -o /dev/null -H "Authorization: Bearer $READ_TOKEN" "http://$ADDR/api/v1/metrics"
+}
+stop_server() {
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+totals() { python3 "$HERE/loader.py" totals --addr "$ADDR" --token "$READ_TOKEN"; }
+
+# ---------------------------------------------------------------------------------------- nginx
+NGX_PORT=$(free_port)
+mkdir -p "$WORK/nginx/www" "$WORK/nginx/tmp"
+chmod o+x "$WORK" "$WORK/nginx" # nginx workers run as nobody when started by root
+printf '{"total":1234.56,"count":42}' >"$WORK/nginx/www/static.json"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+  scgi_temp_path $WORK/nginx/tmp/scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$NGX_PORT;
+    location / { root $WORK/nginx/www; default_type application/json; }
+  }
+}
+EOF
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" 2>>"$WORK/nginx/error.log" &
+PIDS+=("$!")
+for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" 2>/dev/null && break; sleep 0.1; done
+curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" || { echo "bench: nginx did not start" >&2; tail -5 "$WORK/nginx/error.log" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------- preload
+start_server
+log "server $ADDR (pid $SERVER_PID), nginx 127.0.0.1:$NGX_PORT, store $WORK/bench.db"
+log "phase 1: preload $PRELOAD_EVENTS events over the last hour, $PRODUCTS products"
+CMD_PRELOAD="loader.py preload --events $PRELOAD_EVENTS --products $PRODUCTS --conns 8"
+python3 "$HERE/loader.py" preload --addr "$ADDR" --token "$ING_TOKEN" --events "$PRELOAD_EVENTS" \
+  --products "$PRODUCTS" --conns 8 >"$WORK/preload.json"
+cat "$WORK/preload.json" >&2
+T=$(totals)
+echo "store totals: $T" >&2
+[[ $(jq .acked_events "$WORK/preload.json") == "$(jq .events <<<"$T")" ]] ||
+  { echo "bench: preload: store holds $(jq .events <<<"$T") events, acknowledged $(jq .acked_events "$WORK/preload.json")" >&2; exit 1; }
+record preload events_per_s "$(jq .events_per_s "$WORK/preload.json")"
+
+# ---------------------------------------------------------------------------------------- ingest
+python3 "$HERE/loader.py" gen --dir "$WORK/bodies" --bodies 32 --products "$PRODUCTS" >"$WORK/bodies.json"
+BODY_CENTS=$(jq .cents "$WORK/bodies.json")
+CMD_INGEST="wrk -t$THREADS -c$INGEST_CONNS -d${DURATION}s -s bench/ingest.lua http://ADDR -- BODIES INGEST_TOKEN"
+log "phase 2: ingest, $CMD_INGEST"
+for r in $(seq 1 "$RUNS"); do
+  B=$(totals)
+  wrk -t"$THREADS" -c"$INGEST_CONNS" -d"${DURATION}s" --timeout 30s -s "$HERE/ingest.lua" "http://$ADDR" \
+    -- "$WORK/bodies" "$ING_TOKEN" >"$WORK/ingest.$r.out"
+  parse_result "$WORK/ingest.$r.out"
+  sleep 2 # let commits of requests still in flight when wrk stopped finish
+  A=$(totals)
+  acked=$((R_acked_requests * 1000))
+  stored=$(($(jq .events <<<"$A") - $(jq .events <<<"$B")))
+  sold=$(($(jq .sold <<<"$A") - $(jq .sold <<<"$B")))
+  amount_ok=$(python3 -c "from decimal import Decimal as D; import sys; a,b=D('$(jq -r .amount <<<"$A")'),D('$(jq -r .amount <<<"$B")'); print(int(a-b == D($stored//1000*$BODY_CENTS)/100))")
+  eps=$(python3 -c "print(round($acked / $R_duration_s))")
+  echo "run $r: acked $acked events in ${R_duration_s}s = $eps events/s; store +$stored events (+$((stored - acked)) in flight at stop), sold +$sold, amount exact: $amount_ok; bad answers $R_bad, socket errors $R_socket_errors; POST p50 ${R_p50_ms} ms p99 ${R_p99_ms} ms" >&2
+  if ((stored < acked || stored - acked > INGEST_CONNS * 1000 || sold * 10 != stored * 7 || amount_ok != 1 || R_bad != 0)); then
+    echo "bench: ingest run $r: the store does not match the acknowledged events" >&2
+    sed -n 's/^LAST_BAD //p' "$WORK/ingest.$r.out" >&2
+    exit 1
+  fi
+  record ingest events_per_s "$eps"
+  record ingest post_p50_ms "$R_p50_ms"
+  record ingest post_p99_ms "$R_p99_ms"
+done
+
+# ---------------------------------------------------------------------------------------- queries
+query() { # phase path-prefix n token url
+  local phase=$1 out=$WORK/q.$1.$r.out
+  wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$HERE/query.lua" "$5" -- "$2" "$3" "$4" >"$out"
+  parse_result "$out"
+  echo "run $r $phase: ${R_rps} req/s, p50 ${R_p50_ms} ms, p99 ${R_p99_ms} ms, max ${R_max_ms} ms, non-2xx $R_non2xx, socket errors $R_socket_errors" >&2
+  ((R_non2xx == 0 && R_socket_errors == 0)) || { echo "bench: $phase: failed requests" >&2; exit 1; }
+  record "$phase" rps "$R_rps"
+  record "$phase" p50_ms "$R_p50_ms"
+  record "$phase" p99_ms "$R_p99_ms"
+}
+CMD_QUERY="wrk -t$THREADS -c$CONNS -d${DURATION}s --latency -s bench/query.lua http://ADDR -- /api/product/{sale|rating}/ $PRODUCTS READ_TOKEN"
+CMD_NGINX="wrk -t$THREADS -c$CONNS -d${DURATION}s --latency -s bench/query.lua http://127.0.0.1:PORT -- /static.json 0"
+log "phase 3: queries, $CMD_QUERY; reference: $CMD_NGINX"
+curl -fsS -H "Authorization: Bearer $READ_TOKEN" "http://$ADDR/api/product/sale/1" >&2; echo >&2
+for r in $(seq 1 "$RUNS"); do
+  query nginx /static.json 0 "" "http://127.0.0.1:$NGX_PORT"
+  query sale /api/product/sale/ "$PRODUCTS" "$READ_TOKEN" "http://$ADDR"
+  query rating /api/product/rating/ "$PRODUCTS" "$READ_TOKEN" "http://$ADDR"
+done
+
+# ---------------------------------------------------------------------------------------- mixed
+CMD_PACED="loader.py paced --rate $PACED_RATE --duration $((DURATION + 3)) --conns $PACED_CONNS"
+log "phase 4: queries while ingesting $PACED_RATE events/s ($CMD_PACED)"
+for r in $(seq 1 "$RUNS"); do
+  for kind in sale rating; do
+    B=$(totals)
+    python3 "$HERE/loader.py" paced --addr "$ADDR" --token "$ING_TOKEN" --rate "$PACED_RATE" \
+      --duration $((DURATION + 3)) --conns "$PACED_CONNS" --products "$PRODUCTS" >"$WORK/paced.$kind.$r.json" &
+    LOADER=$!
+    PIDS+=("$LOADER")
+    sleep 1.5
+    query "mixed_$kind" "/api/product/$kind/" "$PRODUCTS" "$READ_TOKEN" "http://$ADDR"
+    wait "$LOADER"
+    A=$(totals)
+    P=$WORK/paced.$kind.$r.json
+    stored=$(($(jq .events <<<"$A") - $(jq .events <<<"$B")))
+    echo "        ingest alongside: $(jq .events_per_s "$P") events/s achieved (target $PACED_RATE), POST p50 $(jq .post_p50_ms "$P") ms p99 $(jq .post_p99_ms "$P") ms, schedule lag max $(jq .max_lag_ms "$P") ms, store +$stored = acked $(jq .acked_events "$P")" >&2
+    [[ $stored == "$(jq .acked_events "$P")" && $(jq .failed_requests "$P") == 0 ]] ||
+      { echo "bench: paced ingest: store and acknowledgements differ, or requests failed: $(cat "$P")" >&2; exit 1; }
+    record "mixed_$kind" ingest_events_per_s "$(jq .events_per_s "$P")"
+  done
+done
+
+# ---------------------------------------------------------------------------------------- no cache
+if [[ $CACHE_OFF == 1 ]]; then
+  log "phase 5: seed endpoints with the read cache off (api.cache_ttl = \"0s\"), same store"
+  stop_server
+  printf '[api]\ncache_ttl = "0s"\n' >"$WORK/nocache.toml"
+  start_server "$WORK/nocache.toml"
+  for r in $(seq 1 "$RUNS"); do
+    query nocache_sale /api/product/sale/ "$PRODUCTS" "$READ_TOKEN" "http://$ADDR"
+    query nocache_rating /api/product/rating/ "$PRODUCTS" "$READ_TOKEN" "http://$ADDR"
+  done
+fi
+FINAL=$(totals)
+stop_server
+
+# ---------------------------------------------------------------------------------------- report
+log "results (median of $RUNS runs; min..max in brackets)"
+python3 - "$RESULTS" <<EOF
+import statistics, sys
+from collections import defaultdict
+vals = defaultdict(list)
+for line in open(sys.argv[1]):
+    phase, metric, v = line.rstrip("\n").split("\t")
+    vals[(phase, metric)].append(float(v))
+def med(p, m):
+    v = vals.get((p, m))
+    return statistics.median(v) if v else None
+def cell(p, m, fmt="{:,.0f}"):
+    v = vals.get((p, m))
+    if not v:
+        return "-"
+    s = fmt.format(statistics.median(v))
+    return s if len(v) == 1 else f"{s} [{fmt.format(min(v))}..{fmt.format(max(v))}]"
+ms = "{:.2f}"
+def verdict(ok):
+    return "met" if ok else "NOT met"
+rows = []
+e = med("ingest", "events_per_s")
+rows.append(("1 HTTP ingest, events/s (1,000/POST, durable)", cell("ingest", "events_per_s"),
+             f"POST p50 {cell('ingest','post_p50_ms',ms)} p99 {cell('ingest','post_p99_ms',ms)} ms",
+             f">= 300,000: {verdict(e and e >= 300_000)}"))
+for kind in ("sale", "rating"):
+    r, p99 = med(kind, "rps"), med(kind, "p99_ms")
+    rows.append((f"2 GET /api/product/{kind}/{{id}}, req/s", cell(kind, "rps"),
+                 f"p50 {cell(kind,'p50_ms',ms)} ms, p99 {cell(kind,'p99_ms',ms)} ms",
+                 f">= 50,000 and p99 <= 2 ms: {verdict(r and r >= 50_000 and p99 <= 2)}"))
+for kind in ("sale", "rating"):
+    ph = "mixed_" + kind
+    if (ph, "rps") not in vals:
+        continue
+    p99, ing = med(ph, "p99_ms"), med(ph, "ingest_events_per_s")
+    rows.append((f"3 {kind} while ingesting ($PACED_RATE/s target), req/s", cell(ph, "rps"),
+                 f"p50 {cell(ph,'p50_ms',ms)} ms, p99 {cell(ph,'p99_ms',ms)} ms; ingest achieved {cell(ph,'ingest_events_per_s')} ev/s",
+                 f"p99 <= 10 ms at 100,000 ev/s: {verdict(p99 <= 10 and ing >= 0.95 * 100_000)}"))
+rows.append(("4 nginx static body (reference), req/s", cell("nginx", "rps"),
+             f"p50 {cell('nginx','p50_ms',ms)} ms, p99 {cell('nginx','p99_ms',ms)} ms", ""))
+for kind in ("sale", "rating"):
+    ph = "nocache_" + kind
+    if (ph, "rps") in vals:
+        rows.append((f"5 {kind}, read cache off, req/s", cell(ph, "rps"),
+                     f"p50 {cell(ph,'p50_ms',ms)} ms, p99 {cell(ph,'p99_ms',ms)} ms", ""))
+if ("preload", "events_per_s") in vals:
+    rows.append(("  preload (loader.py, timestamps over 1 h), events/s", cell("preload", "events_per_s"), "", ""))
+w = [max(len(r[i]) for r in rows) for i in range(4)]
+for r in rows:
+    print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
+EOF
+cat <<EOF
+
+machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/^Mem:/{print $2}') GiB; load average before the run: $LOAD0, after: $(cut -d" " -f1-3 /proc/loadavg)
+jetstream: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo "+uncommitted changes in src/"), binary $BIN
+store at the end: $FINAL
+commands (wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $RUNS runs of ${DURATION}s each; ADDR = the server's printed address):
+  preload : $CMD_PRELOAD
+  ingest  : $CMD_INGEST
+  queries : $CMD_QUERY
+  nginx   : $CMD_NGINX
+  mixed   : $CMD_QUERY  +  $CMD_PACED
+EOF
