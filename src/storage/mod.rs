@@ -1,4 +1,4 @@
-//! Storage: one trait, backends chosen by URL (`sqlite://PATH`; PostgreSQL next).
+//! Storage: one trait, backends chosen by URL (`sqlite://PATH`, `postgres://…`).
 //!
 //! A backend owns durability. `commit` is one transaction holding everything a batch produced —
 //! rollup deltas, raw events, dead letters, dimension values and source offsets — so a crash leaves
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::rollup::{Agg, BucketKey, Resolution, SeriesKey, Span};
 
+pub mod postgres;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum StoreError {
     Fenced { source_name: String, partition: i32, stored: Option<i64>, expected: Option<i64> },
     #[error("a token named {0:?} already exists")]
     TokenExists(String),
-    #[error("unsupported store URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported store URL {0:?}: use sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")]
     BadUrl(String),
     #[error("the store's schema is version {found}, newer than this binary's {supported}")]
     SchemaTooNew { found: i64, supported: i64 },
@@ -152,6 +153,8 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(StoreError::BadUrl(url.to_string()))
     }
@@ -159,6 +162,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 
 /// Checks a store URL's form without opening it (for `check-config`).
 pub fn check_url(url: &str) -> Result<(), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return postgres::parse_url(url).map(|_| ());
+    }
     match url.strip_prefix("sqlite://") {
         Some(p) if !p.is_empty() => Ok(()),
         _ => Err(StoreError::BadUrl(url.to_string())),
