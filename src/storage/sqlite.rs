@@ -136,18 +136,19 @@ fn open_reader(path: &str) -> Result<Connection, StoreError> {
 }
 
 fn migrate(c: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+    // IMMEDIATE takes the write lock before the version is read: two processes opening a new file
+    // at once (a server and `jetstream token create`) must not both apply migration 1.
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {
         return Err(StoreError::SchemaTooNew { found: version, supported });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = c.transaction().map_err(db_err)?;
         tx.execute_batch(sql).map_err(db_err)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
     }
-    Ok(())
+    tx.commit().map_err(db_err)
 }
 
 fn dec(s: &str) -> Result<Decimal, rusqlite::Error> {
