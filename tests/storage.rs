@@ -139,6 +139,26 @@ async fn two_first_time_writers_cannot_both_win(backend: Backend) {
         assert_eq!(won, 1, "round {round}: exactly one first-time writer commits");
         assert_eq!(bucket(&*store, &k).await.count, i64::from(round) + 1);
     }
+    // Then stale consumers that all believe partition 10 is where they left it: one advances it,
+    // the others are fenced by the row lock, not by luck.
+    let stored = store.stored_offsets("kafka:events").await.expect("offsets")[0];
+    assert_eq!(stored.0, 10);
+    let barrier = Arc::new(tokio::sync::Barrier::new(6));
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, barrier, k) = (store.clone(), barrier.clone(), k.clone());
+            tokio::spawn(async move {
+                let mut b = rollups(vec![(k, Agg::of(Decimal::ONE))]);
+                b.offsets = vec![advance(10, Some(stored.1), 1000 + i)];
+                barrier.wait().await;
+                store.commit(b).await
+            })
+        })
+        .collect();
+    let results = futures::future::join_all(tasks).await;
+    let won = results.into_iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+    assert_eq!(won, 1, "exactly one writer with the same expected offset commits");
+    assert_eq!(bucket(&*store, &k).await.count, 6);
 }
 
 async fn decimal_sums_are_exact(backend: Backend) {
