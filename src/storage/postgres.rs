@@ -119,7 +119,7 @@ pub struct PgStore {
 
 /// Parses and checks a `postgres://` / `postgresql://` URL.
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let bad = || StoreError::BadUrl(url.to_string());
+    let bad = || StoreError::BadUrl(redact(url));
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(bad());
     }
@@ -138,6 +138,20 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         config.application_name("jetstream");
     }
     Ok(config)
+}
+
+/// `url` with its password, if any, masked: store URLs end up in error messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{hosts}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 impl PgStore {
@@ -193,12 +207,17 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
     // Held to the end of the transaction: a second instance starting now waits here, then finds
     // every migration applied.
     tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await.map_err(pg_err)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
-    .await
-    .map_err(pg_err)?;
+    // Checked rather than `CREATE TABLE IF NOT EXISTS`, whose notice would be logged at every start.
+    let exists: bool =
+        tx.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[]).await.map_err(pg_err)?.get(0);
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE schema_migrations (
+                 version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(pg_err)?;
+    }
     let found: i32 =
         tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(pg_err)?.get(0);
     let supported = MIGRATIONS.len() as i64;
@@ -647,6 +666,16 @@ mod tests {
         ] {
             assert!(matches!(parse_url(bad), Err(StoreError::BadUrl(_))), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn passwords_never_reach_error_messages() {
+        let e = parse_url("postgres://app:s3cr%40t@db:5432/js?bogus=1").expect_err("bad option");
+        let msg = e.to_string();
+        assert!(!msg.contains("s3cr"), "{msg}");
+        assert!(msg.contains("postgres://app:***@db:5432/js?bogus=1"), "{msg}");
+        assert_eq!(redact("postgres://app@db/js"), "postgres://app@db/js");
+        assert_eq!(redact("postgresql://u:p@h1,h2/js"), "postgresql://u:***@h1,h2/js");
     }
 
     fn key(v: &str, start: i64) -> BucketKey {
