@@ -485,3 +485,13 @@ fn store_urls_are_dispatched_by_scheme() {
     assert!(err.to_string().contains("postgres://"), "the message names both schemes: {err}");
     assert!(storage::check_url("postgres://h/db?bogus=1").is_err());
 }
+
+/// A server that is not there is an error that says so, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_a_prompt_error() {
+    let started = std::time::Instant::now();
+    let err = storage::open("postgres://postgres@127.0.0.1:1/nothing").await.err().expect("nothing listens on port 1");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let msg = err.to_string();
+    assert!(msg.contains("postgres") && msg.contains("onnect"), "{msg}");
+}
