@@ -121,11 +121,25 @@ fn open_writer(path: &str) -> Result<Connection, StoreError> {
     let mut c = Connection::open(path).map_err(db_err)?;
     c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
     // WAL: readers never block the writer. synchronous=FULL: a commit is on disk before we ack.
-    c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+    set_wal(&c)?;
     c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
     migrate(&mut c)?;
     register_decimal_functions(&c).map_err(db_err)?;
     Ok(c)
+}
+
+/// Two processes switching a brand-new file to WAL at once: the loser gets SQLITE_BUSY at once
+/// (the busy timeout does not cover this switch), so it retries for up to ~5 s.
+fn set_wal(c: &Connection) -> Result<(), StoreError> {
+    for _ in 0..250 {
+        match c.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.map_err(db_err),
+        }
+    }
+    c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)
 }
 
 fn open_reader(path: &str) -> Result<Connection, StoreError> {
