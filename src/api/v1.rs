@@ -129,6 +129,12 @@ pub async fn get_raw_events(
     Ok(Json(json!({ "name": name, "events": events, "next_before": next })))
 }
 
+/// Writer counters since start (how well group commit groups).
+pub async fn get_stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, Scope::Admin)?;
+    Ok(Json(json!({ "writer": state.writer.stats() })))
+}
+
 pub async fn list_metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, Scope::Read)?;
     let metrics: Vec<Value> = state

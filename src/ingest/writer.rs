@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +41,22 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
+}
+
+/// Counters since start: how well group commit groups, and how much went through.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct WriterStats {
+    /// Submissions acknowledged as committed.
+    pub submissions: AtomicU64,
+    /// Store transactions committed.
+    pub commits: AtomicU64,
+    /// Events accepted and committed.
+    pub events: AtomicU64,
+    /// Dead letters committed.
+    pub dead_letters: AtomicU64,
+    /// Transactions that failed (fenced ones included).
+    pub failed_commits: AtomicU64,
 }
 
 impl Writer {
@@ -50,8 +67,13 @@ impl Writer {
         hooks: Vec<CommitHook>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, rx, max_batch_events, hooks));
-        (Self { tx }, task)
+        let stats = Arc::new(WriterStats::default());
+        let task = tokio::spawn(run(store, rx, max_batch_events, hooks, stats.clone()));
+        (Self { tx, stats }, task)
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// Submits a batch and waits until it is committed.
@@ -62,7 +84,13 @@ impl Writer {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_events: usize, hooks: Vec<CommitHook>) {
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Job>,
+    max_events: usize,
+    hooks: Vec<CommitHook>,
+    stats: Arc<WriterStats>,
+) {
     while let Some(first) = rx.recv().await {
         let mut events = first.pending.events();
         let mut jobs = vec![first];
@@ -75,17 +103,24 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_events: usi
                 Err(_) => break,
             }
         }
-        commit_group(&*store, jobs, &hooks).await;
+        commit_group(&*store, jobs, &hooks, &stats).await;
     }
 }
 
 /// Commits `jobs` together. If the group is fenced, the fenced jobs are failed and the rest are
 /// committed again without them (one stale Kafka batch must not fail the HTTP requests beside it).
-async fn commit_group(store: &dyn Store, mut jobs: Vec<Job>, hooks: &[CommitHook]) {
+async fn commit_group(store: &dyn Store, mut jobs: Vec<Job>, hooks: &[CommitHook], stats: &WriterStats) {
     loop {
         let (batch, series) = build_batch(&mut jobs);
-        match store.commit(batch).await {
+        let (events, dead) = (batch.raw_blocks.iter().map(|b| b.count as u64).sum(), batch.dead_letters.len() as u64);
+        let result = store.commit(batch).await;
+        let counter = if result.is_ok() { &stats.commits } else { &stats.failed_commits };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match result {
             Ok(()) => {
+                stats.submissions.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                stats.events.fetch_add(events, Ordering::Relaxed);
+                stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
                 for h in hooks {
                     h(&series);
                 }
