@@ -1,6 +1,7 @@
-//! The running server: store, writer, background tasks and the HTTP listener, started together
-//! and stopped in order (stop accepting → finish requests → stop sources → drain the writer →
-//! close the store).
+//! The running server: store, writer, background tasks, the Kafka consumer (when brokers are
+//! configured) and the HTTP listener (unless it is a consumer-only process), started together and
+//! stopped in order (stop accepting → finish requests → stop the Kafka consumer and let its
+//! in-flight batches commit → drain the writer → close the store).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use crate::api::{self, AppState, Health, ReadCache};
 use crate::auth::Tokens;
 use crate::config::Settings;
 use crate::event::Validator;
+use crate::ingest::kafka::{ConsumerParts, KafkaConsumer};
 use crate::ingest::now_ms;
 use crate::ingest::writer::{CommitHook, Writer};
 use crate::rollup::Metrics;
@@ -24,18 +26,34 @@ use crate::storage::{self, PruneBefore, Store};
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Application {
-    listener: TcpListener,
+    /// `None` for a consumer-only process (`jetstream consume`).
+    listener: Option<TcpListener>,
     state: AppState,
     writer_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    kafka: Option<KafkaConsumer>,
 }
 
 impl Application {
-    /// Opens the store, starts the writer and background tasks, and binds `listen` (port 0 picks
-    /// a free port; see `local_addr`).
+    /// Opens the store, starts the writer, background tasks and (when `settings.kafka.brokers`
+    /// is set) the Kafka consumer, and binds `listen` (port 0 picks a free port; see
+    /// `local_addr`).
     pub async fn build(settings: Settings, store_url: &str, listen: &str) -> anyhow::Result<Self> {
+        Self::build_with(settings, store_url, Some(listen)).await
+    }
+
+    /// A process that only consumes Kafka: no HTTP API.
+    pub async fn build_consumer(settings: Settings, store_url: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(!settings.kafka.brokers.is_empty(), "no Kafka brokers are configured");
+        Self::build_with(settings, store_url, None).await
+    }
+
+    async fn build_with(settings: Settings, store_url: &str, listen: Option<&str>) -> anyhow::Result<Self> {
         let store = storage::open(store_url).await.with_context(|| format!("opening store {store_url}"))?;
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = match listen {
+            Some(l) => Some(TcpListener::bind(l).await.with_context(|| format!("binding {l}"))?),
+            None => None,
+        };
         let settings = Arc::new(settings);
         let cache = Arc::new(ReadCache::new(settings.api.cache_ttl));
         let invalidate: CommitHook = {
@@ -59,11 +77,28 @@ impl Application {
             cache,
             health: Arc::new(Health::default()),
         };
-        Ok(Self { listener, state, writer_task, background })
+        let kafka = if state.settings.kafka.brokers.is_empty() {
+            None
+        } else {
+            let parts = ConsumerParts {
+                store: state.store.clone(),
+                writer: state.writer.clone(),
+                validator: state.validator.clone(),
+                metrics: state.metrics.clone(),
+                health: state.health.clone(),
+            };
+            Some(KafkaConsumer::start(&state.settings.kafka, parts).context("starting the Kafka consumer")?)
+        };
+        Ok(Self { listener, state, writer_task, background, kafka })
     }
 
+    /// The HTTP API's address. Only `build` applications have one (`build_consumer` has no API).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .as_ref()
+            .expect("local_addr is only asked of an application with an HTTP API")
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -72,9 +107,18 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops in order and flushes everything.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, state, writer_task, background } = self;
-        let router = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+        let Self { listener, state, writer_task, background, kafka } = self;
+        match listener {
+            Some(listener) => {
+                let router = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+                axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+            }
+            None => shutdown.await,
+        }
+        // The consumer submits to the writer: it must stop (and its batches commit) first.
+        if let Some(k) = kafka {
+            k.stop().await;
+        }
         for task in &background {
             task.abort();
         }

@@ -1,10 +1,12 @@
-//! The command line: `serve`, `demo`, `token …`, `check-config`.
+//! The command line: `serve`, `consume`, `send`, `demo`, `token …`, `check-config`.
 //!
 //! Exit codes: 0 success, 2 usage or configuration error (with what to fix), 1 anything else.
 
-use std::io::Write as _;
+use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
@@ -33,8 +35,12 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the server: HTTP ingest and the API.
+    /// Run the server: HTTP ingest and the API (and the Kafka consumer when brokers are set).
     Serve(ServeArgs),
+    /// Run only the Kafka consumer (no HTTP API): records → rollups in the store, exactly once.
+    Consume(ConsumeArgs),
+    /// Publish JSON events to a Kafka topic: given as arguments, or as NDJSON on stdin.
+    Send(SendArgs),
     /// Run the server with a built-in traffic simulator and print a token and curl commands.
     Demo(DemoArgs),
     /// Manage API tokens.
@@ -56,6 +62,40 @@ pub struct StoreArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Kafka consumer options; each overrides the `[kafka]` section of the settings file.
+#[derive(Args, Clone, Default)]
+pub struct KafkaArgs {
+    /// Comma-separated Kafka bootstrap servers (host:port); consuming starts when set.
+    #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic to consume [default: analytics].
+    #[arg(long, env = "JETSTREAM_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// Consumer group [default: jetstream].
+    #[arg(long, env = "JETSTREAM_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+}
+
+impl KafkaArgs {
+    /// Flags (and their environment variables) override the file.
+    pub fn apply(&self, settings: &mut Settings) -> Result<(), UsageError> {
+        if let Some(b) = &self.kafka_brokers {
+            settings.kafka.brokers = b.trim().to_string();
+        }
+        if let Some(t) = &self.kafka_topic {
+            settings.kafka.topic = t.trim().to_string();
+        }
+        if let Some(g) = &self.kafka_group {
+            settings.kafka.group = g.trim().to_string();
+        }
+        let k = &settings.kafka;
+        if !k.brokers.is_empty() && (k.topic.is_empty() || k.group.is_empty()) {
+            return Err(UsageError("the Kafka topic and group must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -63,6 +103,32 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "JETSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct SendArgs {
+    /// Comma-separated Kafka bootstrap servers (host:port).
+    #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Topic to publish to.
+    #[arg(long, env = "JETSTREAM_KAFKA_TOPIC", default_value = "analytics")]
+    pub topic: String,
+    /// Event field whose value is the record key (keeps a product's events in one partition,
+    /// in order); events without it get no key.
+    #[arg(long, default_value = "product_id")]
+    pub key_field: String,
+    /// JSON events; when none are given, NDJSON is read from stdin (one event per line).
+    pub events: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -106,6 +172,13 @@ fn load_settings(args: &StoreArgs) -> anyhow::Result<Settings> {
     Ok(Settings::load(args.config.as_deref())?)
 }
 
+/// The settings file with the Kafka flags applied.
+pub fn load_settings_with_kafka(store: &StoreArgs, kafka: &KafkaArgs) -> anyhow::Result<Settings> {
+    let mut settings = load_settings(store)?;
+    kafka.apply(&mut settings)?;
+    Ok(settings)
+}
+
 async fn open_store(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn storage::Store>> {
     storage::check_url(&args.store)?;
     Ok(storage::open(&args.store).await?)
@@ -115,6 +188,8 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn stora
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve(a).await,
+        Command::Consume(a) => consume(a).await,
+        Command::Send(a) => send(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
         Command::CheckConfig(a) => {
             let mut problems = Vec::new();
@@ -135,11 +210,88 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let settings = load_settings(&a.store)?;
+    let settings = load_settings_with_kafka(&a.store, &a.kafka)?;
     storage::check_url(&a.store.store)?;
     let app = Application::build(settings, &a.store.store, &a.listen).await?;
     announce(&app);
     app.run_until(shutdown_signal()).await
+}
+
+async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
+    let settings = load_settings_with_kafka(&a.store, &a.kafka)?;
+    storage::check_url(&a.store.store)?;
+    if settings.kafka.brokers.is_empty() {
+        return Err(UsageError(
+            "jetstream consume needs brokers: --kafka-brokers HOST:PORT (or JETSTREAM_KAFKA_BROKERS, or \
+             kafka.brokers in the config file)"
+                .into(),
+        )
+        .into());
+    }
+    let k = &settings.kafka;
+    println!(
+        "consuming topic {} from {} as group {} into {} (no HTTP API; lag is logged every 15 s; \
+         Ctrl-C or SIGTERM stops after the current batch commits)",
+        k.topic, k.brokers, k.group, a.store.store
+    );
+    let _ = std::io::stdout().flush();
+    let app = Application::build_consumer(settings, &a.store.store).await?;
+    app.run_until(shutdown_signal()).await
+}
+
+/// `jetstream send`: each event must be a JSON object; a line that is not is reported and
+/// skipped (exit code 1 at the end), the rest are sent.
+async fn send(a: SendArgs) -> anyhow::Result<()> {
+    use crate::ingest::kafka::{EventProducer, event_key};
+    if a.brokers.trim().is_empty() || a.topic.trim().is_empty() {
+        return Err(UsageError("--brokers and --topic must not be empty".into()).into());
+    }
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let producer = EventProducer::new(a.brokers.trim(), a.topic.trim())?;
+        let mut skipped = 0u64;
+        let mut queued = 0u64;
+        let mut one = |n: usize, text: &str| -> anyhow::Result<()> {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(());
+            }
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(v) if v.is_object() => {
+                    producer.send(event_key(&v, &a.key_field).as_deref(), text.as_bytes())?;
+                    queued += 1;
+                }
+                Ok(_) => {
+                    skipped += 1;
+                    eprintln!("event {n}: not a JSON object; skipped");
+                }
+                Err(e) => {
+                    skipped += 1;
+                    eprintln!("event {n}: not JSON ({e}); skipped");
+                }
+            }
+            Ok(())
+        };
+        if a.events.is_empty() {
+            for (i, line) in std::io::stdin().lock().lines().enumerate() {
+                one(i + 1, &line.context("reading stdin")?)?;
+            }
+        } else {
+            for (i, e) in a.events.iter().enumerate() {
+                one(i + 1, e)?;
+            }
+        }
+        let d = producer.flush(Duration::from_secs(60)).context("waiting for the broker's acknowledgements")?;
+        println!("sent {} events to topic {}", d.delivered, a.topic);
+        if d.failed > 0 {
+            anyhow::bail!("{} of {queued} events were not delivered: {}", d.failed, d.first_error.unwrap_or_default());
+        }
+        if skipped > 0 {
+            anyhow::bail!("{skipped} inputs were not JSON objects and were skipped");
+        }
+        Ok(())
+    })
+    .await
+    .context("the send task")?
 }
 
 /// Prints the address line that scripts and tests wait for.

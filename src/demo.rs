@@ -1,6 +1,7 @@
 //! `jetstream demo`: the server with the embedded store, tokens for the user, and a simulator that
-//! posts realistic `productSold` / `productRated` traffic to the server's own HTTP endpoint (the
-//! same path a producer takes), so a newcomer sees live numbers move.
+//! sends realistic `productSold` / `productRated` traffic the way a producer would: posted to the
+//! server's own HTTP endpoint, or — with `--kafka-brokers` — produced to the Kafka topic that the
+//! server consumes, so a newcomer sees live numbers move.
 
 use std::time::Duration;
 
@@ -10,9 +11,12 @@ use serde_json::{Value, json};
 
 use crate::app::{Application, shutdown_signal};
 use crate::auth::{Scope, create_token};
-use crate::cli::{DemoArgs, announce};
-use crate::config::Settings;
+use crate::cli::{DemoArgs, announce, load_settings_with_kafka};
+use crate::ingest::kafka::{EventProducer, ensure_topic, event_key};
 use crate::ingest::now_ms;
+
+/// Partitions of the topic the demo creates when it is missing.
+const DEMO_PARTITIONS: i32 = 3;
 
 /// The simulated catalogue: id, name, category, unit price, typical rating.
 const PRODUCTS: &[(u32, &str, &str, &str, f64)] = &[
@@ -27,8 +31,14 @@ const PRODUCTS: &[(u32, &str, &str, &str, f64)] = &[
 ];
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
-    let settings = Settings::load(a.serve.store.config.as_deref())?;
+    let settings = load_settings_with_kafka(&a.serve.store, &a.serve.kafka)?;
     crate::storage::check_url(&a.serve.store.store)?;
+    let kafka = (!settings.kafka.brokers.is_empty()).then(|| settings.kafka.clone());
+    if let Some(k) = &kafka {
+        if ensure_topic(&k.brokers, &k.topic, DEMO_PARTITIONS).await? {
+            println!("created topic {} with {DEMO_PARTITIONS} partitions on {}", k.topic, k.brokers);
+        }
+    }
     let app = Application::build(settings, &a.serve.store.store, &a.serve.listen).await?;
     let addr = app.local_addr();
     let store = app.state().store.clone();
@@ -39,28 +49,48 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     app.state().tokens.reload(&*store).await?;
     announce(&app);
     let base = format!("http://{addr}");
+    let via = match &kafka {
+        Some(k) => format!("produced to Kafka topic {} on {}, consumed", k.topic, k.brokers),
+        None => "posted over HTTP".into(),
+    };
     println!(
-        "\nJetstream demo: simulating ~{rate} events/s into {store_url}\n\n\
+        "\nJetstream demo: simulating ~{rate} events/s ({via}) into {store_url}\n\n\
          read token:  {read}\nadmin token: {admin}\n\n\
          Try:\n  export TOKEN={read}\n\
          \x20 curl -s -H \"Authorization: Bearer $TOKEN\" {base}/api/product/sale/3       # sales in the last hour\n\
          \x20 curl -s -H \"Authorization: Bearer $TOKEN\" {base}/api/product/rating/1     # average rating\n\
          \x20 curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/api/v1/metrics/sales_amount?dim=category&value=Hardware&window=15m'\n\
          \x20 curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/api/v1/metrics/sales_units/series?dim=product_id&value=3&window=10m&step=minute'\n\
-         \x20 curl -s -H \"Authorization: Bearer {admin}\" '{base}/api/v1/dead-letters?limit=3'\n\n\
+         \x20 curl -s -H \"Authorization: Bearer {admin}\" '{base}/api/v1/dead-letters?limit=3'\n\
+         \x20 curl -s -H \"Authorization: Bearer {admin}\" {base}/api/v1/admin/kafka/lag          # with --kafka-brokers\n\n\
          Ctrl-C stops the demo (data stays in the store).\n",
         rate = a.rate,
         store_url = a.serve.store.store,
     );
-    let sim = tokio::spawn(simulate(base, ingest, a.rate));
+    let sim = match kafka {
+        Some(k) => {
+            let producer = EventProducer::new(&k.brokers, &k.topic)?;
+            tokio::spawn(simulate(a.rate, move |batch| {
+                produce(&producer, batch);
+                std::future::ready(())
+            }))
+        }
+        None => {
+            let client = reqwest::Client::new();
+            tokio::spawn(simulate(a.rate, move |batch| post(client.clone(), base.clone(), ingest.clone(), batch)))
+        }
+    };
     let result = app.run_until(shutdown_signal()).await;
     sim.abort();
     result
 }
 
-/// Posts batches every 100 ms at about `rate` events per second until aborted.
-async fn simulate(base: String, token: String, rate: u32) {
-    let client = reqwest::Client::new();
+/// Sends a batch every 100 ms at about `rate` events per second until aborted.
+async fn simulate<F, Fut>(rate: u32, send: F)
+where
+    F: Fn(Vec<Value>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let per_tick = (rate as f64 / 10.0).max(0.0);
     let mut carry = 0.0;
@@ -76,15 +106,29 @@ async fn simulate(base: String, token: String, rate: u32) {
             let mut rng = rand::rng();
             (0..n).map(|_| simulated_event(&mut rng)).collect()
         };
-        let sent = client
-            .post(format!("{base}/api/v1/events"))
-            .bearer_auth(&token)
-            .json(&batch)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        if let Err(e) = sent.and_then(|r| r.error_for_status()) {
-            tracing::warn!(error = %e, "demo simulator post failed");
+        send(batch).await;
+    }
+}
+
+async fn post(client: reqwest::Client, base: String, token: String, batch: Vec<Value>) {
+    let sent = client
+        .post(format!("{base}/api/v1/events"))
+        .bearer_auth(&token)
+        .json(&batch)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    if let Err(e) = sent.and_then(|r| r.error_for_status()) {
+        tracing::warn!(error = %e, "demo simulator post failed");
+    }
+}
+
+/// Queues the batch on the producer (delivery is asynchronous; failures are logged).
+fn produce(producer: &EventProducer, batch: Vec<Value>) {
+    for event in batch {
+        let key = event_key(&event, "product_id");
+        if let Err(e) = producer.send(key.as_deref(), event.to_string().as_bytes()) {
+            tracing::warn!(error = %e, "demo simulator produce failed");
         }
     }
 }

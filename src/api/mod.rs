@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dead-letters", get(v1::get_dead_letters))
         .route("/api/v1/metrics", get(v1::list_metrics))
         .route("/api/v1/admin/stats", get(v1::get_stats))
+        .route("/api/v1/admin/kafka/lag", get(crate::ingest::kafka::get_kafka_lag))
         .route("/api/v1/metrics/{metric}", get(v1::get_metric_aggregate))
         .route("/api/v1/metrics/{metric}/series", get(v1::get_metric_series))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -10,6 +10,7 @@ use crate::rollup::{Metrics, RollupDelta};
 use crate::storage::{NewDeadLetter, OffsetAdvance};
 
 pub mod http;
+pub mod kafka;
 pub mod writer;
 
 /// Where a record came from, kept with its raw event and its dead letter.
