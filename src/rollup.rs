@@ -275,24 +275,43 @@ fn dimension_value(v: &Value) -> Option<String> {
     }
 }
 
+/// A hash map with a fast, non-cryptographic hasher: the keys are ours (metric names, dimension
+/// values, times), and hashing is the hottest part of folding.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Pending changes to buckets, merged in memory before a commit (one upsert per touched bucket).
+///
+/// Sources fold events into one-second buckets only; [`RollupDelta::expanded`] derives the
+/// minute, hour, day and all-time buckets once per commit, from the merged seconds. That makes
+/// folding and merging five times cheaper than updating every resolution per event.
 #[derive(Debug, Default, Clone)]
 pub struct RollupDelta {
-    pub buckets: HashMap<BucketKey, Agg>,
+    pub buckets: FastMap<BucketKey, Agg>,
     /// Dimension values seen, with the first time seen (what makes a product "known").
-    pub dims: HashMap<(Arc<str>, String), i64>,
+    pub dims: FastMap<(Arc<str>, String), i64>,
 }
 
 impl RollupDelta {
     fn add(&mut self, series: SeriesKey, t: i64, agg: &Agg) {
-        // Every resolution but the finest clones the key; the last one moves it.
-        let (last, rest) = RESOLUTIONS.split_last().expect("RESOLUTIONS is not empty");
-        for &res in rest {
-            let key = BucketKey { series: series.clone(), res, start: res.bucket_of(t) };
-            self.buckets.entry(key).or_default().merge(agg);
-        }
-        let key = BucketKey { start: last.bucket_of(t), res: *last, series };
+        let key = BucketKey { series, res: Resolution::Second, start: t };
         self.buckets.entry(key).or_default().merge(agg);
+    }
+
+    /// Adds, to one-second buckets, the buckets of every coarser resolution.
+    pub fn expanded(mut self) -> Self {
+        let seconds: Vec<(BucketKey, Agg)> = self
+            .buckets
+            .iter()
+            .filter(|(k, _)| k.res == Resolution::Second)
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
+        for (k, agg) in seconds {
+            for res in [Resolution::Minute, Resolution::Hour, Resolution::Day, Resolution::All] {
+                let key = BucketKey { series: k.series.clone(), res, start: res.bucket_of(k.start) };
+                self.buckets.entry(key).or_default().merge(&agg);
+            }
+        }
+        self
     }
 
     pub fn merge(&mut self, other: RollupDelta) {
@@ -313,7 +332,7 @@ impl RollupDelta {
         self.buckets.is_empty()
     }
 
-    /// The series this delta touches (for cache invalidation).
+    /// The series this delta touches (for cache invalidation); call on an expanded delta.
     pub fn series(&self) -> impl Iterator<Item = &SeriesKey> {
         self.buckets.keys().filter(|k| k.res == Resolution::All).map(|k| &k.series)
     }
@@ -421,6 +440,7 @@ mod tests {
                 .unwrap();
             metrics.fold(&e, &mut delta);
         }
+        let delta = delta.expanded();
         let all =
             BucketKey { series: SeriesKey::new("sales_amount", "product_id", "3"), res: Resolution::All, start: 0 };
         assert_eq!(delta.buckets[&all].sum, Decimal::ONE);

@@ -15,8 +15,9 @@ use crate::api::{ApiError, AppState};
 use crate::auth::Scope;
 use crate::event::{BodyFormat, split_body};
 
-/// Bodies larger than this are parsed on the blocking pool, not on a runtime worker.
-const INLINE_PARSE_BYTES: usize = 256 * 1024;
+/// Bodies larger than this are parsed on the blocking pool, so a big batch never stalls the
+/// runtime workers that answer queries.
+const INLINE_PARSE_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, Serialize)]
 pub struct IngestOut {

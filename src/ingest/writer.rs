@@ -185,6 +185,7 @@ fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Vec<SeriesKey>) {
         let zstd = zstd::bulk::compress(&ndjson, 1).expect("compressing to memory cannot fail");
         batch.raw_blocks.push(RawBlock { name, min_time_ms: min_t, max_time_ms: max_t, count, zstd });
     }
+    let delta = delta.expanded();
     let series: Vec<SeriesKey> = delta.series().cloned().collect();
     batch.dims = delta.dims.iter().map(|((d, v), t)| (d.clone(), v.clone(), *t)).collect();
     batch.dims.sort_unstable();
