@@ -7,9 +7,11 @@
 //!
 //! # How the consumer runs
 //! One OS thread per consumer owns an rdkafka [`BaseConsumer`] (librdkafka, bundled 2.12). It
-//! polls records, validates and folds them into a [`Pending`] batch (up to [`BATCH_RECORDS`]
-//! records or [`BATCH_LINGER`]), and hands each batch to the group-commit writer, with at most
-//! [`MAX_IN_FLIGHT`] batches awaiting their commit: while they commit it keeps fetching, and
+//! polls records, validates and folds them into a [`Pending`] batch, and hands each batch to
+//! the group-commit writer as soon as the fetched records are used up (or at [`BATCH_RECORDS`]
+//! records, or after [`BATCH_LINGER`]), with at most [`MAX_IN_FLIGHT`] batches awaiting their
+//! commit: while they commit it keeps fetching into the next batch (so batches grow with the
+//! load and an idle stream waits for no timer), and
 //! beyond that it waits (librdkafka's own prefetch is capped by `queued.max.messages.kbytes`), so
 //! memory is bounded whatever the backlog. A thread rather than a task because librdkafka runs
 //! the rebalance callback inside `poll`, and the callback must block: it reads the store and
@@ -72,8 +74,11 @@ use crate::storage::{NewDeadLetter, OffsetAdvance, Store, StoreError};
 
 /// Most records in one batch handed to the writer.
 pub const BATCH_RECORDS: usize = 20_000;
-/// Longest a record waits in an unsent batch (bounds freshness under a light load).
-pub const BATCH_LINGER: Duration = Duration::from_millis(40);
+/// Longest a record waits in an unsent batch while the writer is busy with earlier ones (when
+/// the writer has room, a batch goes as soon as the fetched records are used up).
+pub const BATCH_LINGER: Duration = Duration::from_millis(100);
+/// How often the consumer checks its in-flight batches while it waits with a full pipeline.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(2);
 /// Batches submitted and not yet committed; beyond this the consumer waits for the oldest.
 pub const MAX_IN_FLIGHT: usize = 2;
 /// librdkafka's prefetch buffer, in KiB (its default is 64 MiB).
@@ -147,7 +152,7 @@ impl KafkaConsumer {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "20")
             .create_with_context(ctx)?;
         consumer.subscribe(&[&topic])?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -188,6 +193,8 @@ fn base_config(brokers: &str) -> ClientConfig {
         .set("client.id", "jetstream")
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
+        // Small requests (a fetch, a marker record) must not wait for Nagle's delayed ACK.
+        .set("socket.nagle.disable", "true")
         .set_log_level(RDKafkaLogLevel::Warning);
     c
 }
@@ -616,10 +623,19 @@ fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
             ctx.log_lag(consumer);
             next_lag_log = now + LAG_LOG_EVERY;
         }
-        let wait = match ctx.lock().started {
-            Some(t) => BATCH_LINGER.saturating_sub(t.elapsed()),
+        // Natural batching: while records keep arriving, or while the writer already has
+        // MAX_IN_FLIGHT batches, the batch grows; as soon as the fetched records are used up and
+        // the writer has room, it goes (so an idle stream is not held back by a timer).
+        let (pending, room) = {
+            let state = ctx.lock();
+            (state.started, state.in_flight.len() < MAX_IN_FLIGHT)
+        };
+        let wait = match pending {
+            Some(_) if room => Duration::ZERO,
+            Some(t) => BATCH_LINGER.saturating_sub(t.elapsed()).min(IN_FLIGHT_POLL),
             None => Duration::from_millis(100),
         };
+        let mut drained = false;
         match consumer.poll(wait) {
             Some(Ok(m)) => {
                 let rewind = ctx.take(&mut ctx.lock(), &m);
@@ -631,11 +647,12 @@ fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
                 tracing::warn!(error = %e, "kafka consume error");
                 next_probe = next_probe.min(Instant::now() + Duration::from_millis(200));
             }
-            None => {}
+            None => drained = true,
         }
         let due = {
             let state = ctx.lock();
-            state.records >= BATCH_RECORDS || state.started.is_some_and(|t| t.elapsed() >= BATCH_LINGER)
+            state.records >= BATCH_RECORDS
+                || state.started.is_some_and(|t| (drained && room) || t.elapsed() >= BATCH_LINGER)
         };
         let mut result = ctx.settle_finished(consumer);
         if due && result.is_ok() {
