@@ -105,6 +105,10 @@ pub struct ServeArgs {
     pub listen: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Serve the HTTP API (and HTTP ingest) only: no Kafka consumer, even when brokers are
+    /// configured. The role of an API instance in a fleet whose consumers run `jetstream consume`.
+    #[arg(long, env = "JETSTREAM_NO_CONSUME")]
+    pub no_consume: bool,
 }
 
 #[derive(Args, Clone)]
@@ -210,7 +214,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let settings = load_settings_with_kafka(&a.store, &a.kafka)?;
+    let mut settings = load_settings_with_kafka(&a.store, &a.kafka)?;
+    if a.no_consume {
+        // The consumer starts exactly when brokers are set (see `Application::build`).
+        settings.kafka.brokers.clear();
+    }
     storage::check_url(&a.store.store)?;
     let app = Application::build(settings, &a.store.store, &a.listen).await?;
     announce(&app);
