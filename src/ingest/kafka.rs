@@ -7,8 +7,9 @@
 //!
 //! # How the consumer runs
 //! One OS thread per consumer owns an rdkafka [`BaseConsumer`] (librdkafka, bundled 2.12). It
-//! polls records, validates and folds them into a [`Pending`] batch, and hands each batch to
-//! the group-commit writer as soon as the fetched records are used up (or at [`BATCH_RECORDS`]
+//! polls records and copies them into a batch, which is validated and folded into a [`Pending`]
+//! on the blocking pool (so the thread only fetches) and handed to the group-commit writer, in
+//! order. A batch goes as soon as the fetched records are used up (or at [`BATCH_RECORDS`]
 //! records, or after [`BATCH_LINGER`]), with at most [`MAX_IN_FLIGHT`] batches awaiting their
 //! commit: while they commit it keeps fetching into the next batch (so batches grow with the
 //! load and an idle stream waits for no timer), and
@@ -235,24 +236,38 @@ impl Position {
     }
 }
 
-/// A batch submitted to the writer, awaiting its commit.
+/// A record copied out of librdkafka's buffer, to be validated off the consumer thread.
+struct RawRecord {
+    partition: i32,
+    offset: i64,
+    /// The record's timestamp (the event time of events without a `timestamp`).
+    time_ms: Option<i64>,
+    key: Option<Box<[u8]>>,
+    /// The value's length (the value itself is cut to [`OVERSIZED_KEEP_BYTES`] when oversized).
+    size: usize,
+    payload: Box<[u8]>,
+}
+
+/// A batch submitted to the writer, awaiting its commit. Its task validates and folds the
+/// records (on the blocking pool, so the consumer thread only fetches), waits for the batch
+/// before it to be committed (offsets must advance in order), then submits; it answers with the
+/// dead letters to copy to the dead-letter topic.
 struct InFlight {
-    commit: tokio::task::JoinHandle<Result<(), WriteError>>,
+    commit: tokio::task::JoinHandle<Result<Vec<NewDeadLetter>, WriteError>>,
     /// Offsets to commit to Kafka after the store commit (for lag tools only).
     offsets: Vec<(i32, i64)>,
-    /// Dead letters to copy to the dead-letter topic after the store commit.
-    dead: Vec<NewDeadLetter>,
 }
 
 #[derive(Default)]
 struct Progress {
     positions: BTreeMap<i32, Position>,
-    batch: Pending,
+    batch: Vec<RawRecord>,
     /// Partitions with records in `batch`.
     touched: Vec<i32>,
-    records: usize,
     started: Option<Instant>,
     in_flight: VecDeque<InFlight>,
+    /// Completes when the last submitted batch is committed (`true`) or not.
+    last_committed: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
 struct Ctx {
@@ -333,11 +348,12 @@ impl ConsumerContext for Ctx {
 }
 
 impl Progress {
+    /// Drops the unsent batch; called once nothing is in flight any more.
     fn discard_batch(&mut self) {
-        self.batch = Pending::default();
+        self.batch.clear();
         self.touched.clear();
-        self.records = 0;
         self.started = None;
+        self.last_committed = None;
     }
 }
 
@@ -395,28 +411,17 @@ impl Ctx {
         if !state.touched.contains(&partition) {
             state.touched.push(partition);
         }
-        state.records += 1;
         state.started.get_or_insert_with(Instant::now);
-        let received = now_ms();
-        let origin = Origin {
-            source: &self.source,
-            topic: Some(&self.topic),
-            partition: Some(partition),
-            offset: Some(offset),
-            key: m.key(),
-        };
         let payload = m.payload().unwrap_or_default();
-        if payload.len() > self.max_record_bytes {
-            let reason = Rejection::TooLarge { size: payload.len(), limit: self.max_record_bytes };
-            let kept = &payload[..payload.len().min(OVERSIZED_KEEP_BYTES)];
-            state.batch.reject(kept, &reason, &origin, received);
-            return None;
-        }
-        let record_time = m.timestamp().to_millis().filter(|&t| t >= 0).unwrap_or(received);
-        match self.parts.validator.validate(payload, received, record_time) {
-            Ok(event) => state.batch.accept(&self.parts.metrics, event, &origin),
-            Err(reason) => state.batch.reject(payload, &reason, &origin, received),
-        }
+        let kept = if payload.len() > self.max_record_bytes { OVERSIZED_KEEP_BYTES } else { payload.len() };
+        state.batch.push(RawRecord {
+            partition,
+            offset,
+            time_ms: m.timestamp().to_millis().filter(|&t| t >= 0),
+            key: m.key().map(Box::from),
+            size: payload.len(),
+            payload: payload[..kept.min(payload.len())].into(),
+        });
         None
     }
 
@@ -455,39 +460,59 @@ impl Ctx {
             }
         }
         let mut state = self.lock();
-        if state.records == 0 {
+        if state.batch.is_empty() {
             return Ok(());
         }
-        let mut pending = std::mem::take(&mut state.batch);
+        let records = std::mem::take(&mut state.batch);
         let touched = std::mem::take(&mut state.touched);
+        let mut advances = Vec::with_capacity(touched.len());
         let mut offsets = Vec::with_capacity(touched.len());
         for p in touched {
             let pos = state.positions.get_mut(&p).expect("a touched partition has a position");
             let next = pos.next.expect("a touched partition has a next offset");
-            pending.offsets.push(OffsetAdvance {
-                source: self.source.clone(),
-                partition: p,
-                expected: pos.stored,
-                next,
-            });
+            advances.push(OffsetAdvance { source: self.source.clone(), partition: p, expected: pos.stored, next });
             pos.stored = Some(next);
             offsets.push((p, next));
         }
-        let dead = if self.dead_letter_producer.is_some() { pending.dead.clone() } else { Vec::new() };
-        state.records = 0;
         state.started = None;
+        let previous = state.last_committed.take();
+        let (committed, next_waits) = tokio::sync::oneshot::channel();
+        state.last_committed = Some(next_waits);
+        let folder = Folder {
+            validator: self.parts.validator.clone(),
+            metrics: self.parts.metrics.clone(),
+            source: self.source.clone(),
+            topic: self.topic.clone(),
+            max_record_bytes: self.max_record_bytes,
+        };
+        let copy_dead = self.dead_letter_producer.is_some();
         let writer = self.parts.writer.clone();
-        let commit = self.rt.spawn(async move { writer.submit(pending).await });
-        state.in_flight.push_back(InFlight { commit, offsets, dead });
+        let commit = self.rt.spawn(async move {
+            let folded = tokio::task::spawn_blocking(move || folder.fold(records)).await;
+            let mut pending = folded.map_err(|e| WriteError::Failed(format!("folding a batch failed: {e}")))?;
+            pending.offsets = advances;
+            let dead = if copy_dead { pending.dead.clone() } else { Vec::new() };
+            // Offsets advance in order: a batch goes only after the one before it committed.
+            if let Some(previous) = previous {
+                if previous.await != Ok(true) {
+                    let _ = committed.send(false);
+                    return Err(WriteError::Failed("an earlier batch was not committed".into()));
+                }
+            }
+            let result = writer.submit(pending).await;
+            let _ = committed.send(result.is_ok());
+            result.map(|()| dead)
+        });
+        state.in_flight.push_back(InFlight { commit, offsets });
         Ok(())
     }
 
     /// Waits for an in-flight batch; once committed, tells Kafka and the dead-letter topic.
     fn settle(&self, consumer: &BaseConsumer<Self>, f: InFlight) -> Result<(), WriteError> {
-        match self.rt.block_on(f.commit) {
+        let dead = match self.rt.block_on(f.commit) {
             Ok(r) => r?,
             Err(e) => return Err(WriteError::Failed(format!("commit task failed: {e}"))),
-        }
+        };
         let mut tpl = TopicPartitionList::new();
         for (p, next) in f.offsets {
             let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(next));
@@ -496,7 +521,7 @@ impl Ctx {
             tracing::debug!(error = %e, "committing offsets to Kafka failed (informational only)");
         }
         if let Some((topic, producer)) = &self.dead_letter_producer {
-            for d in &f.dead {
+            for d in &dead {
                 produce_dead_letter(producer, topic, d);
             }
         }
@@ -606,6 +631,41 @@ impl Ctx {
     }
 }
 
+/// Validates and folds fetched records into a batch for the writer (off the consumer thread).
+struct Folder {
+    validator: Arc<Validator>,
+    metrics: Arc<Metrics>,
+    source: String,
+    topic: String,
+    max_record_bytes: usize,
+}
+
+impl Folder {
+    fn fold(&self, records: Vec<RawRecord>) -> Pending {
+        let received = now_ms();
+        let mut pending = Pending::default();
+        for r in &records {
+            let origin = Origin {
+                source: &self.source,
+                topic: Some(&self.topic),
+                partition: Some(r.partition),
+                offset: Some(r.offset),
+                key: r.key.as_deref(),
+            };
+            if r.size > self.max_record_bytes {
+                let reason = Rejection::TooLarge { size: r.size, limit: self.max_record_bytes };
+                pending.reject(&r.payload, &reason, &origin, received);
+                continue;
+            }
+            match self.validator.validate(&r.payload, received, r.time_ms.unwrap_or(received)) {
+                Ok(event) => pending.accept(&self.metrics, event, &origin),
+                Err(reason) => pending.reject(&r.payload, &reason, &origin, received),
+            }
+        }
+        pending
+    }
+}
+
 /// The consumer thread's loop: poll, batch, submit; resync on a fence; probe the broker.
 fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
     let ctx = consumer.context();
@@ -651,7 +711,7 @@ fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
         }
         let due = {
             let state = ctx.lock();
-            state.records >= BATCH_RECORDS
+            state.batch.len() >= BATCH_RECORDS
                 || state.started.is_some_and(|t| (drained && room) || t.elapsed() >= BATCH_LINGER)
         };
         let mut result = ctx.settle_finished(consumer);
