@@ -32,6 +32,8 @@ pub struct Application {
     writer_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     kafka: Option<KafkaConsumer>,
+    /// Serve HTTPS with this configuration instead of HTTP (see `with_tls`).
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Application {
@@ -89,7 +91,7 @@ impl Application {
             };
             Some(KafkaConsumer::start(&state.settings.kafka, parts).context("starting the Kafka consumer")?)
         };
-        Ok(Self { listener, state, writer_task, background, kafka })
+        Ok(Self { listener, state, writer_task, background, kafka, tls: None })
     }
 
     /// The HTTP API's address. Only `build` applications have one (`build_consumer` has no API).
@@ -101,17 +103,39 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// Serves HTTPS (terminated by rustls, see `crate::tls`) instead of HTTP.
+    pub fn with_tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
     /// Serves until `shutdown` completes, then stops in order and flushes everything.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, state, writer_task, background, kafka } = self;
+        let Self { listener, state, writer_task, background, kafka, tls } = self;
         match listener {
             Some(listener) => {
                 let router = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
-                axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+                match tls {
+                    Some(config) => {
+                        let listener = crate::tls::TlsListener::new(listener, config).context("TLS listener")?;
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(shutdown)
+                            .await
+                            .context("serving HTTPS")?;
+                    }
+                    None => {
+                        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+                    }
+                }
             }
             None => shutdown.await,
         }

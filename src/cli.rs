@@ -109,6 +109,12 @@ pub struct ServeArgs {
     /// configured. The role of an API instance in a fleet whose consumers run `jetstream consume`.
     #[arg(long, env = "JETSTREAM_NO_CONSUME")]
     pub no_consume: bool,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "JETSTREAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "JETSTREAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -220,7 +226,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         settings.kafka.brokers.clear();
     }
     storage::check_url(&a.store.store)?;
-    let app = Application::build(settings, &a.store.store, &a.listen).await?;
+    // Checked before anything starts: a bad certificate is a usage error, not a half-started server.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::load_config(cert, key).map_err(|e| UsageError(e.to_string()))?),
+        _ => None,
+    };
+    let mut app = Application::build(settings, &a.store.store, &a.listen).await?;
+    if let Some(config) = tls {
+        app = app.with_tls(config);
+    }
     announce(&app);
     app.run_until(shutdown_signal()).await
 }
@@ -304,7 +318,7 @@ async fn send(a: SendArgs) -> anyhow::Result<()> {
 
 /// Prints the address line that scripts and tests wait for.
 pub fn announce(app: &Application) {
-    println!("listening on http://{}", app.local_addr());
+    println!("listening on {}://{}", app.scheme(), app.local_addr());
     let _ = std::io::stdout().flush();
 }
 

@@ -14,6 +14,7 @@
 //! - [`api`]: the axum router: the original design's two endpoints, `/api/v1`, the read cache.
 //! - [`auth`]: scoped bearer tokens (hash-only storage, hot reload).
 //! - [`config`]: the typed settings file with defaults for the original design.
+//! - [`tls`]: HTTPS for `serve --tls-cert … --tls-key …` (rustls).
 //! - [`app`]: starts everything and stops it in order; [`cli`] and [`demo`] are the binary's edge.
 
 pub mod api;
@@ -26,3 +27,4 @@ pub mod event;
 pub mod ingest;
 pub mod rollup;
 pub mod storage;
+pub mod tls;
