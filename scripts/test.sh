@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # The test command (README.md): sets up what the tests need on a fresh machine, then runs them all.
-#  - the Kafka broker: tansu, installed from crates.io when missing (~8 minutes once, then reused);
+#  - the Kafka broker: tansu, installed from crates.io when missing (about 20 minutes once, reused);
 #  - PostgreSQL: the server at $DATABASE_URL or 127.0.0.1:5432, else a throwaway cluster;
-#  - then every test (unit, integration, both storage backends, Kafka) with cargo.
+#  - nginx (Debian's nginx-light) for the fleet test, installed when missing;
+#  - then the fleet's failure test (scripts/cluster-test.sh, ~30 s: two consumers, two API
+#    instances behind nginx, SIGKILLs, exact totals) and every cargo test (unit, integration,
+#    both storage backends, Kafka, TLS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -x scripts/ensure-tansu.sh ]; then
-  TANSU_BIN="$(scripts/ensure-tansu.sh)"
-  export TANSU_BIN
-fi
-if [ -x scripts/ensure-postgres.sh ]; then
-  DATABASE_URL="$(scripts/ensure-postgres.sh)"
-  export DATABASE_URL
+TANSU_BIN="$(scripts/ensure-tansu.sh)"
+export TANSU_BIN
+DATABASE_URL="$(scripts/ensure-postgres.sh)"
+export DATABASE_URL
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "test.sh: installing nginx-light for the fleet test" >&2
+  apt-get update -qq >&2 && apt-get install -y -qq nginx-light >&2
 fi
 
 cargo build --all-targets
+# The fleet test runs the debug binary just built (a release build would double CI's compile time).
+SKIP_BUILD=1 JETSTREAM_BIN="$PWD/target/debug/jetstream" scripts/cluster-test.sh
 cargo test --all-targets -- "$@"

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::app::{Application, shutdown_signal};
 use crate::auth::{Scope, create_token};
-use crate::cli::{DemoArgs, announce, load_settings_with_kafka};
+use crate::cli::{DemoArgs, UsageError, announce, load_settings_with_kafka};
 use crate::ingest::kafka::{EventProducer, ensure_topic, event_key};
 use crate::ingest::now_ms;
 
@@ -31,6 +31,13 @@ const PRODUCTS: &[(u32, &str, &str, &str, f64)] = &[
 ];
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+    // The demo shares serve's options; these two make no sense for it, so say so, not ignore them.
+    if a.serve.no_consume || a.serve.tls_cert.is_some() {
+        return Err(UsageError(
+            "demo takes neither --no-consume nor --tls-cert/--tls-key: use `serve` for those".into(),
+        )
+        .into());
+    }
     let settings = load_settings_with_kafka(&a.serve.store, &a.serve.kafka)?;
     crate::storage::check_url(&a.serve.store.store)?;
     let kafka = (!settings.kafka.brokers.is_empty()).then(|| settings.kafka.clone());
