@@ -51,7 +51,10 @@ impl Application {
     }
 
     async fn build_with(settings: Settings, store_url: &str, listen: Option<&str>) -> anyhow::Result<Self> {
-        let store = storage::open(store_url).await.with_context(|| format!("opening store {store_url}"))?;
+        // Redacted: a PostgreSQL URL may carry a password, and this context is printed.
+        let store = storage::open(store_url)
+            .await
+            .with_context(|| format!("opening store {}", storage::postgres::redact(store_url)))?;
         let listener = match listen {
             Some(l) => Some(TcpListener::bind(l).await.with_context(|| format!("binding {l}"))?),
             None => None,
