@@ -81,7 +81,7 @@ pub const BATCH_LINGER: Duration = Duration::from_millis(100);
 /// How often the consumer checks its in-flight batches while it waits with a full pipeline.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(2);
 /// Batches submitted and not yet committed; beyond this the consumer waits for the oldest.
-pub const MAX_IN_FLIGHT: usize = 2;
+pub const MAX_IN_FLIGHT: usize = 4;
 /// librdkafka's prefetch buffer, in KiB (its default is 64 MiB).
 const PREFETCH_KBYTES: &str = "32768";
 /// How far before its stored offset a resumed fetch starts (see `Ctx::take`): more records than
