@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The PostgreSQL fleet's benchmark (deploy/local-cluster.sh: tansu, PostgreSQL, two consumers,
-# two API instances, nginx), a script, not a test:
+# The fleet's benchmark (deploy/local-cluster.sh: tansu, PostgreSQL — or one shared SQLite file with
+# CLUSTER_STORE=sqlite — two consumers, two API instances, nginx), a script, not a test:
 #   1. ingest: EVENTS events produced with `jetstream send` while the two consumers run; events/s
 #      = EVENTS / (time from the first send until the API, through nginx, counts them all);
 #   2. queries: wrk through nginx on GET /api/product/sale/{1..}, THREADS/CONNS for DURATION s,
 #      requests/s and p50/p99 (wrk --latency).
 #   bench/cluster.sh          EVENTS=500000 DURATION=20 CONNS=64 bench/cluster.sh
+#   CLUSTER_STORE=sqlite bench/cluster.sh      # the same topology on the embedded store
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 EVENTS=${EVENTS:-300000}
@@ -51,7 +52,7 @@ P99=$(awk '$1 == "99%" {print $2}' <<<"$WRK")
 NON2XX=$(awk '/Non-2xx/ {print $NF}' <<<"$WRK")
 cat <<OUT
 
-== Jetstream PostgreSQL fleet ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) ==
+== Jetstream fleet on ${CLUSTER_STORE:-postgres} ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) ==
 ingest from Kafka (2 consumers)   $INGEST events/s  ($EVENTS events, send + consume overlapped)
 queries through nginx (2 APIs)    $RPS req/s, p50 $P50, p99 $P99  (wrk -t$THREADS -c$CONNS -d${DURATION}s; non-2xx: ${NON2XX:-0})
 OUT

@@ -25,6 +25,7 @@
 #   JETSTREAM_BIN          the jetstream binary (default target/release/jetstream, built with
 #                          `cargo build --release` unless SKIP_BUILD=1)
 #   TOPIC (analytics), PARTITIONS (4), KEEP_DB=1 (stop keeps the database), NGINX (/usr/sbin/nginx)
+#   CLUSTER_STORE=sqlite   every process shares one SQLite file instead of a PostgreSQL database
 # Needs: python3, psql, nginx (Debian's nginx-light), openssl for the HTTPS listener (skipped
 # without it); tansu and PostgreSQL are installed/started by scripts/ensure-*.sh when missing.
 set -euo pipefail
@@ -111,22 +112,29 @@ start() {
     [ -x "$BIN" ] || die "no jetstream binary at $BIN"
     local tansu pg_server
     tansu=$("$ROOT/scripts/ensure-tansu.sh")
-    pg_server=$("$ROOT/scripts/ensure-postgres.sh")
+    [ "${CLUSTER_STORE:-postgres}" = sqlite ] || pg_server=$("$ROOT/scripts/ensure-postgres.sh")
 
     mkdir -p "$DIR"/{cmd,pids,logs,tansu,nginx/conf/tls,nginx/logs,nginx/tmp}
     # nginx's workers run as `nobody` when started by root: they must reach their directories.
     chmod 755 "$DIR" "$DIR/nginx" "$DIR/nginx/logs" "$DIR/nginx/tmp"
 
-    # PostgreSQL: a fresh database on the server, dropped by `stop`.
     local db url
-    db="jetstream_cluster_$(date +%s)_$$"
-    psql "$pg_server" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null
-    echo "$pg_server" >"$DIR/pg_server"
-    echo "$db" >"$DIR/pg_database"
-    url=$(python3 -c '
+    if [ "${CLUSTER_STORE:-postgres}" = sqlite ]; then
+        # One SQLite file shared by every process (WAL: readers never block the single writer at a
+        # time); for comparing the embedded store with PostgreSQL behind the same load balancer.
+        url="sqlite://$DIR/jetstream.db"
+        log "SQLite store $url"
+    else
+        # PostgreSQL: a fresh database on the server, dropped by `stop`.
+        db="jetstream_cluster_$(date +%s)_$$"
+        psql "$pg_server" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null
+        echo "$pg_server" >"$DIR/pg_server"
+        echo "$db" >"$DIR/pg_database"
+        url=$(python3 -c '
 import sys, urllib.parse as u
 p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$pg_server" "$db")
-    log "PostgreSQL database $db"
+        log "PostgreSQL database $db"
+    fi
 
     # The broker.
     local kport brokers
