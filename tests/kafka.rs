@@ -169,6 +169,22 @@ impl Api {
     }
 }
 
+/// A `jetstream serve` process consuming `topic` in the topic's own consumer group.
+fn start_member(store: &TestStore, broker: &Broker, topic: &str) -> ServerProcess {
+    let group = format!("group-{topic}");
+    ServerProcess::start(&[
+        "serve",
+        "--store",
+        &store.url,
+        "--kafka-brokers",
+        &broker.addr,
+        "--kafka-topic",
+        topic,
+        "--kafka-group",
+        &group,
+    ])
+}
+
 fn token_for(store_url: &str) -> String {
     let name = format!("kafka-test-{}", common::rand_suffix());
     let (code, out, err) =
@@ -261,19 +277,7 @@ async fn two_consumers_in_one_group_share_partitions_and_count_every_event_once(
     broker.create_topic(&topic, 4).await;
     let store = TestStore::fresh(Backend::Sqlite).await;
     let token = token_for(&store.url);
-    let group = format!("group-{topic}");
-    let args = [
-        "serve",
-        "--store",
-        &store.url,
-        "--kafka-brokers",
-        &broker.addr,
-        "--kafka-topic",
-        &topic,
-        "--kafka-group",
-        &group,
-    ];
-    let a = ServerProcess::start(&args);
+    let a = start_member(&store, &broker, &topic);
     let api_a = Api::for_process(&a, &token);
     wait_for("the first consumer to own all 4 partitions", || async {
         (assigned(&api_a).await? == [0, 1, 2, 3]).then_some(())
@@ -283,7 +287,7 @@ async fn two_consumers_in_one_group_share_partitions_and_count_every_event_once(
     produce_stream(&producer, &topic, 0..N / 2).await;
 
     // A second member joins mid-stream: a rebalance while records flow.
-    let b = ServerProcess::start(&args);
+    let b = start_member(&store, &broker, &topic);
     let api_b = Api::for_process(&b, &token);
     let (mine_a, mine_b) = wait_for("the two consumers to split the partitions", || async {
         let (pa, pb) = (assigned(&api_a).await?, assigned(&api_b).await?);
@@ -308,19 +312,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_ends_with_exact_totals() {
     broker.create_topic(&topic, 3).await;
     let store = TestStore::fresh(Backend::Sqlite).await;
     let token = token_for(&store.url);
-    let group = format!("group-{topic}");
-    let args = [
-        "serve",
-        "--store",
-        &store.url,
-        "--kafka-brokers",
-        &broker.addr,
-        "--kafka-topic",
-        &topic,
-        "--kafka-group",
-        &group,
-    ];
-    let mut first = ServerProcess::start(&args);
+    let mut first = start_member(&store, &broker, &topic);
     let api = Api::for_process(&first, &token);
     let producer = broker.producer();
     produce_stream(&producer, &topic, 0..N / 2).await;
@@ -336,7 +328,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_ends_with_exact_totals() {
     // assignment; once the dead member's session (10 s) has expired, the restarted consumer gets
     // every partition. Real Kafka rebalances either way.
     tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
-    let second = ServerProcess::start(&args);
+    let second = start_member(&store, &broker, &topic);
     let api = Api::for_process(&second, &token);
     api.expect_totals(&expected_totals(N)).await;
 }

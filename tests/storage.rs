@@ -108,6 +108,32 @@ async fn offsets_are_fenced(backend: Backend) {
     assert!(store.stored_offsets("kafka:other").await.expect("offsets").is_empty());
 }
 
+/// Six writers commit one bucket of `k` at the same instant (behind a barrier), writer `i` with
+/// the offset advance `offsets(i)`; their results, in writer order.
+async fn race(
+    store: &Arc<dyn Store>,
+    k: &BucketKey,
+    offsets: impl Fn(i64) -> OffsetAdvance,
+) -> Vec<Result<(), StoreError>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(6));
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            let mut b = rollups(vec![(k.clone(), Agg::of(Decimal::ONE))]);
+            b.offsets = vec![offsets(i)];
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.commit(b).await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("writer task"));
+    }
+    results
+}
+
 /// Consumers racing for a partition nobody has stored yet: exactly one wins, and only its rollups
 /// count.
 async fn two_first_time_writers_cannot_both_win(backend: Backend) {
@@ -116,21 +142,9 @@ async fn two_first_time_writers_cannot_both_win(backend: Backend) {
     let k = key("1", Resolution::All, 0);
     for round in 0..5 {
         let partition = 10 + round;
-        let barrier = Arc::new(tokio::sync::Barrier::new(6));
-        let tasks: Vec<_> = (0..6)
-            .map(|i| {
-                let (store, barrier, k) = (store.clone(), barrier.clone(), k.clone());
-                tokio::spawn(async move {
-                    let mut b = rollups(vec![(k, Agg::of(Decimal::ONE))]);
-                    b.offsets = vec![advance(partition, None, 100 + i)];
-                    barrier.wait().await;
-                    store.commit(b).await
-                })
-            })
-            .collect();
         let mut won = 0;
-        for t in tasks {
-            match t.await.expect("task") {
+        for result in race(&store, &k, |i| advance(partition, None, 100 + i)).await {
+            match result {
                 Ok(()) => won += 1,
                 Err(StoreError::Fenced { stored: Some(s), .. }) => assert!((100..106).contains(&s)),
                 Err(e) => panic!("unexpected error: {e}"),
@@ -143,20 +157,8 @@ async fn two_first_time_writers_cannot_both_win(backend: Backend) {
     // the others are fenced by the row lock, not by luck.
     let stored = store.stored_offsets("kafka:events").await.expect("offsets")[0];
     assert_eq!(stored.0, 10);
-    let barrier = Arc::new(tokio::sync::Barrier::new(6));
-    let tasks: Vec<_> = (0..6)
-        .map(|i| {
-            let (store, barrier, k) = (store.clone(), barrier.clone(), k.clone());
-            tokio::spawn(async move {
-                let mut b = rollups(vec![(k, Agg::of(Decimal::ONE))]);
-                b.offsets = vec![advance(10, Some(stored.1), 1000 + i)];
-                barrier.wait().await;
-                store.commit(b).await
-            })
-        })
-        .collect();
-    let results = futures::future::join_all(tasks).await;
-    let won = results.into_iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+    let results = race(&store, &k, |i| advance(10, Some(stored.1), 1000 + i)).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(won, 1, "exactly one writer with the same expected offset commits");
     assert_eq!(bucket(&*store, &k).await.count, 6);
 }
