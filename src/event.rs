@@ -164,7 +164,8 @@ impl Validator {
                     }
                     FieldKind::Uint => Value::from(v.as_u64().ok_or_else(|| bad("a whole number ≥ 0"))?),
                     FieldKind::Decimal => {
-                        let d = parse_decimal(v).ok_or_else(|| bad("a number or a numeric string"))?;
+                        let d = parse_decimal(v)
+                            .ok_or_else(|| bad("a number or a numeric string, at most 10^18 in magnitude"))?;
                         let below = spec.min.is_some_and(|lo| d < lo);
                         let above = spec.max.is_some_and(|hi| d > hi);
                         if below || above {
@@ -216,8 +217,13 @@ fn decimal_from_str(s: &str) -> Option<Decimal> {
     if s.is_empty() || s.len() > 40 {
         return None;
     }
-    Decimal::from_str(s).or_else(|_| Decimal::from_scientific(s)).ok()
+    let d = Decimal::from_str(s).or_else(|_| Decimal::from_scientific(s)).ok()?;
+    (d.abs() <= MAX_DECIMAL).then_some(d)
 }
+
+/// The largest magnitude a numeric field may have (10^18): sums of billions of such values still
+/// fit a bucket's 96-bit decimal, so adding them up can never overflow.
+pub const MAX_DECIMAL: Decimal = Decimal::from_parts(0xA764_0000, 0x0DE0_B6B3, 0, false, 0);
 
 /// `timestamp`: an RFC 3339 string or epoch milliseconds.
 pub fn parse_timestamp(v: &Value) -> Result<i64, Rejection> {
@@ -295,6 +301,18 @@ mod tests {
         let e = check(r#"{"event_name":"productSold","product_id":"0042","no_of_units":1,"amount":19.99}"#).unwrap();
         assert_eq!(e.fields["amount"], "19.99");
         assert_eq!(e.fields["product_id"], "42");
+    }
+
+    #[test]
+    fn amounts_beyond_ten_to_the_eighteenth_are_refused_so_sums_cannot_overflow() {
+        assert_eq!(MAX_DECIMAL, Decimal::from(10u64.pow(18)));
+        let ok = check(r#"{"event_name":"productSold","product_id":1,"no_of_units":1,"amount":"1000000000000000000"}"#);
+        assert_eq!(ok.unwrap().fields["amount"], "1000000000000000000");
+        for amount in [r#""1000000000000000000.01""#, "7e28", r#""79228162514264337593543950335""#] {
+            let json = format!(r#"{{"event_name":"productSold","product_id":1,"no_of_units":1,"amount":{amount}}}"#);
+            let reason = check(&json).expect_err("too large").to_string();
+            assert!(reason.contains("at most 10^18"), "{amount}: {reason}");
+        }
     }
 
     #[test]
