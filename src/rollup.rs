@@ -2,8 +2,9 @@
 //!
 //! Pure code: no I/O, no clock. Times are epoch seconds unless named `_ms`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -205,16 +206,17 @@ pub struct CompiledMetric {
 }
 
 /// The declared metrics, ready to fold events.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Metrics {
     pub metrics: Vec<CompiledMetric>,
     overall: Arc<str>,
+    series: SeriesIds,
 }
 
 impl Metrics {
     pub fn new(settings: &Settings) -> Self {
         let metrics = settings.metrics.iter().map(CompiledMetric::from).collect();
-        Self { metrics, overall: Arc::from("") }
+        Self { metrics, overall: Arc::from(""), series: SeriesIds::new(MAX_INTERNED_SERIES) }
     }
 
     pub fn get(&self, name: &str) -> Option<&CompiledMetric> {
@@ -224,6 +226,8 @@ impl Metrics {
     /// Adds one event's contribution to every metric that folds it.
     pub fn fold(&self, event: &Event, delta: &mut RollupDelta) {
         let t = event.time_ms.div_euclid(1000);
+        let table = delta.table.get_or_insert_with(|| self.series.current());
+        let mut add = |id: SeriesId, agg: &Agg| delta.seconds.entry((id, t)).or_default().merge(agg);
         for m in &self.metrics {
             if m.event != "*" && m.event != event.name {
                 continue;
@@ -237,16 +241,15 @@ impl Metrics {
                 },
             };
             let agg = Agg::of(v);
-            delta.add(SeriesKey { metric: m.name.clone(), dim: self.overall.clone(), value: String::new() }, t, &agg);
+            add(table.id(&m.name, &self.overall, ""), &agg);
             for d in &m.dims {
                 let value = if &**d == EVENT_NAME_DIMENSION {
-                    Some(event.name.clone())
+                    Some(Cow::Borrowed(event.name.as_str()))
                 } else {
                     event.fields.get(&**d).and_then(dimension_value)
                 };
                 if let Some(value) = value {
-                    delta.dims.entry((d.clone(), value.clone())).or_insert(t);
-                    delta.add(SeriesKey { metric: m.name.clone(), dim: d.clone(), value }, t, &agg);
+                    add(table.id(&m.name, d, &value), &agg);
                 }
             }
         }
@@ -266,11 +269,19 @@ impl From<&MetricDef> for CompiledMetric {
 }
 
 /// A dimension value: ids in canonical form, short strings as they are.
-fn dimension_value(v: &Value) -> Option<String> {
+fn dimension_value(v: &Value) -> Option<Cow<'_, str>> {
     match v {
-        Value::String(s) if s.len() <= crate::event::MAX_NAME_BYTES => Some(parse_id(v).unwrap_or_else(|| s.clone())),
-        Value::Number(_) => Some(parse_id(v).unwrap_or_else(|| v.to_string())),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) if s.len() <= crate::event::MAX_NAME_BYTES => {
+            // Already canonical (digits without leading zeros): borrowed, the common case.
+            let canonical =
+                !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+            if canonical && s.parse::<u64>().is_ok() {
+                return Some(Cow::Borrowed(s));
+            }
+            Some(Cow::Owned(parse_id(v).unwrap_or_else(|| s.clone())))
+        }
+        Value::Number(_) => Some(Cow::Owned(parse_id(v).unwrap_or_else(|| v.to_string()))),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
 }
@@ -279,70 +290,229 @@ fn dimension_value(v: &Value) -> Option<String> {
 /// values, times), and hashing is the hottest part of folding.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A series' id in one [`SeriesTable`]: a dense index, local to the process, never stored.
+pub type SeriesId = u32;
+
+/// A series key borrowed from an event being folded: looked up without allocating. Its derived
+/// `Hash` hashes the same `str`s in the same order as [`SeriesKey`]'s, so both find one entry.
+#[derive(Hash)]
+struct SeriesRef<'a> {
+    metric: &'a str,
+    dim: &'a str,
+    value: &'a str,
+}
+
+impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, k: &SeriesKey) -> bool {
+        *k.metric == *self.metric && *k.dim == *self.dim && k.value == self.value
+    }
+}
+
+/// Interned series: folding keys buckets by a small integer instead of three strings, which makes
+/// hashing, merging and sorting a commit's buckets cheap. Lookups of known series take a read lock
+/// and allocate nothing.
+#[derive(Debug, Default)]
+pub struct SeriesTable {
+    inner: RwLock<Interned>,
+}
+
+#[derive(Debug, Default)]
+struct Interned {
+    ids: hashbrown::HashMap<SeriesKey, SeriesId, foldhash::fast::RandomState>,
+    keys: Vec<SeriesKey>,
+}
+
+impl SeriesTable {
+    fn id(&self, metric: &Arc<str>, dim: &Arc<str>, value: &str) -> SeriesId {
+        let r = SeriesRef { metric, dim, value };
+        if let Some(&id) = self.inner.read().unwrap_or_else(|e| e.into_inner()).ids.get(&r) {
+            return id;
+        }
+        let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&id) = w.ids.get(&r) {
+            return id;
+        }
+        let id = SeriesId::try_from(w.keys.len()).expect("a table is replaced long before 2^32 series");
+        let key = SeriesKey { metric: metric.clone(), dim: dim.clone(), value: value.to_string() };
+        w.keys.push(key.clone());
+        w.ids.insert(key, id);
+        id
+    }
+
+    fn intern(&self, key: &SeriesKey) -> SeriesId {
+        self.id(&key.metric, &key.dim, &key.value)
+    }
+
+    /// The keys of `ids`, under one lock.
+    fn keys(&self, ids: impl Iterator<Item = SeriesId>) -> Vec<SeriesKey> {
+        let r = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        ids.map(|id| r.keys[id as usize].clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The series table new folds use. Once it holds `max` series it is swapped for an empty one, so
+/// a stream of ever-new dimension values (outside input) cannot grow memory without bound; deltas
+/// keep the table they were folded with, and merging deltas of two tables translates by key.
+#[derive(Debug)]
+pub struct SeriesIds {
+    current: RwLock<Arc<SeriesTable>>,
+    max: usize,
+}
+
+/// Series one table holds before it is replaced (~100 bytes each).
+pub const MAX_INTERNED_SERIES: usize = 1 << 20;
+
+impl SeriesIds {
+    pub fn new(max: usize) -> Self {
+        Self { current: RwLock::new(Arc::default()), max }
+    }
+
+    fn current(&self) -> Arc<SeriesTable> {
+        let t = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if t.len() < self.max {
+            return t;
+        }
+        let mut w = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if w.len() >= self.max {
+            *w = Arc::default();
+        }
+        w.clone()
+    }
+}
+
 /// Pending changes to buckets, merged in memory before a commit (one upsert per touched bucket).
 ///
-/// Sources fold events into one-second buckets only; [`RollupDelta::expanded`] derives the
+/// Sources fold events into one-second buckets only; [`RollupDelta::into_rows`] derives the
 /// minute, hour, day and all-time buckets once per commit, from the merged seconds. That makes
 /// folding and merging five times cheaper than updating every resolution per event.
 #[derive(Debug, Default, Clone)]
 pub struct RollupDelta {
-    pub buckets: FastMap<BucketKey, Agg>,
-    /// Dimension values seen, with the first time seen (what makes a product "known").
-    pub dims: FastMap<(Arc<str>, String), i64>,
+    /// The table `seconds` ids belong to; set by the first fold.
+    table: Option<Arc<SeriesTable>>,
+    seconds: FastMap<(SeriesId, i64), Agg>,
 }
 
 impl RollupDelta {
-    fn add(&mut self, series: SeriesKey, t: i64, agg: &Agg) {
-        let key = BucketKey { series, res: Resolution::Second, start: t };
-        self.buckets.entry(key).or_default().merge(agg);
-    }
-
-    /// Adds, to one-second buckets, the buckets of every coarser resolution.
-    pub fn expanded(mut self) -> Self {
-        let seconds: Vec<(BucketKey, Agg)> = self
-            .buckets
-            .iter()
-            .filter(|(k, _)| k.res == Resolution::Second)
-            .map(|(k, a)| (k.clone(), a.clone()))
-            .collect();
-        for (k, agg) in seconds {
-            for res in [Resolution::Minute, Resolution::Hour, Resolution::Day, Resolution::All] {
-                let key = BucketKey { series: k.series.clone(), res, start: res.bucket_of(k.start) };
-                self.buckets.entry(key).or_default().merge(&agg);
-            }
-        }
-        self
-    }
-
     pub fn merge(&mut self, other: RollupDelta) {
-        if self.buckets.is_empty() {
-            self.buckets = other.buckets;
-        } else {
-            for (k, v) in other.buckets {
-                self.buckets.entry(k).or_default().merge(&v);
+        let Some(theirs) = other.table else { return };
+        let ours = self.table.get_or_insert_with(|| theirs.clone());
+        if self.seconds.is_empty() && Arc::ptr_eq(ours, &theirs) {
+            self.seconds = other.seconds;
+        } else if Arc::ptr_eq(ours, &theirs) {
+            for (k, v) in other.seconds {
+                self.seconds.entry(k).or_default().merge(&v);
             }
-        }
-        for (k, t) in other.dims {
-            let e = self.dims.entry(k).or_insert(t);
-            *e = (*e).min(t);
+        } else {
+            // Folded before the table was replaced: translate ids by key (rare).
+            let keys = theirs.keys(other.seconds.keys().map(|(id, _)| *id));
+            for (((_, t), v), key) in other.seconds.into_iter().zip(keys) {
+                self.seconds.entry((ours.intern(&key), t)).or_default().merge(&v);
+            }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.seconds.is_empty()
     }
 
-    /// The series this delta touches (for cache invalidation); call on an expanded delta.
-    pub fn series(&self) -> impl Iterator<Item = &SeriesKey> {
-        self.buckets.keys().filter(|k| k.res == Resolution::All).map(|k| &k.series)
+    /// The rows one commit writes: every second bucket plus the minute, hour, day and all-time
+    /// buckets derived from them, in lock order; and each dimension value seen, with the first
+    /// second it was seen in (what makes a product "known").
+    pub fn into_rows(self) -> (RollupRows, Vec<(Arc<str>, String, i64)>) {
+        let Some(table) = self.table else { return Default::default() };
+        let mut first: FastMap<SeriesId, i64> = FastMap::default();
+        let mut coarse: FastMap<(SeriesId, Resolution, i64), Agg> = FastMap::default();
+        for (&(id, t), agg) in &self.seconds {
+            first.entry(id).and_modify(|f| *f = (*f).min(t)).or_insert(t);
+            for res in [Resolution::Minute, Resolution::Hour, Resolution::Day, Resolution::All] {
+                coarse.entry((id, res, res.bucket_of(t))).or_default().merge(agg);
+            }
+        }
+        // Rank the series by key: every writer then locks rows in one order (PostgreSQL).
+        let ids: Vec<SeriesId> = first.keys().copied().collect();
+        let mut keyed: Vec<(SeriesKey, SeriesId)> = table.keys(ids.iter().copied()).into_iter().zip(ids).collect();
+        keyed.sort_unstable();
+        let rank: FastMap<SeriesId, u32> = keyed.iter().enumerate().map(|(i, (_, id))| (*id, i as u32)).collect();
+        let mut rows = Vec::with_capacity(self.seconds.len() + coarse.len());
+        let seconds = self.seconds.into_iter().map(|((id, t), agg)| ((id, Resolution::Second, t), agg));
+        for ((id, res, start), agg) in coarse.into_iter().chain(seconds) {
+            rows.push(RollupRow { series: rank[&id], res, start, agg });
+        }
+        rows.sort_unstable_by_key(|r| (r.series, r.res, r.start));
+        let dims = keyed
+            .iter()
+            .filter(|(k, _)| !k.dim.is_empty())
+            .map(|(k, id)| (k.dim.clone(), k.value.clone(), first[id]))
+            .collect();
+        let series = keyed.into_iter().map(|(k, _)| k).collect();
+        (RollupRows { series, rows }, dims)
+    }
+}
+
+/// One bucket row of a commit; `series` indexes [`RollupRows::series`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupRow {
+    pub series: u32,
+    pub res: Resolution,
+    pub start: i64,
+    pub agg: Agg,
+}
+
+/// The bucket rows of one commit: the series they belong to, each once and sorted by key, and
+/// the rows sorted by (series, resolution, start), each once. That is the order every writer
+/// locks rows in, so concurrent writers on PostgreSQL cannot deadlock; and a backend resolves
+/// each series to its own id once per commit, not once per row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollupRows {
+    series: Vec<SeriesKey>,
+    rows: Vec<RollupRow>,
+}
+
+impl RollupRows {
+    /// From buckets in any order; buckets with the same key are merged.
+    pub fn from_buckets(buckets: impl IntoIterator<Item = (BucketKey, Agg)>) -> Self {
+        let mut merged: std::collections::BTreeMap<BucketKey, Agg> = Default::default();
+        for (k, a) in buckets {
+            merged.entry(k).or_default().merge(&a);
+        }
+        let mut out = Self::default();
+        for (k, agg) in merged {
+            if out.series.last() != Some(&k.series) {
+                out.series.push(k.series.clone());
+            }
+            let series = (out.series.len() - 1) as u32;
+            out.rows.push(RollupRow { series, res: k.res, start: k.start, agg });
+        }
+        out
     }
 
-    /// Buckets in key order: every writer locks rows in the same order, so concurrent writers on
-    /// PostgreSQL cannot deadlock.
-    pub fn into_sorted(self) -> Vec<(BucketKey, Agg)> {
-        let mut v: Vec<_> = self.buckets.into_iter().collect();
-        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        v
+    pub fn series(&self) -> &[SeriesKey] {
+        &self.series
+    }
+
+    pub fn rows(&self) -> &[RollupRow] {
+        &self.rows
+    }
+
+    /// Each row with its series key.
+    pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &RollupRow)> {
+        self.rows.iter().map(|r| (&self.series[r.series as usize], r))
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
     }
 }
 
@@ -440,12 +610,107 @@ mod tests {
                 .unwrap();
             metrics.fold(&e, &mut delta);
         }
-        let delta = delta.expanded();
-        let all =
-            BucketKey { series: SeriesKey::new("sales_amount", "product_id", "3"), res: Resolution::All, start: 0 };
-        assert_eq!(delta.buckets[&all].sum, Decimal::ONE);
-        assert_eq!(delta.buckets[&all].sum.normalize().to_string(), "1");
-        assert_eq!(delta.buckets[&all].count, 10);
-        assert!(delta.dims.contains_key(&(Arc::from("product_id"), "3".to_string())));
+        let (rows, dims) = delta.into_rows();
+        let all = rows
+            .iter()
+            .find(|(k, r)| **k == SeriesKey::new("sales_amount", "product_id", "3") && r.res == Resolution::All)
+            .map(|(_, r)| r.agg.clone())
+            .expect("the all-time bucket");
+        assert_eq!(all.sum, Decimal::ONE);
+        assert_eq!(all.sum.normalize().to_string(), "1");
+        assert_eq!(all.count, 10);
+        assert!(dims.iter().any(|(d, v, _)| &**d == "product_id" && v == "3"));
+    }
+
+    fn fold_all(metrics: &Metrics, events: &[(&str, i64)]) -> RollupDelta {
+        let v = crate::event::Validator::new(&Settings::default());
+        let mut delta = RollupDelta::default();
+        for (json, ms) in events {
+            metrics.fold(&v.validate(json.as_bytes(), *ms, *ms).expect("valid"), &mut delta);
+        }
+        delta
+    }
+
+    fn sale(product: u32, amount: &str) -> String {
+        format!(
+            r#"{{"event_name":"productSold","product_id":{product},"no_of_units":1,"amount":"{amount}","category":"c"}}"#
+        )
+    }
+
+    #[test]
+    fn a_borrowed_series_finds_the_interned_key() {
+        let t = SeriesTable::default();
+        let a = t.intern(&SeriesKey::new("m", "d", "1"));
+        assert_eq!(t.id(&Arc::from("m"), &Arc::from("d"), "1"), a);
+        assert_ne!(t.id(&Arc::from("m"), &Arc::from("d"), "2"), a);
+        assert_ne!(t.id(&Arc::from("m"), &Arc::from(""), "d1"), a, "no field boundary confusion");
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.keys([a].into_iter()), [SeriesKey::new("m", "d", "1")]);
+    }
+
+    #[test]
+    fn rows_derive_every_resolution_from_seconds_in_lock_order() {
+        let metrics = Metrics::new(&Settings::default());
+        let (a, b, c) = (sale(2, "1.50"), sale(1, "2"), sale(2, "0.25"));
+        let delta = fold_all(&metrics, &[(&a, 3_599_000), (&b, 3_599_500), (&c, 3_601_000)]);
+        let (rows, dims) = delta.into_rows();
+        // The same rows as folding every resolution per event, then sorting.
+        let mut expect = Vec::new();
+        for (p, amount, t) in [("2", "1.50", 3599), ("1", "2", 3599), ("2", "0.25", 3601)] {
+            for res in RESOLUTIONS {
+                let v = Decimal::from_str_exact(amount).expect("decimal");
+                expect.push((
+                    BucketKey { series: SeriesKey::new("sales_amount", "product_id", p), res, start: res.bucket_of(t) },
+                    Agg::of(v),
+                ));
+            }
+        }
+        let want = RollupRows::from_buckets(expect);
+        let flat = |rows: &RollupRows| -> Vec<(SeriesKey, Resolution, i64, Agg)> {
+            rows.iter()
+                .filter(|(k, _)| &*k.metric == "sales_amount" && &*k.dim == "product_id")
+                .map(|(k, r)| (k.clone(), r.res, r.start, r.agg.clone()))
+                .collect()
+        };
+        assert_eq!(flat(&rows), flat(&want));
+        let keys: Vec<_> = rows.iter().map(|(k, r)| (k.clone(), r.res, r.start)).collect();
+        assert!(keys.is_sorted(), "rows come in lock order");
+        assert_eq!(dims.iter().find(|d| &*d.0 == "product_id" && d.1 == "2").map(|d| d.2), Some(3599), "first seen");
+    }
+
+    #[test]
+    fn deltas_folded_with_a_replaced_table_merge_by_key() {
+        let mut metrics = Metrics::new(&Settings::default());
+        metrics.series = SeriesIds::new(1); // every fold starts a new table
+        let (a, b) = (sale(7, "1"), sale(7, "2"));
+        let mut one = fold_all(&metrics, &[(&a, 5_000)]);
+        let two = fold_all(&metrics, &[(&b, 5_000), (&sale(8, "4"), 5_000)]);
+        assert!(!Arc::ptr_eq(one.table.as_ref().expect("table"), two.table.as_ref().expect("table")));
+        one.merge(two);
+        let (rows, _) = one.into_rows();
+        let all = |p: &str| {
+            rows.iter()
+                .find(|(k, r)| **k == SeriesKey::new("sales_amount", "product_id", p) && r.res == Resolution::All)
+                .map(|(_, r)| (r.agg.count, r.agg.sum))
+        };
+        assert_eq!(all("7"), Some((2, Decimal::from(3))));
+        assert_eq!(all("8"), Some((1, Decimal::from(4))));
+    }
+
+    #[test]
+    fn rows_from_buckets_are_sorted_with_each_key_once() {
+        let k = |v: &str| BucketKey { series: SeriesKey::new("m", "d", v), res: Resolution::Second, start: 1 };
+        let rows = RollupRows::from_buckets([
+            (k("b"), Agg::of(Decimal::ONE)),
+            (k("a"), Agg::of(Decimal::TWO)),
+            (k("b"), Agg::of(Decimal::TEN)),
+        ]);
+        let keys: Vec<_> = rows.iter().map(|(s, _)| s.value.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(rows.series().len(), 2);
+        assert_eq!(
+            rows.rows()[1].agg,
+            Agg { count: 2, sum: Decimal::from(11), min: Some(Decimal::ONE), max: Some(Decimal::TEN) }
+        );
     }
 }

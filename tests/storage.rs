@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestStore};
-use jetstream::rollup::{Agg, BucketKey, Resolution, SeriesKey, Span, cover};
+use jetstream::rollup::{Agg, BucketKey, Resolution, RollupRows, SeriesKey, Span, cover};
 use jetstream::storage::{
     self, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch,
 };
@@ -23,7 +23,7 @@ fn key(value: &str, res: Resolution, start: i64) -> BucketKey {
 }
 
 fn rollups(rows: Vec<(BucketKey, Agg)>) -> WriteBatch {
-    WriteBatch { rollups: rows, ..Default::default() }
+    WriteBatch { rollups: RollupRows::from_buckets(rows), ..Default::default() }
 }
 
 fn advance(partition: i32, expected: Option<i64>, next: i64) -> OffsetAdvance {
@@ -66,7 +66,10 @@ async fn a_fenced_batch_applies_nothing(backend: Backend) {
 
     // Partition 0's advance is right, partition 1's is stale: the whole batch must be refused.
     let stale = WriteBatch {
-        rollups: vec![(k.clone(), Agg::of(dec("1000"))), (key("8", Resolution::All, 0), Agg::of(dec("1")))],
+        rollups: RollupRows::from_buckets([
+            (k.clone(), Agg::of(dec("1000"))),
+            (key("8", Resolution::All, 0), Agg::of(dec("1"))),
+        ]),
         dims: vec![("product_id".into(), "8".into(), 1)],
         raw_blocks: vec![block("productSold", 5, b"raw")],
         dead_letters: vec![letter(5, "no event name")],
@@ -388,7 +391,7 @@ async fn prune_removes_only_what_retention_expired(backend: Backend) {
     let store = open(&ts).await;
     let one = || Agg::of(Decimal::ONE);
     let b = WriteBatch {
-        rollups: vec![
+        rollups: RollupRows::from_buckets([
             (key("1", Resolution::All, 0), one()),
             (key("1", Resolution::Hour, 0), one()),
             (key("1", Resolution::Minute, 60), one()),
@@ -396,7 +399,7 @@ async fn prune_removes_only_what_retention_expired(backend: Backend) {
             (key("1", Resolution::Second, 100), one()),
             (key("1", Resolution::Second, 101), one()),
             (key("1", Resolution::Second, 5000), one()),
-        ],
+        ]),
         raw_blocks: vec![block("e", 1_000, b"old"), block("e", 9_000, b"new")],
         dead_letters: vec![letter(1_000, "old"), letter(9_000, "new")],
         ..Default::default()

@@ -81,6 +81,6 @@ fn parse_body(state: &AppState, body: &[u8], format: BodyFormat) -> Result<(Pend
             }
         }
     }
-    let out = IngestOut { accepted: pending.raw.len(), rejected: errors.len(), errors };
+    let out = IngestOut { accepted: pending.accepted(), rejected: errors.len(), errors };
     Ok((pending, out))
 }

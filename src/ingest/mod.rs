@@ -3,7 +3,7 @@
 //! Sources (HTTP in `http`, Kafka in `kafka`) validate and fold events where they arrive, in
 //! parallel; the single [`writer::Writer`] merges whatever is queued into one transaction.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use crate::event::{Event, Rejection};
 use crate::rollup::{Metrics, RollupDelta};
@@ -23,19 +23,23 @@ pub struct Origin<'a> {
     pub key: Option<&'a [u8]>,
 }
 
-/// One raw event line for the raw store: `{"t":…,"src":…,["k","p","o",]"e":<raw>}`.
-#[derive(Debug)]
-pub struct RawLine {
+/// Raw events of one name for the raw store, as NDJSON lines
+/// `{"t":…,"src":…,["k":…,"p":…,"o":…,]"e":<raw>}`.
+#[derive(Debug, Clone)]
+pub struct RawLines {
     pub name: String,
-    pub time_ms: i64,
-    pub line: String,
+    pub ndjson: Vec<u8>,
+    pub min_time_ms: i64,
+    pub max_time_ms: i64,
+    pub count: i64,
 }
 
 /// What a source hands the writer: folded rollups, raw lines, dead letters and offset advances.
 #[derive(Debug, Default)]
 pub struct Pending {
     pub delta: RollupDelta,
-    pub raw: Vec<RawLine>,
+    /// One entry per event name (a batch holds few names).
+    pub raw: Vec<RawLines>,
     pub dead: Vec<NewDeadLetter>,
     pub offsets: Vec<OffsetAdvance>,
 }
@@ -44,18 +48,37 @@ impl Pending {
     /// Folds an accepted event and keeps its raw bytes with its origin.
     pub fn accept(&mut self, metrics: &Metrics, event: Event, origin: &Origin<'_>) {
         metrics.fold(&event, &mut self.delta);
-        let raw = std::str::from_utf8(&event.raw).expect("validated events are UTF-8");
-        let mut line = String::with_capacity(raw.len() + 64);
-        // Infallible: writing to a String.
-        let _ = write!(line, "{{\"t\":{},\"src\":{}", event.time_ms, json_str(origin.source));
+        let at = match self.raw.iter().position(|r| r.name == event.name) {
+            Some(i) => i,
+            None => {
+                self.raw.push(RawLines {
+                    name: event.name.clone(),
+                    ndjson: Vec::new(),
+                    min_time_ms: i64::MAX,
+                    max_time_ms: i64::MIN,
+                    count: 0,
+                });
+                self.raw.len() - 1
+            }
+        };
+        let r = &mut self.raw[at];
+        r.min_time_ms = r.min_time_ms.min(event.time_ms);
+        r.max_time_ms = r.max_time_ms.max(event.time_ms);
+        r.count += 1;
+        // Writing to a Vec cannot fail.
+        let out = &mut r.ndjson;
+        let _ = write!(out, "{{\"t\":{},\"src\":", event.time_ms);
+        let _ = serde_json::to_writer(&mut *out, origin.source);
         if let Some(k) = origin.key {
-            let _ = write!(line, ",\"k\":{}", json_str(&String::from_utf8_lossy(k)));
+            out.extend_from_slice(b",\"k\":");
+            let _ = serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(k));
         }
         if let (Some(p), Some(o)) = (origin.partition, origin.offset) {
-            let _ = write!(line, ",\"p\":{p},\"o\":{o}");
+            let _ = write!(out, ",\"p\":{p},\"o\":{o}");
         }
-        let _ = write!(line, ",\"e\":{raw}}}");
-        self.raw.push(RawLine { name: event.name, time_ms: event.time_ms, line });
+        out.extend_from_slice(b",\"e\":");
+        out.extend_from_slice(&event.raw);
+        out.extend_from_slice(b"}\n");
     }
 
     /// Keeps a rejected record as a dead letter.
@@ -71,17 +94,19 @@ impl Pending {
         });
     }
 
+    /// Events accepted.
+    pub fn accepted(&self) -> usize {
+        self.raw.iter().map(|r| r.count as usize).sum()
+    }
+
+    /// Records taken: accepted events and dead letters.
     pub fn events(&self) -> usize {
-        self.raw.len() + self.dead.len()
+        self.accepted() + self.dead.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty() && self.dead.is_empty() && self.offsets.is_empty()
     }
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a str always serialises")
 }
 
 /// Milliseconds since the epoch, from the system clock.

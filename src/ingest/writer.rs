@@ -4,13 +4,12 @@
 //! commit runs, new submissions queue; the next commit takes all of them (up to a bound) in one
 //! transaction. A submitter is acknowledged only after its data is durable.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Pending;
+use super::{Pending, RawLines};
 use crate::rollup::SeriesKey;
 use crate::storage::{RawBlock, Store, StoreError, WriteBatch};
 
@@ -158,37 +157,47 @@ async fn commit_group(store: &dyn Store, mut jobs: Vec<Job>, hooks: &[CommitHook
 /// Merges the jobs' data into one batch, leaving their offsets in place (needed on a fence retry).
 fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Vec<SeriesKey>) {
     let mut delta = crate::rollup::RollupDelta::default();
-    let mut by_name: HashMap<String, (Vec<u8>, i64, i64, i64)> = HashMap::new();
+    let mut raw: Vec<RawLines> = Vec::new();
     let mut batch = WriteBatch::default();
     // Only a group carrying offsets can be fenced and retried; only then must the jobs keep their
-    // deltas, so the common HTTP path moves them instead of copying.
+    // data, so the common HTTP path moves it instead of copying.
     let may_retry = jobs.iter().any(|j| !j.pending.offsets.is_empty());
     for j in jobs.iter_mut() {
-        if may_retry {
-            delta.merge(j.pending.delta.clone());
+        let (d, lines) = if may_retry {
+            (j.pending.delta.clone(), j.pending.raw.clone())
         } else {
-            delta.merge(std::mem::take(&mut j.pending.delta));
-        }
-        for r in &j.pending.raw {
-            let e = by_name.entry(r.name.clone()).or_insert_with(|| (Vec::new(), i64::MAX, i64::MIN, 0));
-            e.0.extend_from_slice(r.line.as_bytes());
-            e.0.push(b'\n');
-            e.1 = e.1.min(r.time_ms);
-            e.2 = e.2.max(r.time_ms);
-            e.3 += 1;
+            (std::mem::take(&mut j.pending.delta), std::mem::take(&mut j.pending.raw))
+        };
+        delta.merge(d);
+        for r in lines {
+            match raw.iter_mut().find(|x| x.name == r.name) {
+                Some(x) => {
+                    x.ndjson.extend_from_slice(&r.ndjson);
+                    x.min_time_ms = x.min_time_ms.min(r.min_time_ms);
+                    x.max_time_ms = x.max_time_ms.max(r.max_time_ms);
+                    x.count += r.count;
+                }
+                None => raw.push(r),
+            }
         }
         batch.dead_letters.extend(j.pending.dead.iter().cloned());
         batch.offsets.extend(j.pending.offsets.iter().cloned());
     }
-    for (name, (ndjson, min_t, max_t, count)) in by_name {
+    for r in raw {
         // Level 1: fast, and JSON still compresses ~5x.
-        let zstd = zstd::bulk::compress(&ndjson, 1).expect("compressing to memory cannot fail");
-        batch.raw_blocks.push(RawBlock { name, min_time_ms: min_t, max_time_ms: max_t, count, zstd });
+        let zstd = zstd::bulk::compress(&r.ndjson, 1).expect("compressing to memory cannot fail");
+        batch.raw_blocks.push(RawBlock {
+            name: r.name,
+            min_time_ms: r.min_time_ms,
+            max_time_ms: r.max_time_ms,
+            count: r.count,
+            zstd,
+        });
     }
-    let delta = delta.expanded();
-    let series: Vec<SeriesKey> = delta.series().cloned().collect();
-    batch.dims = delta.dims.iter().map(|((d, v), t)| (d.clone(), v.clone(), *t)).collect();
-    batch.dims.sort_unstable();
-    batch.rollups = delta.into_sorted();
+    let (rollups, mut dims) = delta.into_rows();
+    dims.sort_unstable();
+    let series = rollups.series().to_vec();
+    batch.rollups = rollups;
+    batch.dims = dims;
     (batch, series)
 }

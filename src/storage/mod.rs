@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::rollup::{Agg, BucketKey, Resolution, SeriesKey, Span};
+use crate::rollup::{Agg, Resolution, RollupRows, SeriesKey, Span};
 
 pub mod postgres;
 pub mod sqlite;
@@ -79,8 +79,8 @@ pub struct DeadLetter {
 /// Everything one transaction writes.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
-    /// Sorted by key (a consistent lock order).
-    pub rollups: Vec<(BucketKey, Agg)>,
+    /// Bucket rows, in the lock order every writer uses.
+    pub rollups: RollupRows,
     pub dims: Vec<(Arc<str>, String, i64)>,
     pub raw_blocks: Vec<RawBlock>,
     pub dead_letters: Vec<NewDeadLetter>,

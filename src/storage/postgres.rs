@@ -29,7 +29,7 @@ use tokio_postgres::{NoTls, Row};
 use super::{
     DeadLetter, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch,
 };
-use crate::rollup::{Agg, BucketKey, Resolution, SeriesKey, Span};
+use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 
 /// Versioned migrations; `schema_migrations` holds the numbers applied (1-based).
 const MIGRATIONS: &[&str] = &[r#"
@@ -247,43 +247,15 @@ fn agg_from_row(r: &Row, at: usize) -> Result<Agg, StoreError> {
     })
 }
 
-/// `a` merged with `b`, refusing overflow instead of panicking.
-fn merge_checked(a: &mut Agg, b: &Agg) -> Result<(), StoreError> {
-    let overflow = || StoreError::backend(anyhow::anyhow!("rollup sum overflows a decimal"));
-    a.count = a.count.checked_add(b.count).ok_or_else(overflow)?;
-    a.sum = a.sum.checked_add(b.sum).ok_or_else(overflow)?;
-    a.min = match (a.min, b.min) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
-    };
-    a.max = match (a.max, b.max) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    };
-    Ok(())
-}
-
-/// Puts a batch in the lock order every writer uses and makes each key appear once per statement
-/// (an `ON CONFLICT DO UPDATE` cannot touch one row twice). The writer already sends sorted,
-/// distinct rollups, so this costs one linear pass; it keeps the guarantee for any caller.
-fn normalise(batch: &mut WriteBatch) -> Result<(), StoreError> {
+/// Puts a batch's offsets and dimension values in the lock order every writer uses, each key
+/// once per statement (an `ON CONFLICT DO UPDATE` cannot touch one row twice). Rollup rows come
+/// in that order already ([`RollupRows`]).
+fn normalise(batch: &mut WriteBatch) {
     // Stable: two advances of one partition in one batch stay chained in order.
     batch.offsets.sort_by(|a, b| (&a.source, a.partition).cmp(&(&b.source, b.partition)));
-    if !batch.rollups.is_sorted_by(|a, b| a.0 < b.0) {
-        batch.rollups.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut merged: Vec<(BucketKey, Agg)> = Vec::with_capacity(batch.rollups.len());
-        for (k, a) in batch.rollups.drain(..) {
-            match merged.last_mut() {
-                Some((lk, la)) if *lk == k => merge_checked(la, &a)?,
-                _ => merged.push((k, a)),
-            }
-        }
-        batch.rollups = merged;
-    }
     // Stable, keeping the first occurrence: SQLite's `INSERT OR IGNORE` keeps the first too.
     batch.dims.sort_by(|a, b| (&*a.0, &a.1).cmp(&(&*b.0, &b.1)));
     batch.dims.dedup_by(|b, a| a.0 == b.0 && a.1 == b.1);
-    Ok(())
 }
 
 async fn fence(tx: &deadpool_postgres::Transaction<'_>, o: &OffsetAdvance) -> Result<(), StoreError> {
@@ -335,7 +307,8 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, batch: &WriteBatch) -> R
     }
     if !batch.rollups.is_empty() {
         let st = tx.prepare_cached(UPSERT_ROLLUPS).await.map_err(pg_err)?;
-        for chunk in batch.rollups.chunks(CHUNK) {
+        let rows: Vec<_> = batch.rollups.iter().collect();
+        for chunk in rows.chunks(CHUNK) {
             let mut metric = Vec::with_capacity(chunk.len());
             let mut dim = Vec::with_capacity(chunk.len());
             let mut val = Vec::with_capacity(chunk.len());
@@ -345,16 +318,16 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, batch: &WriteBatch) -> R
             let mut sum = Vec::with_capacity(chunk.len());
             let mut min = Vec::with_capacity(chunk.len());
             let mut max = Vec::with_capacity(chunk.len());
-            for (k, a) in chunk {
-                metric.push(&*k.series.metric);
-                dim.push(&*k.series.dim);
-                val.push(k.series.value.as_str());
-                res.push(res_code(k.res));
-                bucket.push(k.start);
-                count.push(a.count);
-                sum.push(a.sum);
-                min.push(a.min);
-                max.push(a.max);
+            for (k, r) in chunk {
+                metric.push(&*k.metric);
+                dim.push(&*k.dim);
+                val.push(k.value.as_str());
+                res.push(res_code(r.res));
+                bucket.push(r.start);
+                count.push(r.agg.count);
+                sum.push(r.agg.sum);
+                min.push(r.agg.min);
+                max.push(r.agg.max);
             }
             tx.execute(&st, &[&metric, &dim, &val, &res, &bucket, &count, &sum, &min, &max]).await.map_err(pg_err)?;
         }
@@ -404,7 +377,7 @@ async fn bump_tokens_version(tx: &deadpool_postgres::Transaction<'_>) -> Result<
 #[async_trait]
 impl Store for PgStore {
     async fn commit(&self, mut batch: WriteBatch) -> Result<(), StoreError> {
-        normalise(&mut batch)?;
+        normalise(&mut batch);
         let mut client = self.client().await?;
         let mut attempt = 1;
         loop {
@@ -648,8 +621,6 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
-    use rust_decimal::Decimal;
-
     use super::*;
 
     #[test]
@@ -678,28 +649,13 @@ mod tests {
         assert_eq!(redact("postgresql://u:p@h1,h2/js"), "postgresql://u:***@h1,h2/js");
     }
 
-    fn key(v: &str, start: i64) -> BucketKey {
-        BucketKey { series: SeriesKey::new("m", "d", v), res: Resolution::Second, start }
-    }
-
     #[test]
-    fn a_batch_is_put_in_lock_order_with_each_key_once() {
+    fn dimension_values_are_put_in_lock_order_each_once() {
         let mut b = WriteBatch {
-            rollups: vec![
-                (key("b", 1), Agg::of(Decimal::ONE)),
-                (key("a", 1), Agg::of(Decimal::TWO)),
-                (key("b", 1), Agg::of(Decimal::TEN)),
-            ],
             dims: vec![("d".into(), "y".into(), 5), ("d".into(), "x".into(), 7), ("d".into(), "y".into(), 3)],
             ..Default::default()
         };
-        normalise(&mut b).expect("no overflow");
-        let keys: Vec<_> = b.rollups.iter().map(|(k, _)| k.series.value.as_str()).collect();
-        assert_eq!(keys, ["a", "b"]);
-        assert_eq!(
-            b.rollups[1].1,
-            Agg { count: 2, sum: Decimal::from(11), min: Some(Decimal::ONE), max: Some(Decimal::TEN) }
-        );
+        normalise(&mut b);
         let dims: Vec<_> = b.dims.iter().map(|d| (d.1.as_str(), d.2)).collect();
         assert_eq!(dims, [("x", 7), ("y", 5)], "the first occurrence of a value is kept");
     }
@@ -711,7 +667,7 @@ mod tests {
             offsets: vec![adv(1, None, 10), adv(2, None, 5), adv(1, Some(10), 20), adv(1, Some(20), 30)],
             ..Default::default()
         };
-        normalise(&mut b).expect("no overflow");
+        normalise(&mut b);
         let order: Vec<_> = b.offsets.iter().map(|o| (o.partition, o.next)).collect();
         assert_eq!(order, [(1, 10), (1, 20), (1, 30), (2, 5)]);
     }

@@ -2,8 +2,10 @@
 //!
 //! One writer connection (writes are already serialised by the ingest writer, so a mutex costs
 //! nothing) and a small pool of read-only connections; all calls run on tokio's blocking pool.
-//! Decimal sums are kept as text and added by the registered SQL functions `dec_add`, `dec_min` and
-//! `dec_max` inside the upsert, so they stay exact without a read-modify-write.
+//! Rollup rows are keyed by an integer series id (table `series`; the writer caches the ids it has
+//! committed). Decimals are 16-byte blobs added by the registered SQL functions `dec_add`,
+//! `dec_min` and `dec_max` inside the upsert, so they stay exact without a read-modify-write, and
+//! several processes can share one file.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -11,14 +13,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::functions::FunctionFlags;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rust_decimal::Decimal;
 
 use super::{DeadLetter, NewDeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch};
-use crate::rollup::{Agg, Resolution, SeriesKey, Span};
+use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
 
 /// Versioned migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE rollups (
     metric TEXT NOT NULL, dim TEXT NOT NULL, val TEXT NOT NULL,
     res INTEGER NOT NULL, bucket INTEGER NOT NULL,
@@ -51,15 +55,58 @@ CREATE TABLE tokens (
 );
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO meta VALUES ('tokens_version', 0);
-"#];
+"#,
+    // 2: rollups keyed by an integer series id, with decimals as 16-byte blobs (rust_decimal's
+    // `serialize` layout): a commit's thousands of upserts compare integers instead of three text
+    // columns, and add decimals without parsing and printing text. `dec_blob` converts the old text.
+    r#"
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY, metric TEXT NOT NULL, dim TEXT NOT NULL, val TEXT NOT NULL,
+    UNIQUE (metric, dim, val)
+);
+INSERT INTO series (metric, dim, val) SELECT DISTINCT metric, dim, val FROM rollups ORDER BY 1, 2, 3;
+CREATE TABLE rollups_by_id (
+    series INTEGER NOT NULL, res INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum BLOB NOT NULL, min BLOB, max BLOB,
+    PRIMARY KEY (series, res, bucket)
+) WITHOUT ROWID;
+INSERT INTO rollups_by_id
+    SELECT s.id, r.res, r.bucket, r.count, dec_blob(r.sum), dec_blob(r.min), dec_blob(r.max)
+    FROM rollups r JOIN series s ON s.metric = r.metric AND s.dim = r.dim AND s.val = r.val;
+DROP TABLE rollups;
+ALTER TABLE rollups_by_id RENAME TO rollups;
+"#,
+];
+
+/// Series ids the writer remembers; beyond this the cache starts over (it is only a cache).
+const SERIES_CACHE: usize = 1 << 20;
 
 /// Read connections kept open.
 const READERS: usize = 4;
 
 pub struct SqliteStore {
     path: String,
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<WriterConn>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// The writer connection, with the ids of the series it has seen committed.
+struct WriterConn {
+    conn: Connection,
+    series: FastMap<SeriesKey, i64>,
+}
+
+impl std::ops::Deref for WriterConn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriterConn {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
 }
 
 impl SqliteStore {
@@ -67,13 +114,14 @@ impl SqliteStore {
         let path = path.to_string();
         let p = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&p)).await.map_err(StoreError::backend)??;
+        let writer = WriterConn { conn: writer, series: FastMap::default() };
         Ok(Self { path, writer: Arc::new(Mutex::new(writer)), readers: Arc::new(Mutex::new(Vec::new())) })
     }
 
     /// Runs `f` on the writer connection on the blocking pool.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut WriterConn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let w = self.writer.clone();
         tokio::task::spawn_blocking(move || {
@@ -125,8 +173,9 @@ fn open_writer(path: &str) -> Result<Connection, StoreError> {
     c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
     // 64 MiB of page cache (the default is 2 MiB): the hot rollup pages stay in memory.
     c.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
-    migrate(&mut c)?;
+    // Before migrating: migration 2 uses `dec_blob`.
     register_decimal_functions(&c).map_err(db_err)?;
+    migrate(&mut c)?;
     Ok(c)
 }
 
@@ -172,42 +221,82 @@ fn dec(s: &str) -> Result<Decimal, rusqlite::Error> {
     Decimal::from_str(s).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
 }
 
+/// A stored decimal: a 16-byte blob (`Decimal::serialize`); text from before migration 2 is read
+/// too, so `dec_blob` can convert it.
+fn dec_value(v: ValueRef<'_>) -> Result<Option<Decimal>, rusqlite::Error> {
+    let bad = || rusqlite::Error::UserFunctionError("not a stored decimal".into());
+    match v {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) => Ok(Some(Decimal::deserialize(b.try_into().map_err(|_| bad())?))),
+        ValueRef::Text(t) => dec(std::str::from_utf8(t).map_err(|_| bad())?).map(Some),
+        _ => Err(bad()),
+    }
+}
+
+fn dec_blob(d: Decimal) -> [u8; 16] {
+    d.serialize()
+}
+
 fn register_decimal_functions(c: &Connection) -> rusqlite::Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    c.create_scalar_function("dec_blob", 1, flags, |ctx| Ok(dec_value(ctx.get_raw(0))?.map(dec_blob)))?;
     c.create_scalar_function("dec_add", 2, flags, |ctx| {
-        let a = dec(&ctx.get::<String>(0)?)?;
-        let b = dec(&ctx.get::<String>(1)?)?;
-        a.checked_add(b)
-            .map(|s| s.to_string())
-            .ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow".into()))
+        let (a, b) = (dec_value(ctx.get_raw(0))?, dec_value(ctx.get_raw(1))?);
+        let sum = a.unwrap_or_default().checked_add(b.unwrap_or_default());
+        sum.map(dec_blob).ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow".into()))
     })?;
     for (name, pick_max) in [("dec_min", false), ("dec_max", true)] {
         c.create_scalar_function(name, 2, flags, move |ctx| {
-            let a: Option<String> = ctx.get(0)?;
-            let b: Option<String> = ctx.get(1)?;
-            Ok(match (a, b) {
-                (Some(a), Some(b)) => {
-                    let (da, db) = (dec(&a)?, dec(&b)?);
-                    Some(if (da < db) != pick_max { a } else { b })
-                }
+            let picked = match (dec_value(ctx.get_raw(0))?, dec_value(ctx.get_raw(1))?) {
+                (Some(a), Some(b)) => Some(if (a < b) != pick_max { a } else { b }),
                 (a, b) => a.or(b),
-            })
+            };
+            Ok(picked.map(dec_blob))
         })?;
     }
     Ok(())
 }
 
 fn agg_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Agg> {
-    let parse = |s: Option<String>| s.map(|s| dec(&s)).transpose();
-    Ok(Agg {
-        count: r.get(at)?,
-        sum: dec(&r.get::<_, String>(at + 1)?)?,
-        min: parse(r.get(at + 2)?)?,
-        max: parse(r.get(at + 3)?)?,
-    })
+    let get = |i: usize| r.get_ref(at + i).and_then(dec_value);
+    Ok(Agg { count: r.get(at)?, sum: get(1)?.unwrap_or_default(), min: get(2)?, max: get(3)? })
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+/// Series ids the writer has not cached yet, to cache once their transaction has committed.
+type FreshIds = Vec<(SeriesKey, i64)>;
+
+/// The store's id of each series in `rows` (inserting new ones), and which of them are fresh.
+fn series_ids(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &FastMap<SeriesKey, i64>,
+    series: &[SeriesKey],
+) -> Result<(Vec<i64>, FreshIds), StoreError> {
+    let mut ids = Vec::with_capacity(series.len());
+    let mut fresh = Vec::new();
+    for s in series {
+        if let Some(&id) = cache.get(s) {
+            ids.push(id);
+            continue;
+        }
+        tx.prepare_cached("INSERT INTO series (metric, dim, val) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+            .and_then(|mut st| st.execute(params![&*s.metric, &*s.dim, s.value]))
+            .map_err(db_err)?;
+        let id: i64 = tx
+            .prepare_cached("SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3")
+            .and_then(|mut st| st.query_row(params![&*s.metric, &*s.dim, s.value], |r| r.get(0)))
+            .map_err(db_err)?;
+        ids.push(id);
+        fresh.push((s.clone(), id));
+    }
+    Ok((ids, fresh))
+}
+
+/// Writes `batch` in `tx`; returns the series ids it added to the store, for the cache.
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &FastMap<SeriesKey, i64>,
+    batch: &WriteBatch,
+) -> Result<FreshIds, StoreError> {
     for o in &batch.offsets {
         let stored: Option<i64> = tx
             .prepare_cached("SELECT next_offset FROM offsets WHERE source = ?1 AND partition = ?2")
@@ -228,28 +317,28 @@ fn apply(tx: &rusqlite::Transaction<'_>, batch: &WriteBatch) -> Result<(), Store
         .and_then(|mut s| s.execute(params![o.source, o.partition, o.next]))
         .map_err(db_err)?;
     }
+    let (ids, fresh) = series_ids(tx, cache, batch.rollups.series())?;
     let mut up = tx
         .prepare_cached(
-            "INSERT INTO rollups (metric, dim, val, res, bucket, count, sum, min, max)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (metric, dim, val, res, bucket) DO UPDATE SET
+            "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (series, res, bucket) DO UPDATE SET
                count = count + excluded.count,
                sum = dec_add(sum, excluded.sum),
                min = dec_min(min, excluded.min),
                max = dec_max(max, excluded.max)",
         )
         .map_err(db_err)?;
-    for (k, a) in &batch.rollups {
+    for r in batch.rollups.rows() {
+        let a = &r.agg;
         up.execute(params![
-            &*k.series.metric,
-            &*k.series.dim,
-            k.series.value,
-            k.res.seconds(),
-            k.start,
+            ids[r.series as usize],
+            r.res.seconds(),
+            r.start,
             a.count,
-            a.sum.to_string(),
-            a.min.map(|d| d.to_string()),
-            a.max.map(|d| d.to_string()),
+            &dec_blob(a.sum)[..],
+            a.min.map(dec_blob),
+            a.max.map(dec_blob),
         ])
         .map_err(db_err)?;
     }
@@ -277,7 +366,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, batch: &WriteBatch) -> Result<(), Store
         dl.execute(params![d.received_ms, d.source, d.reason, d.raw, d.topic, d.partition, d.offset])
             .map_err(db_err)?;
     }
-    Ok(())
+    Ok(fresh)
 }
 
 fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
@@ -287,10 +376,15 @@ fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.write(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-            apply(&tx, &batch)?; // on error the transaction is dropped, which rolls it back
-            tx.commit().map_err(db_err)
+        self.write(move |w| {
+            let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            let fresh = apply(&tx, &w.series, &batch)?; // on error the dropped transaction rolls back
+            tx.commit().map_err(db_err)?;
+            if w.series.len() + fresh.len() > SERIES_CACHE {
+                w.series.clear();
+            }
+            w.series.extend(fresh);
+            Ok(())
         })
         .await
     }
@@ -302,7 +396,8 @@ impl Store for SqliteStore {
             let mut s = c
                 .prepare_cached(
                     "SELECT count, sum, min, max FROM rollups
-                     WHERE metric = ?1 AND dim = ?2 AND val = ?3 AND res = ?4 AND bucket >= ?5 AND bucket < ?6",
+                     WHERE series = (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
+                       AND res = ?4 AND bucket >= ?5 AND bucket < ?6",
                 )
                 .map_err(db_err)?;
             let mut total = Agg::default();
@@ -331,7 +426,8 @@ impl Store for SqliteStore {
             let mut s = c
                 .prepare_cached(
                     "SELECT bucket, count, sum, min, max FROM rollups
-                     WHERE metric = ?1 AND dim = ?2 AND val = ?3 AND res = ?4 AND bucket >= ?5 AND bucket < ?6
+                     WHERE series = (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
+                       AND res = ?4 AND bucket >= ?5 AND bucket < ?6
                      ORDER BY bucket",
                 )
                 .map_err(db_err)?;
@@ -523,5 +619,51 @@ impl Store for SqliteStore {
         self.write(|c| c.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db_err)).await?;
         self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written by a binary that knew only migration 1 (text keys, text decimals) opens
+    /// with every bucket intact, and takes new commits on top.
+    #[tokio::test]
+    async fn a_version_1_store_is_migrated_with_its_rollups() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.db");
+        let path = path.to_str().expect("utf-8 path");
+        {
+            let c = Connection::open(path).expect("open");
+            c.execute_batch(MIGRATIONS[0]).expect("migration 1");
+            c.pragma_update(None, "user_version", 1).expect("version");
+            c.execute_batch(
+                "INSERT INTO rollups VALUES ('sales_amount', 'product_id', '3', 0, 0, 2, '1.10', '0.10', '1.00');
+                 INSERT INTO rollups VALUES ('sales_amount', 'product_id', '3', 60, 120, 1, '0.10', '0.10', '0.10');
+                 INSERT INTO rollups VALUES ('rating', '', '', 0, 0, 1, '4', NULL, NULL);",
+            )
+            .expect("v1 rows");
+        }
+        let store = SqliteStore::open(path).await.expect("migrates");
+        let s = SeriesKey::new("sales_amount", "product_id", "3");
+        let all = [Span { res: Resolution::All, from: 0, to: 1 }];
+        let got = store.read_aggregate(&s, &all).await.expect("read");
+        let d = |v: &str| Decimal::from_str(v).expect("decimal");
+        assert_eq!(got, Agg { count: 2, sum: d("1.10"), min: Some(d("0.10")), max: Some(d("1.00")) });
+        let minute = store.read_points(&s, Resolution::Minute, 0, 600).await.expect("points");
+        assert_eq!(minute, vec![(120, Agg::of(d("0.10")))]);
+        let rating = store.read_aggregate(&SeriesKey::new("rating", "", ""), &all).await.expect("read");
+        assert_eq!((rating.count, rating.sum, rating.min), (1, d("4"), None));
+
+        let batch = WriteBatch {
+            rollups: crate::rollup::RollupRows::from_buckets([(
+                crate::rollup::BucketKey { series: s.clone(), res: Resolution::All, start: 0 },
+                Agg::of(d("0.05")),
+            )]),
+            ..Default::default()
+        };
+        store.commit(batch).await.expect("commit");
+        let got = store.read_aggregate(&s, &all).await.expect("read");
+        assert_eq!(got, Agg { count: 3, sum: d("1.15"), min: Some(d("0.05")), max: Some(d("1.00")) });
     }
 }
