@@ -65,7 +65,12 @@ impl Application {
             let cache = cache.clone();
             Arc::new(move |series| cache.invalidate(series))
         };
-        let (writer, writer_task) = Writer::spawn(store.clone(), settings.ingest.max_batch_events, vec![invalidate]);
+        let (writer, writer_task) = Writer::spawn(
+            store.clone(),
+            settings.ingest.max_batch_events,
+            settings.ingest.commit_linger,
+            vec![invalidate],
+        );
         let tokens = Arc::new(Tokens::default());
         tokens.reload(&*store).await.context("loading tokens")?;
         let background = vec![

@@ -43,6 +43,9 @@ pub struct IngestSettings {
     pub max_future_skew: Duration,
     /// Most events the writer puts in one transaction.
     pub max_batch_events: usize,
+    /// Longest a commit waits for request bodies still being parsed to join it (0s: never).
+    #[serde(deserialize_with = "de_duration")]
+    pub commit_linger: Duration,
     /// Longest accepted single event (raw bytes); longer ones become dead letters.
     pub max_event_bytes: usize,
 }
@@ -174,6 +177,7 @@ impl Default for IngestSettings {
             max_body_bytes: 16 * 1024 * 1024,
             max_future_skew: Duration::from_secs(300),
             max_batch_events: 50_000,
+            commit_linger: Duration::from_millis(25),
             max_event_bytes: 1024 * 1024,
         }
     }

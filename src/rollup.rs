@@ -227,7 +227,7 @@ impl Metrics {
     pub fn fold(&self, event: &Event, delta: &mut RollupDelta) {
         let t = event.time_ms.div_euclid(1000);
         let table = delta.table.get_or_insert_with(|| self.series.current());
-        let mut add = |id: SeriesId, agg: &Agg| delta.seconds.entry((id, t)).or_default().merge(agg);
+        let mut add = |id: SeriesId, agg: &Agg| add_second(delta.seconds.entry(id).or_default(), t, agg);
         for m in &self.metrics {
             if m.event != "*" && m.event != event.name {
                 continue;
@@ -388,16 +388,27 @@ impl SeriesIds {
     }
 }
 
+/// Adds to the bucket of second `t` in a series' list. Events mostly arrive in time order, so
+/// only the last few buckets are searched; a miss appends, and [`RollupDelta::into_rows`] merges
+/// the duplicates that can leave. That keeps one event's cost bounded whatever the batch.
+fn add_second(seconds: &mut Vec<(i64, Agg)>, t: i64, agg: &Agg) {
+    match seconds.iter_mut().rev().take(4).find(|(s, _)| *s == t) {
+        Some((_, a)) => a.merge(agg),
+        None => seconds.push((t, agg.clone())),
+    }
+}
+
 /// Pending changes to buckets, merged in memory before a commit (one upsert per touched bucket).
 ///
-/// Sources fold events into one-second buckets only; [`RollupDelta::into_rows`] derives the
-/// minute, hour, day and all-time buckets once per commit, from the merged seconds. That makes
-/// folding and merging five times cheaper than updating every resolution per event.
+/// Sources fold events into one-second buckets only, kept per series; [`RollupDelta::into_rows`]
+/// derives the minute, hour, day and all-time buckets once per commit, from the merged seconds.
+/// That makes folding and merging five times cheaper than updating every resolution per event.
 #[derive(Debug, Default, Clone)]
 pub struct RollupDelta {
     /// The table `seconds` ids belong to; set by the first fold.
     table: Option<Arc<SeriesTable>>,
-    seconds: FastMap<(SeriesId, i64), Agg>,
+    /// Per series, its one-second buckets `(second, agg)`: unordered, possibly repeated.
+    seconds: FastMap<SeriesId, Vec<(i64, Agg)>>,
 }
 
 impl RollupDelta {
@@ -407,14 +418,15 @@ impl RollupDelta {
         if self.seconds.is_empty() && Arc::ptr_eq(ours, &theirs) {
             self.seconds = other.seconds;
         } else if Arc::ptr_eq(ours, &theirs) {
-            for (k, v) in other.seconds {
-                self.seconds.entry(k).or_default().merge(&v);
+            self.seconds.reserve(other.seconds.len());
+            for (id, secs) in other.seconds {
+                self.seconds.entry(id).or_default().extend(secs);
             }
         } else {
             // Folded before the table was replaced: translate ids by key (rare).
-            let keys = theirs.keys(other.seconds.keys().map(|(id, _)| *id));
-            for (((_, t), v), key) in other.seconds.into_iter().zip(keys) {
-                self.seconds.entry((ours.intern(&key), t)).or_default().merge(&v);
+            let keys = theirs.keys(other.seconds.keys().copied());
+            for ((_, secs), key) in other.seconds.into_iter().zip(keys) {
+                self.seconds.entry(ours.intern(&key)).or_default().extend(secs);
             }
         }
     }
@@ -428,32 +440,56 @@ impl RollupDelta {
     /// second it was seen in (what makes a product "known").
     pub fn into_rows(self) -> (RollupRows, Vec<(Arc<str>, String, i64)>) {
         let Some(table) = self.table else { return Default::default() };
-        let mut first: FastMap<SeriesId, i64> = FastMap::default();
-        let mut coarse: FastMap<(SeriesId, Resolution, i64), Agg> = FastMap::default();
-        for (&(id, t), agg) in &self.seconds {
-            first.entry(id).and_modify(|f| *f = (*f).min(t)).or_insert(t);
-            for res in [Resolution::Minute, Resolution::Hour, Resolution::Day, Resolution::All] {
-                coarse.entry((id, res, res.bucket_of(t))).or_default().merge(agg);
+        let mut entries: Vec<(SeriesId, Vec<(i64, Agg)>)> = self.seconds.into_iter().collect();
+        // Series in key order: every writer then locks rows in one order (PostgreSQL).
+        let keys = table.keys(entries.iter().map(|(id, _)| *id));
+        let mut keyed: Vec<(SeriesKey, Vec<(i64, Agg)>)> =
+            keys.into_iter().zip(entries.drain(..)).map(|(k, (_, secs))| (k, secs)).collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut out = RollupRows::default();
+        let mut dims = Vec::new();
+        out.rows.reserve(keyed.iter().map(|(_, s)| s.len() + 4).sum());
+        for (rank, (key, mut secs)) in keyed.into_iter().enumerate() {
+            let series = rank as u32;
+            secs.sort_unstable_by_key(|(t, _)| *t);
+            secs.dedup_by(|b, a| {
+                let same = a.0 == b.0;
+                if same {
+                    a.1.merge(&b.1);
+                }
+                same
+            });
+            if !key.dim.is_empty() {
+                dims.push((key.dim.clone(), key.value.clone(), secs[0].0));
             }
+            // Seconds are sorted, so each coarser bucket is a run of consecutive seconds, and the
+            // rows come out ordered by (resolution, start) as the lock order wants.
+            for res in [Resolution::All, Resolution::Day, Resolution::Hour, Resolution::Minute] {
+                let mut run: Option<(i64, Agg)> = None;
+                for (t, a) in &secs {
+                    let start = res.bucket_of(*t);
+                    match &mut run {
+                        Some((s, agg)) if *s == start => agg.merge(a),
+                        _ => {
+                            if let Some((start, agg)) = run.replace((start, a.clone())) {
+                                out.rows.push(RollupRow { series, res, start, agg });
+                            }
+                        }
+                    }
+                }
+                if let Some((start, agg)) = run {
+                    out.rows.push(RollupRow { series, res, start, agg });
+                }
+            }
+            out.rows.extend(secs.into_iter().map(|(start, agg)| RollupRow {
+                series,
+                res: Resolution::Second,
+                start,
+                agg,
+            }));
+            out.series.push(key);
         }
-        // Rank the series by key: every writer then locks rows in one order (PostgreSQL).
-        let ids: Vec<SeriesId> = first.keys().copied().collect();
-        let mut keyed: Vec<(SeriesKey, SeriesId)> = table.keys(ids.iter().copied()).into_iter().zip(ids).collect();
-        keyed.sort_unstable();
-        let rank: FastMap<SeriesId, u32> = keyed.iter().enumerate().map(|(i, (_, id))| (*id, i as u32)).collect();
-        let mut rows = Vec::with_capacity(self.seconds.len() + coarse.len());
-        let seconds = self.seconds.into_iter().map(|((id, t), agg)| ((id, Resolution::Second, t), agg));
-        for ((id, res, start), agg) in coarse.into_iter().chain(seconds) {
-            rows.push(RollupRow { series: rank[&id], res, start, agg });
-        }
-        rows.sort_unstable_by_key(|r| (r.series, r.res, r.start));
-        let dims = keyed
-            .iter()
-            .filter(|(k, _)| !k.dim.is_empty())
-            .map(|(k, id)| (k.dim.clone(), k.value.clone(), first[id]))
-            .collect();
-        let series = keyed.into_iter().map(|(k, _)| k).collect();
-        (RollupRows { series, rows }, dims)
+        (out, dims)
     }
 }
 
@@ -712,5 +748,36 @@ mod tests {
             rows.rows()[1].agg,
             Agg { count: 2, sum: Decimal::from(11), min: Some(Decimal::ONE), max: Some(Decimal::TEN) }
         );
+    }
+
+    #[test]
+    fn out_of_order_seconds_merge_into_one_row_each() {
+        let metrics = Metrics::new(&Settings::default());
+        let secs = [5, 1, 5, 3, 1, 2, 6, 7, 8, 9, 5, 61, 1];
+        let events: Vec<(String, i64)> = secs.iter().map(|t| (sale(1, "1"), t * 1000)).collect();
+        let events: Vec<(&str, i64)> = events.iter().map(|(j, t)| (j.as_str(), *t)).collect();
+        let (rows, dims) = fold_all(&metrics, &events).into_rows();
+        let series = SeriesKey::new("sales_amount", "product_id", "1");
+        let got: Vec<(Resolution, i64, i64)> =
+            rows.iter().filter(|(k, _)| **k == series).map(|(_, r)| (r.res, r.start, r.agg.count)).collect();
+        use Resolution::*;
+        let want = [
+            (All, 0, 13),
+            (Day, 0, 13),
+            (Hour, 0, 13),
+            (Minute, 0, 12),
+            (Minute, 60, 1),
+            (Second, 1, 3),
+            (Second, 2, 1),
+            (Second, 3, 1),
+            (Second, 5, 3),
+            (Second, 6, 1),
+            (Second, 7, 1),
+            (Second, 8, 1),
+            (Second, 9, 1),
+            (Second, 61, 1),
+        ];
+        assert_eq!(got, want);
+        assert!(dims.iter().any(|d| &*d.0 == "product_id" && d.1 == "1" && d.2 == 1));
     }
 }

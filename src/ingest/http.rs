@@ -51,6 +51,8 @@ pub async fn ingest_events(
         .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
     let format = if ndjson { BodyFormat::Ndjson } else { BodyFormat::Json };
 
+    // The writer holds a commit back briefly for batches being parsed, so they share it.
+    let announced = state.writer.announce();
     let big = body.len() > INLINE_PARSE_BYTES;
     let parse_state = state.clone();
     let parse = move || parse_body(&parse_state, &body, format);
@@ -59,7 +61,7 @@ pub async fn ingest_events(
     } else {
         parse()?
     };
-    state.writer.submit(pending).await.map_err(|e| match e {
+    state.writer.submit_announced(pending, announced).await.map_err(|e| match e {
         WriteError::Closed => ApiError::Unavailable("shutting down".into()),
         e => ApiError::Unavailable(e.to_string()),
     })?;
@@ -81,6 +83,7 @@ fn parse_body(state: &AppState, body: &[u8], format: BodyFormat) -> Result<(Pend
             }
         }
     }
+    pending.seal();
     let out = IngestOut { accepted: pending.accepted(), rejected: errors.len(), errors };
     Ok((pending, out))
 }

@@ -662,6 +662,7 @@ impl Folder {
                 Err(reason) => pending.reject(&r.payload, &reason, &origin, received),
             }
         }
+        pending.seal();
         pending
     }
 }
