@@ -209,14 +209,23 @@ pub struct CompiledMetric {
 #[derive(Debug)]
 pub struct Metrics {
     pub metrics: Vec<CompiledMetric>,
-    overall: Arc<str>,
     series: SeriesIds,
 }
 
 impl Metrics {
     pub fn new(settings: &Settings) -> Self {
-        let metrics = settings.metrics.iter().map(CompiledMetric::from).collect();
-        Self { metrics, overall: Arc::from(""), series: SeriesIds::new(MAX_INTERNED_SERIES) }
+        let mut metrics: Vec<CompiledMetric> = settings.metrics.iter().map(CompiledMetric::from).collect();
+        // One `Arc` per dimension name across metrics: folding recognises a dimension it has
+        // already looked up in this event by pointer.
+        let mut names: Vec<Arc<str>> = Vec::new();
+        for d in metrics.iter_mut().flat_map(|m| m.dims.iter_mut()) {
+            match names.iter().find(|n| **n == *d) {
+                Some(n) => *d = n.clone(),
+                None => names.push(d.clone()),
+            }
+        }
+        let names: Arc<[Arc<str>]> = metrics.iter().map(|m| m.name.clone()).collect();
+        Self { metrics, series: SeriesIds::new(names, MAX_INTERNED_SERIES) }
     }
 
     pub fn get(&self, name: &str) -> Option<&CompiledMetric> {
@@ -227,8 +236,10 @@ impl Metrics {
     pub fn fold(&self, event: &Event, delta: &mut RollupDelta) {
         let t = event.time_ms.div_euclid(1000);
         let table = delta.table.get_or_insert_with(|| self.series.current());
-        let mut add = |id: SeriesId, agg: &Agg| add_second(delta.seconds.entry(id).or_default(), t, agg);
-        for m in &self.metrics {
+        // Each dimension's value is looked up once per event, however many metrics use it.
+        let mut looked_up: [(*const u8, Option<DimValueId>); 8] = [(std::ptr::null(), None); 8];
+        let mut n = 0;
+        for (mi, m) in self.metrics.iter().enumerate() {
             if m.event != "*" && m.event != event.name {
                 continue;
             }
@@ -241,15 +252,27 @@ impl Metrics {
                 },
             };
             let agg = Agg::of(v);
-            add(table.id(&m.name, &self.overall, ""), &agg);
+            add_second(delta.seconds.entry(series_id(mi, OVERALL)).or_default(), t, &agg);
             for d in &m.dims {
-                let value = if &**d == EVENT_NAME_DIMENSION {
-                    Some(Cow::Borrowed(event.name.as_str()))
-                } else {
-                    event.fields.get(&**d).and_then(dimension_value)
+                let ptr = d.as_ptr();
+                let id = match looked_up[..n].iter().find(|(p, _)| *p == ptr) {
+                    Some((_, id)) => *id,
+                    None => {
+                        let value = if &**d == EVENT_NAME_DIMENSION {
+                            Some(Cow::Borrowed(event.name.as_str()))
+                        } else {
+                            event.fields.get(&**d).and_then(dimension_value)
+                        };
+                        let id = value.map(|v| table.dim_value(d, &v));
+                        if n < looked_up.len() {
+                            looked_up[n] = (ptr, id);
+                            n += 1;
+                        }
+                        id
+                    }
                 };
-                if let Some(value) = value {
-                    add(table.id(&m.name, d, &value), &agg);
+                if let Some(id) = id {
+                    add_second(delta.seconds.entry(series_id(mi, id)).or_default(), t, &agg);
                 }
             }
         }
@@ -290,41 +313,66 @@ fn dimension_value(v: &Value) -> Option<Cow<'_, str>> {
 /// values, times), and hashing is the hottest part of folding.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A series' id in one [`SeriesTable`]: a dense index, local to the process, never stored.
-pub type SeriesId = u32;
+/// A series' id in one [`SeriesTable`]: the metric's index (high half) and its dimension value's
+/// id (low half). Local to the process, never stored.
+pub type SeriesId = u64;
 
-/// A series key borrowed from an event being folded: looked up without allocating. Its derived
-/// `Hash` hashes the same `str`s in the same order as [`SeriesKey`]'s, so both find one entry.
+/// A dimension value's id in one [`SeriesTable`]; [`OVERALL`] is a metric's overall series.
+type DimValueId = u32;
+
+const OVERALL: DimValueId = 0;
+
+fn series_id(metric: usize, value: DimValueId) -> SeriesId {
+    ((metric as u64) << 32) | u64::from(value)
+}
+
+/// A dimension and one of its values, e.g. `product_id` = `"3"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DimValue {
+    dim: Arc<str>,
+    value: String,
+}
+
+/// A [`DimValue`] borrowed from an event being folded: looked up without allocating. Its derived
+/// `Hash` hashes the same `str`s in the same order, so both find one entry.
 #[derive(Hash)]
-struct SeriesRef<'a> {
-    metric: &'a str,
+struct DimValueRef<'a> {
     dim: &'a str,
     value: &'a str,
 }
 
-impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
-    fn equivalent(&self, k: &SeriesKey) -> bool {
-        *k.metric == *self.metric && *k.dim == *self.dim && k.value == self.value
+impl hashbrown::Equivalent<DimValue> for DimValueRef<'_> {
+    fn equivalent(&self, k: &DimValue) -> bool {
+        k.value == self.value && *k.dim == *self.dim
     }
 }
 
-/// Interned series: folding keys buckets by a small integer instead of three strings, which makes
-/// hashing, merging and sorting a commit's buckets cheap. Lookups of known series take a read lock
-/// and allocate nothing.
-#[derive(Debug, Default)]
+/// Interned series: folding keys buckets by an integer instead of three strings, which makes
+/// hashing, merging and sorting a commit's buckets cheap. Dimension values are interned (a
+/// series is a metric and a dimension value), so an event looks each of its dimension values up
+/// once, under a read lock, without allocating.
+#[derive(Debug)]
 pub struct SeriesTable {
+    metrics: Arc<[Arc<str>]>,
     inner: RwLock<Interned>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Interned {
-    ids: hashbrown::HashMap<SeriesKey, SeriesId, foldhash::fast::RandomState>,
-    keys: Vec<SeriesKey>,
+    ids: hashbrown::HashMap<DimValue, DimValueId, foldhash::fast::RandomState>,
+    values: Vec<DimValue>,
 }
 
 impl SeriesTable {
-    fn id(&self, metric: &Arc<str>, dim: &Arc<str>, value: &str) -> SeriesId {
-        let r = SeriesRef { metric, dim, value };
+    fn new(metrics: Arc<[Arc<str>]>) -> Self {
+        let overall = DimValue { dim: Arc::from(""), value: String::new() };
+        let mut ids = hashbrown::HashMap::default();
+        ids.insert(overall.clone(), OVERALL);
+        Self { metrics, inner: RwLock::new(Interned { ids, values: vec![overall] }) }
+    }
+
+    fn dim_value(&self, dim: &Arc<str>, value: &str) -> DimValueId {
+        let r = DimValueRef { dim, value };
         if let Some(&id) = self.inner.read().unwrap_or_else(|e| e.into_inner()).ids.get(&r) {
             return id;
         }
@@ -332,25 +380,32 @@ impl SeriesTable {
         if let Some(&id) = w.ids.get(&r) {
             return id;
         }
-        let id = SeriesId::try_from(w.keys.len()).expect("a table is replaced long before 2^32 series");
-        let key = SeriesKey { metric: metric.clone(), dim: dim.clone(), value: value.to_string() };
-        w.keys.push(key.clone());
+        let id = DimValueId::try_from(w.values.len()).expect("a table is replaced long before 2^32 values");
+        let key = DimValue { dim: dim.clone(), value: value.to_string() };
+        w.values.push(key.clone());
         w.ids.insert(key, id);
         id
     }
 
+    /// The id of a series folded with another table (same metrics).
     fn intern(&self, key: &SeriesKey) -> SeriesId {
-        self.id(&key.metric, &key.dim, &key.value)
+        let metric = self.metrics.iter().position(|m| *m == key.metric).expect("the same metrics");
+        series_id(metric, self.dim_value(&key.dim, &key.value))
     }
 
     /// The keys of `ids`, under one lock.
     fn keys(&self, ids: impl Iterator<Item = SeriesId>) -> Vec<SeriesKey> {
         let r = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        ids.map(|id| r.keys[id as usize].clone()).collect()
+        ids.map(|id| {
+            let v = &r.values[(id & u64::from(u32::MAX)) as usize];
+            SeriesKey { metric: self.metrics[(id >> 32) as usize].clone(), dim: v.dim.clone(), value: v.value.clone() }
+        })
+        .collect()
     }
 
+    /// Dimension values interned (the overall one included).
     pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).keys.len()
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).values.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -358,21 +413,22 @@ impl SeriesTable {
     }
 }
 
-/// The series table new folds use. Once it holds `max` series it is swapped for an empty one, so
-/// a stream of ever-new dimension values (outside input) cannot grow memory without bound; deltas
-/// keep the table they were folded with, and merging deltas of two tables translates by key.
+/// The series table new folds use. Once it holds `max` dimension values it is swapped for an
+/// empty one, so a stream of ever-new values (outside input) cannot grow memory without bound;
+/// deltas keep the table they were folded with, and merging deltas of two tables translates by
+/// key.
 #[derive(Debug)]
 pub struct SeriesIds {
     current: RwLock<Arc<SeriesTable>>,
     max: usize,
 }
 
-/// Series one table holds before it is replaced (~100 bytes each).
+/// Dimension values one table holds before it is replaced (~100 bytes each).
 pub const MAX_INTERNED_SERIES: usize = 1 << 20;
 
 impl SeriesIds {
-    pub fn new(max: usize) -> Self {
-        Self { current: RwLock::new(Arc::default()), max }
+    pub fn new(metrics: Arc<[Arc<str>]>, max: usize) -> Self {
+        Self { current: RwLock::new(Arc::new(SeriesTable::new(metrics))), max }
     }
 
     fn current(&self) -> Arc<SeriesTable> {
@@ -382,7 +438,7 @@ impl SeriesIds {
         }
         let mut w = self.current.write().unwrap_or_else(|e| e.into_inner());
         if w.len() >= self.max {
-            *w = Arc::default();
+            *w = Arc::new(SeriesTable::new(w.metrics.clone()));
         }
         w.clone()
     }
@@ -674,14 +730,16 @@ mod tests {
     }
 
     #[test]
-    fn a_borrowed_series_finds_the_interned_key() {
-        let t = SeriesTable::default();
+    fn a_borrowed_value_finds_the_interned_key() {
+        let t = SeriesTable::new(vec![Arc::from("m"), Arc::from("n")].into());
         let a = t.intern(&SeriesKey::new("m", "d", "1"));
-        assert_eq!(t.id(&Arc::from("m"), &Arc::from("d"), "1"), a);
-        assert_ne!(t.id(&Arc::from("m"), &Arc::from("d"), "2"), a);
-        assert_ne!(t.id(&Arc::from("m"), &Arc::from(""), "d1"), a, "no field boundary confusion");
-        assert_eq!(t.len(), 3);
-        assert_eq!(t.keys([a].into_iter()), [SeriesKey::new("m", "d", "1")]);
+        assert_eq!(series_id(0, t.dim_value(&Arc::from("d"), "1")), a);
+        assert_ne!(t.dim_value(&Arc::from("d"), "2"), t.dim_value(&Arc::from("d"), "1"));
+        assert_ne!(t.dim_value(&Arc::from(""), "d1"), t.dim_value(&Arc::from("d"), "1"), "no boundary confusion");
+        assert_eq!(t.dim_value(&Arc::from(""), ""), OVERALL);
+        assert_eq!(t.len(), 4);
+        let b = t.intern(&SeriesKey::new("n", "", ""));
+        assert_eq!(t.keys([a, b].into_iter()), [SeriesKey::new("m", "d", "1"), SeriesKey::new("n", "", "")]);
     }
 
     #[test]
@@ -717,7 +775,8 @@ mod tests {
     #[test]
     fn deltas_folded_with_a_replaced_table_merge_by_key() {
         let mut metrics = Metrics::new(&Settings::default());
-        metrics.series = SeriesIds::new(1); // every fold starts a new table
+        let names = metrics.series.current().metrics.clone();
+        metrics.series = SeriesIds::new(names, 2); // every fold starts a new table
         let (a, b) = (sale(7, "1"), sale(7, "2"));
         let mut one = fold_all(&metrics, &[(&a, 5_000)]);
         let two = fold_all(&metrics, &[(&b, 5_000), (&sale(8, "4"), 5_000)]);
