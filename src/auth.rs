@@ -119,6 +119,9 @@ struct Known {
 #[derive(Debug, Default)]
 pub struct Tokens {
     by_hash: RwLock<Arc<HashMap<String, Known>>>,
+    /// Serialises reloads: without it a reload that listed the tokens earlier could replace the
+    /// table after one that listed later, hiding a just-created token until the next refresh.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Tokens {
@@ -145,6 +148,7 @@ impl Tokens {
 
     /// Replaces the table with the store's.
     pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let records = store.list_tokens().await?;
         let map = records
             .into_iter()
