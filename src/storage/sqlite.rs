@@ -76,7 +76,27 @@ INSERT INTO rollups_by_id
 DROP TABLE rollups;
 ALTER TABLE rollups_by_id RENAME TO rollups;
 "#,
+    // 3: commits add to a small table of recent deltas, merged into `rollups` every second or so
+    // (see `merge_deltas`): a commit then dirties a few hundred packed pages instead of a page per
+    // active series of a big table.
+    r#"
+CREATE TABLE rollup_deltas (
+    series INTEGER NOT NULL, res INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum BLOB NOT NULL, min BLOB, max BLOB,
+    PRIMARY KEY (series, res, bucket)
+) WITHOUT ROWID;
+"#,
 ];
+
+/// How often a commit also merges `rollup_deltas` into `rollups`.
+const MERGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The conflict clause that adds a bucket row to the one already stored.
+const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET
+               count = count + excluded.count,
+               sum = dec_add(sum, excluded.sum),
+               min = dec_min(min, excluded.min),
+               max = dec_max(max, excluded.max)";
 
 /// Series ids the writer remembers; beyond this the cache starts over (it is only a cache).
 const SERIES_CACHE: usize = 1 << 20;
@@ -94,6 +114,8 @@ pub struct SqliteStore {
 struct WriterConn {
     conn: Connection,
     series: FastMap<SeriesKey, i64>,
+    /// When `rollup_deltas` was last merged into `rollups`.
+    merged_at: std::time::Instant,
 }
 
 impl std::ops::Deref for WriterConn {
@@ -114,7 +136,7 @@ impl SqliteStore {
         let path = path.to_string();
         let p = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&p)).await.map_err(StoreError::backend)??;
-        let writer = WriterConn { conn: writer, series: FastMap::default() };
+        let writer = WriterConn { conn: writer, series: FastMap::default(), merged_at: std::time::Instant::now() };
         Ok(Self { path, writer: Arc::new(Mutex::new(writer)), readers: Arc::new(Mutex::new(Vec::new())) })
     }
 
@@ -319,15 +341,10 @@ fn apply(
     }
     let (ids, fresh) = series_ids(tx, cache, batch.rollups.series())?;
     let mut up = tx
-        .prepare_cached(
-            "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (series, res, bucket) DO UPDATE SET
-               count = count + excluded.count,
-               sum = dec_add(sum, excluded.sum),
-               min = dec_min(min, excluded.min),
-               max = dec_max(max, excluded.max)",
-        )
+        .prepare_cached(&format!(
+            "INSERT INTO rollup_deltas (series, res, bucket, count, sum, min, max)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_ROWS}"
+        ))
         .map_err(db_err)?;
     for r in batch.rollups.rows() {
         let a = &r.agg;
@@ -369,6 +386,25 @@ fn apply(
     Ok(fresh)
 }
 
+/// Adds every row of `rollup_deltas` to `rollups` and empties it, in one transaction: readers see
+/// each delta in exactly one of the two tables. `rollups` is keyed by series first (what reads
+/// want), so adding a second's worth of rows to it touches a page per active series; doing that
+/// once a second instead of once per commit is what keeps ingest fast on a big store.
+fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    // `WHERE true`: an upsert's INSERT … SELECT needs it to parse the ON CONFLICT clause.
+    let n = tx
+        .prepare_cached(&format!(
+            "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
+             SELECT series, res, bucket, count, sum, min, max FROM rollup_deltas WHERE true {ADD_ROWS}"
+        ))
+        .and_then(|mut s| s.execute([]))
+        .map_err(db_err)?;
+    tx.prepare_cached("DELETE FROM rollup_deltas").and_then(|mut s| s.execute([])).map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(n)
+}
+
 fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
     c.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_version'", [])
 }
@@ -384,6 +420,13 @@ impl Store for SqliteStore {
                 w.series.clear();
             }
             w.series.extend(fresh);
+            if w.merged_at.elapsed() >= MERGE_EVERY {
+                w.merged_at = std::time::Instant::now();
+                // The batch is committed whatever happens here; a failed merge is retried next time.
+                if let Err(e) = merge_deltas(&mut w.conn) {
+                    tracing::warn!(error = %e, "merging rollup deltas failed; will retry");
+                }
+            }
             Ok(())
         })
         .await
@@ -395,9 +438,12 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut s = c
                 .prepare_cached(
-                    "SELECT count, sum, min, max FROM rollups
-                     WHERE series = (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
-                       AND res = ?4 AND bucket >= ?5 AND bucket < ?6",
+                    "WITH s AS (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
+                     SELECT count, sum, min, max FROM rollups
+                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6
+                     UNION ALL
+                     SELECT count, sum, min, max FROM rollup_deltas
+                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6",
                 )
                 .map_err(db_err)?;
             let mut total = Agg::default();
@@ -425,10 +471,13 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut s = c
                 .prepare_cached(
-                    "SELECT bucket, count, sum, min, max FROM rollups
-                     WHERE series = (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
-                       AND res = ?4 AND bucket >= ?5 AND bucket < ?6
-                     ORDER BY bucket",
+                    "WITH s AS (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
+                     SELECT bucket, count, sum, min, max FROM rollups
+                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6
+                     UNION ALL
+                     SELECT bucket, count, sum, min, max FROM rollup_deltas
+                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6
+                     ORDER BY 1",
                 )
                 .map_err(db_err)?;
             let rows = s
@@ -436,7 +485,16 @@ impl Store for SqliteStore {
                     Ok((r.get(0)?, agg_from_row(r, 1)?))
                 })
                 .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+            // A bucket can have a merged part and a recent delta: one point each.
+            let mut points: Vec<(i64, Agg)> = Vec::new();
+            for row in rows {
+                let (bucket, agg) = row.map_err(db_err)?;
+                match points.last_mut() {
+                    Some((b, a)) if *b == bucket => a.merge(&agg),
+                    _ => points.push((bucket, agg)),
+                }
+            }
+            Ok(points)
         })
         .await
     }
@@ -598,6 +656,9 @@ impl Store for SqliteStore {
 
     async fn prune(&self, b: PruneBefore) -> Result<Pruned, StoreError> {
         self.write(move |c| {
+            // Merged first, so each bucket is one row and the count below is of buckets.
+            merge_deltas(c)?;
+            c.merged_at = std::time::Instant::now();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
             let raw_blocks = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < ?1", [b.raw_ms]).map_err(db_err)?;
             let dead_letters =
@@ -616,7 +677,11 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        self.write(|c| c.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db_err)).await?;
+        self.write(|c| {
+            merge_deltas(c)?;
+            c.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db_err)
+        })
+        .await?;
         self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(())
     }
@@ -665,5 +730,51 @@ mod tests {
         store.commit(batch).await.expect("commit");
         let got = store.read_aggregate(&s, &all).await.expect("read");
         assert_eq!(got, Agg { count: 3, sum: d("1.15"), min: Some(d("0.05")), max: Some(d("1.00")) });
+    }
+
+    /// A bucket with a merged part in `rollups` and a recent part in `rollup_deltas` reads as one.
+    #[tokio::test]
+    async fn merged_and_recent_parts_of_a_bucket_read_as_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let store = SqliteStore::open(path.to_str().expect("utf-8")).await.expect("open");
+        let s = SeriesKey::new("m", "d", "1");
+        let d = |v: &str| Decimal::from_str(v).expect("decimal");
+        let row = |res, start, v: &str| {
+            let key = crate::rollup::BucketKey { series: s.clone(), res, start };
+            WriteBatch {
+                rollups: crate::rollup::RollupRows::from_buckets([(key, Agg::of(d(v)))]),
+                ..Default::default()
+            }
+        };
+        store.commit(row(Resolution::Minute, 60, "1.5")).await.expect("commit");
+        let merged = store.write(|w| merge_deltas(w)).await.expect("merge");
+        assert_eq!(merged, 1);
+        store.commit(row(Resolution::Minute, 60, "0.25")).await.expect("commit");
+        store.commit(row(Resolution::Minute, 120, "7")).await.expect("commit");
+        let (in_rollups, in_deltas): (i64, i64) = store
+            .read(|c| {
+                c.query_row("SELECT (SELECT count(*) FROM rollups), (SELECT count(*) FROM rollup_deltas)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db_err)
+            })
+            .await
+            .expect("counts");
+        assert_eq!((in_rollups, in_deltas), (1, 2), "one part merged, two recent");
+
+        let span = [Span { res: Resolution::Minute, from: 0, to: 180 }];
+        let all = store.read_aggregate(&s, &span).await.expect("read");
+        assert_eq!(all, Agg { count: 3, sum: d("8.75"), min: Some(d("0.25")), max: Some(d("7")) });
+        let points = store.read_points(&s, Resolution::Minute, 0, 180).await.expect("points");
+        let mut sixty = Agg::of(d("1.5"));
+        sixty.merge(&Agg::of(d("0.25")));
+        assert_eq!(points, vec![(60, sixty), (120, Agg::of(d("7")))]);
+
+        // Pruning merges first, so it counts buckets, not parts.
+        let before = PruneBefore { raw_ms: 0, dead_letters_ms: 0, second_buckets_s: 0, minute_buckets_s: 100 };
+        assert_eq!(store.prune(before).await.expect("prune").buckets, 1);
+        let left = store.read_points(&s, Resolution::Minute, 0, 180).await.expect("points");
+        assert_eq!(left, vec![(120, Agg::of(d("7")))]);
     }
 }
