@@ -6,9 +6,11 @@
 #   bench/ingest.sh                                    # target/release/jetstream, RUNS=3
 #   BIN_B=/tmp/old/jetstream RUNS=5 bench/ingest.sh     # interleaved A/B, medians of each
 #   PERF=1 bench/ingest.sh                             # also records a profile of run 1 (perf)
+#   PRELOAD_EVENTS=500000 bench/ingest.sh              # each store first holds 500k events timed
+#                                                      # over the last hour (loader.py preload)
 #
 # Settings: RUNS (3), DURATION (8), THREADS (2), CONNS (16), PRODUCTS (1000), BIN (A),
-# BIN_B (none), CONFIG (none: a config file for both servers), PERF (0), KEEP (0).
+# BIN_B (none), CONFIG (none: a config file for both servers), PERF (0), KEEP (0), PRELOAD_EVENTS (0).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,6 +25,7 @@ BIN_B=${BIN_B:-}
 CONFIG=${CONFIG:-}
 PERF=${PERF:-0}
 KEEP=${KEEP:-0}
+PRELOAD_EVENTS=${PRELOAD_EVENTS:-0}
 
 for tool in wrk python3 jq curl; do
   command -v "$tool" >/dev/null || { echo "ingest.sh: $tool is required" >&2; exit 2; }
@@ -54,6 +57,12 @@ one_run() { # label binary run
     sleep 0.1
   done
   [[ -n $addr ]] || { echo "ingest.sh: server did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
+  local base=0
+  if ((PRELOAD_EVENTS > 0)); then
+    python3 "$HERE/loader.py" preload --addr "$addr" --token "$itok" --events "$PRELOAD_EVENTS" --conns 8 >"$WORK/preload.json"
+    base=$(jq .acked_events "$WORK/preload.json")
+    echo "$label run $r: preloaded $base events at $(jq .events_per_s "$WORK/preload.json") events/s" >&2
+  fi
   local perf_pid=""
   if [[ $PERF == 1 && $r == 1 ]]; then
     perf record -e cpu-clock -F 499 -g --call-graph dwarf,16384 -p "$SERVER_PID" -o "$WORK/perf.$label.data" \
@@ -69,8 +78,8 @@ one_run() { # label binary run
   sleep 1
   local t stored amount_ok eps
   t=$(python3 "$HERE/loader.py" totals --addr "$addr" --token "$rtok")
-  stored=$(jq .events <<<"$t")
-  amount_ok=$(python3 -c "from decimal import Decimal as D; print(int(D('$(jq -r .amount <<<"$t")') == D($stored//1000*$CENTS)/100))")
+  stored=$(($(jq .events <<<"$t") - base))
+  amount_ok=$(python3 -c "from decimal import Decimal as D; print(int(D('$(jq -r .amount <<<"$t")') == D(($stored + $base)//1000*$CENTS)/100))")
   kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
   eps=$(python3 -c "print(round($R_acked_requests * 1000 / $R_duration_s))")
   echo "$label run $r: $eps events/s (acked $((R_acked_requests * 1000)), stored $stored, amount exact $amount_ok, bad $R_bad), POST p50 $R_p50_ms ms p99 $R_p99_ms ms" >&2
