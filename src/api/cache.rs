@@ -27,11 +27,19 @@ pub struct ReadCache {
     entries: Mutex<HashMap<SeriesKey, Slot>>,
     /// Dimension values known to exist (they never stop existing).
     known: Mutex<HashSet<(String, String)>>,
+    /// Entries being refreshed in the background (one refresh per entry at a time).
+    refreshing: Mutex<HashSet<(SeriesKey, Window)>>,
 }
 
 impl ReadCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, generation: AtomicU64::new(0), entries: Mutex::default(), known: Mutex::default() }
+        Self {
+            ttl,
+            generation: AtomicU64::new(0),
+            entries: Mutex::default(),
+            known: Mutex::default(),
+            refreshing: Mutex::default(),
+        }
     }
 
     /// Call before reading the store; pass the result to `put`.
@@ -40,6 +48,11 @@ impl ReadCache {
     }
 
     pub fn get(&self, series: &SeriesKey, window: Window) -> Option<Agg> {
+        self.get_fresh(series, window).map(|(a, _)| a)
+    }
+
+    /// The cached answer and whether it is past half its life (time to refresh it ahead).
+    pub fn get_fresh(&self, series: &SeriesKey, window: Window) -> Option<(Agg, bool)> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -49,7 +62,17 @@ impl ReadCache {
             .get(series)?
             .iter()
             .find(|(w, _, at)| *w == window && now.duration_since(*at) < self.ttl)
-            .map(|(_, a, _)| a.clone())
+            .map(|(_, a, at)| (a.clone(), now.duration_since(*at) >= self.ttl / 2))
+    }
+
+    /// Claims the background refresh of an entry; false when one is already running.
+    pub fn begin_refresh(&self, series: &SeriesKey, window: Window) -> bool {
+        let mut r = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        r.len() < MAX_SERIES && r.insert((series.clone(), window))
+    }
+
+    pub fn end_refresh(&self, series: &SeriesKey, window: Window) {
+        self.refreshing.lock().unwrap_or_else(|e| e.into_inner()).remove(&(series.clone(), window));
     }
 
     /// Caches `agg`, unless an invalidation happened since `generation` was taken.
@@ -118,5 +141,19 @@ mod tests {
         assert!(c.get(&s, (0, 1)).is_some());
         std::thread::sleep(Duration::from_millis(30));
         assert!(c.get(&s, (0, 1)).is_none());
+    }
+
+    #[test]
+    fn an_entry_past_half_its_life_asks_for_one_refresh_at_a_time() {
+        let c = ReadCache::new(Duration::from_millis(200));
+        let s = SeriesKey::new("m", "", "");
+        c.put(&s, (0, 1), Agg::default(), c.generation());
+        assert_eq!(c.get_fresh(&s, (0, 1)), Some((Agg::default(), false)));
+        std::thread::sleep(Duration::from_millis(110));
+        assert_eq!(c.get_fresh(&s, (0, 1)), Some((Agg::default(), true)), "still served, but old");
+        assert!(c.begin_refresh(&s, (0, 1)));
+        assert!(!c.begin_refresh(&s, (0, 1)), "one refresh per entry");
+        c.end_refresh(&s, (0, 1));
+        assert!(c.begin_refresh(&s, (0, 1)));
     }
 }

@@ -20,7 +20,7 @@ use crate::auth::{AuthError, Scope, Tokens};
 use crate::config::Settings;
 use crate::event::Validator;
 use crate::ingest::writer::Writer;
-use crate::rollup::{Agg, Metrics, Resolution, SeriesKey, Span, cover};
+use crate::rollup::{Agg, Metrics, Resolution, SeriesKey, Span, cover, trailing_window};
 use crate::storage::{Store, StoreError};
 
 pub mod cache;
@@ -80,20 +80,58 @@ impl AppState {
     }
 
     /// The merged buckets of `series` over `[from, to)` seconds (`None`: all time, one row),
-    /// through the read cache.
+    /// through the read cache. A cached answer past half its life is refreshed in the background,
+    /// so a series read often is never read from the store on a request's path.
     pub async fn aggregate(&self, series: &SeriesKey, window: Option<(i64, i64)>) -> Result<Agg, ApiError> {
         let key = window.unwrap_or((i64::MIN, i64::MAX));
-        if let Some(a) = self.cache.get(series, key) {
+        if let Some((a, old)) = self.cache.get_fresh(series, key) {
+            if old {
+                self.refresh(series, key);
+            }
             return Ok(a);
         }
+        self.read_through(series, key).await
+    }
+
+    /// The trailing window of `window_s` seconds ending with the current second, and its answer.
+    /// When the cache has no answer for this second's window yet but one for the previous second's
+    /// (still within `api.cache_ttl`), that one is served, with its own window, while this
+    /// second's is read in the background: each window is new every second for every series, and
+    /// reading them all on requests' paths at each second's turn was the query tail latency.
+    pub async fn aggregate_trailing(&self, series: &SeriesKey, window_s: i64) -> Result<(Agg, (i64, i64)), ApiError> {
+        let (from, to) = trailing_window(crate::ingest::now_ms(), window_s);
+        if let Some(a) = self.cache.get(series, (from, to)) {
+            return Ok((a, (from, to)));
+        }
+        let previous = (from - 1, to - 1);
+        if let Some(a) = self.cache.get(series, previous) {
+            self.refresh(series, (from, to));
+            return Ok((a, previous));
+        }
+        Ok((self.read_through(series, (from, to)).await?, (from, to)))
+    }
+
+    async fn read_through(&self, series: &SeriesKey, key: (i64, i64)) -> Result<Agg, ApiError> {
         let generation = self.cache.generation();
-        let spans: Vec<Span> = match window {
-            Some((from, to)) => cover(from, to),
-            None => vec![Span { res: Resolution::All, from: 0, to: 1 }],
-        };
-        let agg = self.store.read_aggregate(series, &spans).await?;
+        let agg = self.store.read_aggregate(series, &spans_of(key)).await?;
         self.cache.put(series, key, agg.clone(), generation);
         Ok(agg)
+    }
+
+    /// Reads `key` into the cache in the background (at most one refresh per entry at a time).
+    fn refresh(&self, series: &SeriesKey, key: (i64, i64)) {
+        if !self.cache.begin_refresh(series, key) {
+            return;
+        }
+        let (store, cache, series) = (self.store.clone(), self.cache.clone(), series.clone());
+        tokio::spawn(async move {
+            let generation = cache.generation();
+            match store.read_aggregate(&series, &spans_of(key)).await {
+                Ok(agg) => cache.put(&series, key, agg, generation),
+                Err(e) => tracing::debug!(error = %e, "background cache refresh failed"),
+            }
+            cache.end_refresh(&series, key);
+        });
     }
 
     /// Whether any accepted event carried `value` for `dim`, through the read cache.
@@ -107,6 +145,11 @@ impl AppState {
         }
         Ok(known)
     }
+}
+
+/// The buckets covering a cache key: a window, or all time.
+fn spans_of(key: (i64, i64)) -> Vec<Span> {
+    if key == (i64::MIN, i64::MAX) { vec![Span { res: Resolution::All, from: 0, to: 1 }] } else { cover(key.0, key.1) }
 }
 
 /// Every error a handler can answer with.

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::{AVG_DECIMALS, ApiError, AppState, WindowOut, json_decimal};
 use crate::auth::Scope;
-use crate::rollup::{SeriesKey, trailing_window};
+use crate::rollup::SeriesKey;
 
 /// The metrics and dimension behind the two endpoints (declared in the default config).
 pub const SALES_METRIC: &str = "sales_amount";
@@ -50,8 +50,8 @@ pub async fn get_product_sales(
     state.authorize(&headers, Scope::Read)?;
     let id = known_product(&state, &id).await?;
     let window_s = state.settings.api.sales_window.as_secs() as i64;
-    let (from, to) = trailing_window(crate::ingest::now_ms(), window_s);
-    let agg = state.aggregate(&SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &id), Some((from, to))).await?;
+    let series = SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &id);
+    let (agg, (from, to)) = state.aggregate_trailing(&series, window_s).await?;
     Ok(Json(SalesOut { total: json_decimal(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
 }
 
