@@ -29,7 +29,13 @@ pub struct ReadCache {
     known: Mutex<HashSet<(String, String)>>,
     /// Entries being refreshed in the background (one refresh per entry at a time).
     refreshing: Mutex<HashSet<(SeriesKey, Window)>>,
+    /// Background refreshes reading the store at once: at each second's turn every trailing
+    /// window asks for one, and unbounded they would crowd out the requests they are meant to spare.
+    pub refresh_slots: tokio::sync::Semaphore,
 }
+
+/// Background refreshes that may read the store at the same time.
+const REFRESH_SLOTS: usize = 2;
 
 impl ReadCache {
     pub fn new(ttl: Duration) -> Self {
@@ -39,6 +45,7 @@ impl ReadCache {
             entries: Mutex::default(),
             known: Mutex::default(),
             refreshing: Mutex::default(),
+            refresh_slots: tokio::sync::Semaphore::new(REFRESH_SLOTS),
         }
     }
 

@@ -125,6 +125,8 @@ impl AppState {
         }
         let (store, cache, series) = (self.store.clone(), self.cache.clone(), series.clone());
         tokio::spawn(async move {
+            // Never closed, so acquiring cannot fail.
+            let _slot = cache.refresh_slots.acquire().await;
             let generation = cache.generation();
             match store.read_aggregate(&series, &spans_of(key)).await {
                 Ok(agg) => cache.put(&series, key, agg, generation),
