@@ -34,6 +34,13 @@ pub struct ReadCache {
     pub refresh_slots: tokio::sync::Semaphore,
 }
 
+/// Taken before a store read that may fill the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTicket {
+    generation: u64,
+    at: Instant,
+}
+
 /// Background refreshes that may read the store at the same time.
 const REFRESH_SLOTS: usize = 2;
 
@@ -49,9 +56,10 @@ impl ReadCache {
         }
     }
 
-    /// Call before reading the store; pass the result to `put`.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// Call before reading the store; pass the result to `put`. An entry's age counts from here,
+    /// the start of its read, so `ttl` bounds how old an answer is however long the read took.
+    pub fn ticket(&self) -> ReadTicket {
+        ReadTicket { generation: self.generation.load(Ordering::Acquire), at: Instant::now() }
     }
 
     pub fn get(&self, series: &SeriesKey, window: Window) -> Option<Agg> {
@@ -82,14 +90,14 @@ impl ReadCache {
         self.refreshing.lock().unwrap_or_else(|e| e.into_inner()).remove(&(series.clone(), window));
     }
 
-    /// Caches `agg`, unless an invalidation happened since `generation` was taken.
-    pub fn put(&self, series: &SeriesKey, window: Window, agg: Agg, generation: u64) {
+    /// Caches `agg`, unless an invalidation happened since `ticket` was taken.
+    pub fn put(&self, series: &SeriesKey, window: Window, agg: Agg, ticket: ReadTicket) {
         if self.ttl.is_zero() {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock that `invalidate` also takes, so no stale value slips in.
-        if self.generation.load(Ordering::Acquire) != generation {
+        if self.generation.load(Ordering::Acquire) != ticket.generation {
             return;
         }
         if entries.len() >= MAX_SERIES {
@@ -97,8 +105,11 @@ impl ReadCache {
         }
         let now = Instant::now();
         let slot = entries.entry(series.clone()).or_default();
+        if slot.iter().any(|(w, _, at)| *w == window && *at > ticket.at) {
+            return; // a read that began later already filled it
+        }
         slot.retain(|(w, _, at)| *w != window && now.duration_since(*at) < self.ttl);
-        slot.push((window, agg, now));
+        slot.push((window, agg, ticket.at));
     }
 
     pub fn invalidate(&self, touched: &[SeriesKey]) {
@@ -131,11 +142,11 @@ mod tests {
     fn a_read_that_began_before_an_invalidation_does_not_fill_the_cache() {
         let c = ReadCache::new(Duration::from_secs(10));
         let s = SeriesKey::new("m", "", "");
-        let g = c.generation();
+        let g = c.ticket();
         c.invalidate(std::slice::from_ref(&s));
         c.put(&s, (0, 1), Agg::of(Decimal::ONE), g);
         assert_eq!(c.get(&s, (0, 1)), None);
-        c.put(&s, (0, 1), Agg::of(Decimal::ONE), c.generation());
+        c.put(&s, (0, 1), Agg::of(Decimal::ONE), c.ticket());
         assert_eq!(c.get(&s, (0, 1)), Some(Agg::of(Decimal::ONE)));
         assert_eq!(c.get(&s, (0, 2)), None, "another window is another entry");
     }
@@ -144,17 +155,34 @@ mod tests {
     fn entries_expire_after_the_ttl() {
         let c = ReadCache::new(Duration::from_millis(20));
         let s = SeriesKey::new("m", "", "");
-        c.put(&s, (0, 1), Agg::default(), c.generation());
+        c.put(&s, (0, 1), Agg::default(), c.ticket());
         assert!(c.get(&s, (0, 1)).is_some());
         std::thread::sleep(Duration::from_millis(30));
         assert!(c.get(&s, (0, 1)).is_none());
     }
 
     #[test]
+    fn an_answer_ages_from_the_start_of_its_read() {
+        let c = ReadCache::new(Duration::from_millis(1000));
+        let s = SeriesKey::new("m", "", "");
+        let slow = c.ticket();
+        std::thread::sleep(Duration::from_millis(600));
+        let fast = c.ticket();
+        c.put(&s, (0, 1), Agg::of(Decimal::TWO), fast);
+        c.put(&s, (0, 1), Agg::of(Decimal::ONE), slow);
+        assert_eq!(c.get(&s, (0, 1)), Some(Agg::of(Decimal::TWO)), "the older read does not replace the newer");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(c.get(&s, (0, 1)).is_some(), "the newer read is about 500 ms old");
+        let s2 = SeriesKey::new("m2", "", "");
+        c.put(&s2, (0, 1), Agg::default(), slow);
+        assert!(c.get(&s2, (0, 1)).is_none(), "a read that began 1.1 s ago is past the 1 s ttl");
+    }
+
+    #[test]
     fn an_entry_past_half_its_life_asks_for_one_refresh_at_a_time() {
         let c = ReadCache::new(Duration::from_millis(200));
         let s = SeriesKey::new("m", "", "");
-        c.put(&s, (0, 1), Agg::default(), c.generation());
+        c.put(&s, (0, 1), Agg::default(), c.ticket());
         assert_eq!(c.get_fresh(&s, (0, 1)), Some((Agg::default(), false)));
         std::thread::sleep(Duration::from_millis(110));
         assert_eq!(c.get_fresh(&s, (0, 1)), Some((Agg::default(), true)), "still served, but old");

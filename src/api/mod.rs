@@ -112,9 +112,9 @@ impl AppState {
     }
 
     async fn read_through(&self, series: &SeriesKey, key: (i64, i64)) -> Result<Agg, ApiError> {
-        let generation = self.cache.generation();
+        let ticket = self.cache.ticket();
         let agg = self.store.read_aggregate(series, &spans_of(key)).await?;
-        self.cache.put(series, key, agg.clone(), generation);
+        self.cache.put(series, key, agg.clone(), ticket);
         Ok(agg)
     }
 
@@ -127,9 +127,9 @@ impl AppState {
         tokio::spawn(async move {
             // Never closed, so acquiring cannot fail.
             let _slot = cache.refresh_slots.acquire().await;
-            let generation = cache.generation();
+            let ticket = cache.ticket();
             match store.read_aggregate(&series, &spans_of(key)).await {
-                Ok(agg) => cache.put(&series, key, agg, generation),
+                Ok(agg) => cache.put(&series, key, agg, ticket),
                 Err(e) => tracing::debug!(error = %e, "background cache refresh failed"),
             }
             cache.end_refresh(&series, key);
