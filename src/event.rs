@@ -13,7 +13,8 @@ use crate::config::{EventSchema, FieldKind, Settings};
 /// Longest accepted event name and label value, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
-/// An accepted event: its name, its time and its (normalised) fields, plus the raw bytes it came in.
+/// An accepted event: its name, its time and its validated fields (as they came: read them through
+/// `parse_id` and `parse_decimal`, which canonicalise), plus the raw bytes it came in.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub name: String,
@@ -126,7 +127,7 @@ impl Validator {
             return Err(Rejection::NotUtf8);
         }
         let value: Value = serde_json::from_slice(raw).map_err(|e| Rejection::NotJson(e.to_string()))?;
-        let Value::Object(mut fields) = value else {
+        let Value::Object(fields) = value else {
             return Err(Rejection::NotAnObject(json_type(&value)));
         };
         let name = match fields.get("event_name").or_else(|| fields.get("event")) {
@@ -158,11 +159,16 @@ impl Validator {
                     expected,
                     got: describe(v),
                 };
-                let normalised = match spec.kind {
+                // Checked, not rewritten: the fold reads each field through the same parsers
+                // (`parse_id`, `parse_decimal`), which canonicalise as they go. Rewriting cost an
+                // allocation, a key clone and a map insert per field per event.
+                match spec.kind {
                     FieldKind::Id => {
-                        Value::String(parse_id(v).ok_or_else(|| bad("an integer id or a string of digits"))?)
+                        id_number(v).ok_or_else(|| bad("an integer id or a string of digits"))?;
                     }
-                    FieldKind::Uint => Value::from(v.as_u64().ok_or_else(|| bad("a whole number ≥ 0"))?),
+                    FieldKind::Uint => {
+                        v.as_u64().ok_or_else(|| bad("a whole number ≥ 0"))?;
+                    }
                     FieldKind::Decimal => {
                         let d = parse_decimal(v)
                             .ok_or_else(|| bad("a number or a numeric string, at most 10^18 in magnitude"))?;
@@ -176,15 +182,13 @@ impl Validator {
                                 range: range_text(spec.min, spec.max),
                             });
                         }
-                        Value::String(d.normalize().to_string())
                     }
                     FieldKind::Label => match v {
-                        Value::String(s) if s.len() <= MAX_NAME_BYTES => continue,
-                        Value::Number(n) => Value::String(n.to_string()),
+                        Value::String(s) if s.len() <= MAX_NAME_BYTES => {}
+                        Value::Number(_) => {}
                         _ => return Err(bad("a string of at most 128 bytes")),
                     },
-                };
-                fields.insert(field.clone(), normalised);
+                }
             }
         }
         Ok(Event { name, time_ms, fields, raw: raw.into() })
@@ -193,10 +197,15 @@ impl Validator {
 
 /// An identifier: a non-negative integer or a string of digits, in canonical form ("007" → "7").
 pub fn parse_id(v: &Value) -> Option<String> {
+    id_number(v).map(|n| n.to_string())
+}
+
+/// An identifier's number, without building its text (validation only needs to know it is one).
+pub fn id_number(v: &Value) -> Option<u64> {
     match v {
-        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+        Value::Number(n) => n.as_u64(),
         Value::String(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse::<u64>().ok().map(|n| n.to_string())
+            s.parse::<u64>().ok()
         }
         _ => None,
     }
@@ -207,7 +216,10 @@ pub fn parse_decimal(v: &Value) -> Option<Decimal> {
     match v {
         // serde_json prints a float with the shortest text that reads back as the same float,
         // so "19.99" typed as a JSON number still becomes exactly 19.99.
-        Value::Number(n) => decimal_from_str(&n.to_string()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Some(Decimal::from(i)).filter(|d| d.abs() <= MAX_DECIMAL),
+            None => decimal_from_str(&n.to_string()),
+        },
         Value::String(s) => decimal_from_str(s.trim()),
         _ => None,
     }
@@ -286,28 +298,28 @@ mod tests {
     fn the_original_designs_events_are_accepted() {
         let sold = check(r#"{"event_name":"productSold","name_of_product":"product A","product_id":233,"no_of_units":10,"amount":"2500"}"#).unwrap();
         assert_eq!(sold.name, "productSold");
-        assert_eq!(sold.fields["amount"], "2500");
+        assert_eq!(parse_decimal(&sold.fields["amount"]), Some(Decimal::from(2500)));
         assert_eq!(sold.time_ms, NOW);
         let rated = check(
             r#"{"event":"productRated","name_of_product":"product A","product_id":12,"rating":4,"category":"F"}"#,
         )
         .unwrap();
         assert_eq!(rated.name, "productRated");
-        assert_eq!(rated.fields["product_id"], "12");
+        assert_eq!(parse_id(&rated.fields["product_id"]).as_deref(), Some("12"));
     }
 
     #[test]
     fn amounts_are_exact_decimals_from_strings_and_numbers() {
         let e = check(r#"{"event_name":"productSold","product_id":"0042","no_of_units":1,"amount":19.99}"#).unwrap();
-        assert_eq!(e.fields["amount"], "19.99");
-        assert_eq!(e.fields["product_id"], "42");
+        assert_eq!(parse_decimal(&e.fields["amount"]), Some(Decimal::new(1999, 2)));
+        assert_eq!(parse_id(&e.fields["product_id"]).as_deref(), Some("42"), "canonical: no leading zeros");
     }
 
     #[test]
     fn amounts_beyond_ten_to_the_eighteenth_are_refused_so_sums_cannot_overflow() {
         assert_eq!(MAX_DECIMAL, Decimal::from(10u64.pow(18)));
         let ok = check(r#"{"event_name":"productSold","product_id":1,"no_of_units":1,"amount":"1000000000000000000"}"#);
-        assert_eq!(ok.unwrap().fields["amount"], "1000000000000000000");
+        assert_eq!(parse_decimal(&ok.unwrap().fields["amount"]), Some(MAX_DECIMAL));
         for amount in [r#""1000000000000000000.01""#, "7e28", r#""79228162514264337593543950335""#] {
             let json = format!(r#"{{"event_name":"productSold","product_id":1,"no_of_units":1,"amount":{amount}}}"#);
             let reason = check(&json).expect_err("too large").to_string();
