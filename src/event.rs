@@ -167,7 +167,11 @@ impl Validator {
                         id_number(v).ok_or_else(|| bad("an integer id or a string of digits"))?;
                     }
                     FieldKind::Uint => {
-                        v.as_u64().ok_or_else(|| bad("a whole number ≥ 0"))?;
+                        // Bounded like decimals: a count the metrics sum must not be accepted
+                        // and then skipped by a fold that cannot add it.
+                        v.as_u64()
+                            .filter(|n| Decimal::from(*n) <= MAX_DECIMAL)
+                            .ok_or_else(|| bad("a whole number ≥ 0, at most 10^18"))?;
                     }
                     FieldKind::Decimal => {
                         let d = parse_decimal(v)
@@ -339,6 +343,10 @@ mod tests {
             (
                 r#"{"event_name":"productSold","product_id":1,"no_of_units":-1,"amount":"1"}"#,
                 "\"no_of_units\" must be a whole number",
+            ),
+            (
+                r#"{"event_name":"productSold","product_id":1,"no_of_units":18446744073709551615,"amount":"1"}"#,
+                "\"no_of_units\" must be a whole number ≥ 0, at most 10^18",
             ),
             (
                 r#"{"event_name":"productSold","product_id":1,"no_of_units":1,"amount":"-5"}"#,
