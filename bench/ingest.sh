@@ -14,6 +14,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
@@ -44,19 +46,14 @@ CENTS=$(jq .cents "$WORK/bodies.json")
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$THREADS -c$CONNS -d${DURATION}s -s bench/ingest.lua, fresh store per run" >&2
 
 one_run() { # label binary run
-  local label=$1 bin=$2 r=$3 store="sqlite://$WORK/$1.$3.db" cfg=() addr="" i
+  local label=$1 bin=$2 r=$3 store="sqlite://$WORK/$1.$3.db" cfg=() addr=""
   [[ -n $CONFIG ]] && cfg=(--config "$CONFIG")
   local itok rtok
   itok=$("$bin" token create --store "$store" "${cfg[@]}" --name ingest --scope ingest)
   rtok=$("$bin" token create --store "$store" "${cfg[@]}" --name read --scope read)
   RUST_LOG=warn "$bin" serve --store "$store" "${cfg[@]}" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
   SERVER_PID=$!
-  for i in $(seq 1 100); do
-    addr=$(sed -n 's#^listening on http://##p' "$WORK/serve.out")
-    [[ -n $addr ]] && break
-    sleep 0.1
-  done
-  [[ -n $addr ]] || { echo "ingest.sh: server did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
+  addr=$(server_address "$WORK/serve.out" "$WORK/serve.err" "$SERVER_PID") || exit 1
   local base=0
   if ((PRELOAD_EVENTS > 0)); then
     python3 "$HERE/loader.py" preload --addr "$addr" --token "$itok" --events "$PRELOAD_EVENTS" --conns 8 >"$WORK/preload.json"

@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 BIN=${JETSTREAM_BIN:-$ROOT/target/release/jetstream}
 EVENTS=${EVENTS:-1000000}
 PARTITIONS=${PARTITIONS:-4}
@@ -68,13 +70,7 @@ start_serve() {
     --kafka-group "bench-$topic" >"$WORK/serve-$topic.out" 2>"$WORK/serve-$topic.err" &
   SERVE_PID=$!
   PIDS+=("$SERVE_PID")
-  for _ in $(seq 100); do
-    ADDR=$(sed -n 's/^listening on http:\/\///p' "$WORK/serve-$topic.out")
-    [ -n "$ADDR" ] && return 0
-    sleep 0.1
-  done
-  echo "jetstream serve did not start; see $WORK/serve-$topic.err" >&2
-  exit 1
+  ADDR=$(server_address "$WORK/serve-$topic.out" "$WORK/serve-$topic.err" "$SERVE_PID") || exit 1
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 # Settings: PRELOAD_EVENTS (200000), DURATION (8), RUNS (2 per store), PRODUCTS (1000).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 PRELOAD_EVENTS=${PRELOAD_EVENTS:-200000}
 DURATION=${DURATION:-8}
 RUNS=${RUNS:-2}
@@ -22,11 +24,7 @@ one() { # binary label
   rtok=$("$1" token create --store "$store" --name r --scope read)
   RUST_LOG=warn "$1" serve --store "$store" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
   pid=$!
-  for _ in $(seq 1 100); do
-    addr=$(sed -n 's#^listening on http://##p' "$dir/out")
-    [[ -n $addr ]] && break
-    sleep 0.1
-  done
+  addr=$(server_address "$dir/out" "$dir/err" "$pid") || exit 1
   python3 "$HERE/loader.py" preload --addr "$addr" --token "$itok" --events "$PRELOAD_EVENTS" \
     --products "$PRODUCTS" --conns 8 >/dev/null
   for r in $(seq 1 "$RUNS"); do

@@ -18,6 +18,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}            # seconds per measured wrk run
@@ -88,20 +90,14 @@ ING_TOKEN=$(cat "$WORK/ingest.tok")
 READ_TOKEN=$(cat "$WORK/read.tok")
 
 start_server() { # [config file]
-  local cfg=() i
+  local cfg=()
   [[ -n ${1:-} ]] && cfg=(--config "$1")
   : >"$WORK/serve.out"
   RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --store "$STORE" --listen 127.0.0.1:0 "${cfg[@]}" \
     >"$WORK/serve.out" 2>>"$WORK/serve.err" &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
-  for i in $(seq 1 300); do
-    ADDR=$(sed -n 's#^listening on http://##p' "$WORK/serve.out")
-    [[ -n $ADDR ]] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "bench: server exited:" >&2; cat "$WORK/serve.err" >&2; exit 1; }
-    sleep 0.1
-  done
-  [[ -n $ADDR ]] || { echo "bench: server did not start" >&2; exit 1; }
+  ADDR=$(server_address "$WORK/serve.out" "$WORK/serve.err" "$SERVER_PID") || exit 1
   # tokens are loaded at start; make sure the read token works before measuring anything
   curl -fsS -o /dev/null -H "Authorization: Bearer $READ_TOKEN" "http://$ADDR/api/v1/metrics"
 }
