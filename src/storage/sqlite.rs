@@ -195,6 +195,8 @@ fn open_writer(path: &str) -> Result<Connection, StoreError> {
     c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
     // 64 MiB of page cache (the default is 2 MiB): the hot rollup pages stay in memory.
     c.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
+    // Checkpoints run in `maintain_writer`, after the commit that made one due is acknowledged.
+    c.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
     // Before migrating: migration 2 uses `dec_blob`.
     register_decimal_functions(&c).map_err(db_err)?;
     migrate(&mut c)?;
@@ -405,6 +407,19 @@ fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
     Ok(n)
 }
 
+/// The writer's periodic work: the deltas merge, then a checkpoint of the WAL into the database
+/// (automatic checkpoints are off on the writer, so that no commit pays for one). Both only
+/// reorganise committed data, so a failure loses nothing and is retried next time.
+fn maintain_writer(c: &mut Connection) {
+    if let Err(e) = merge_deltas(c) {
+        tracing::warn!(error = %e, "merging rollup deltas failed; will retry");
+    }
+    // PASSIVE: copies what no reader still needs, never waits for readers.
+    if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+    }
+}
+
 fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
     c.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_version'", [])
 }
@@ -412,24 +427,33 @@ fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.write(move |w| {
-            let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-            let fresh = apply(&tx, &w.series, &batch)?; // on error the dropped transaction rolls back
-            tx.commit().map_err(db_err)?;
-            if w.series.len() + fresh.len() > SERIES_CACHE {
-                w.series.clear();
-            }
-            w.series.extend(fresh);
-            if w.merged_at.elapsed() >= MERGE_EVERY {
-                w.merged_at = std::time::Instant::now();
-                // The batch is committed whatever happens here; a failed merge is retried next time.
-                if let Err(e) = merge_deltas(&mut w.conn) {
-                    tracing::warn!(error = %e, "merging rollup deltas failed; will retry");
+        let maintain = self
+            .write(move |w| {
+                let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+                let fresh = apply(&tx, &w.series, &batch)?; // on error the dropped transaction rolls back
+                tx.commit().map_err(db_err)?;
+                if w.series.len() + fresh.len() > SERIES_CACHE {
+                    w.series.clear();
                 }
-            }
-            Ok(())
-        })
-        .await
+                w.series.extend(fresh);
+                let due = w.merged_at.elapsed() >= MERGE_EVERY;
+                if due {
+                    w.merged_at = std::time::Instant::now();
+                }
+                Ok(due)
+            })
+            .await?;
+        if maintain {
+            // After the batch is acknowledged, not before: its submitters need not wait for the
+            // merge and checkpoint, and the next bodies are parsed while they run. The next
+            // commit queues behind them on the writer lock.
+            let w = self.writer.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+                maintain_writer(&mut w.conn);
+            });
+        }
+        Ok(())
     }
 
     async fn read_aggregate(&self, series: &SeriesKey, spans: &[Span]) -> Result<Agg, StoreError> {
