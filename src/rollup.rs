@@ -7,10 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rust_decimal::Decimal;
-use serde_json::Value;
 
 use crate::config::{Aggregation, EVENT_NAME_DIMENSION, MetricDef, Settings};
-use crate::event::{Event, parse_decimal, parse_id};
+use crate::event::{Event, FieldValue, parse_decimal, parse_id};
 
 /// Bucket sizes. `All` is the single all-time bucket (start 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -259,9 +258,9 @@ impl Metrics {
                     Some((_, id)) => *id,
                     None => {
                         let value = if &**d == EVENT_NAME_DIMENSION {
-                            Some(Cow::Borrowed(event.name.as_str()))
+                            Some(Cow::Borrowed(&*event.name))
                         } else {
-                            event.fields.get(&**d).and_then(dimension_value)
+                            event.fields.get(d).and_then(dimension_value)
                         };
                         let id = value.map(|v| table.dim_value(d, &v));
                         if n < looked_up.len() {
@@ -292,19 +291,19 @@ impl From<&MetricDef> for CompiledMetric {
 }
 
 /// A dimension value: ids in canonical form, short strings as they are.
-fn dimension_value(v: &Value) -> Option<Cow<'_, str>> {
+fn dimension_value<'v>(v: &'v FieldValue<'_>) -> Option<Cow<'v, str>> {
     match v {
-        Value::String(s) if s.len() <= crate::event::MAX_NAME_BYTES => {
+        FieldValue::Str(s) if s.len() <= crate::event::MAX_NAME_BYTES => {
             // Already canonical (digits without leading zeros): borrowed, the common case.
             let canonical =
                 !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
             if canonical && s.parse::<u64>().is_ok() {
                 return Some(Cow::Borrowed(s));
             }
-            Some(Cow::Owned(parse_id(v).unwrap_or_else(|| s.clone())))
+            Some(Cow::Owned(parse_id(v).unwrap_or_else(|| s.to_string())))
         }
-        Value::Number(_) => Some(Cow::Owned(parse_id(v).unwrap_or_else(|| v.to_string()))),
-        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        FieldValue::Number(n) => Some(Cow::Owned(parse_id(v).unwrap_or_else(|| n.to_string()))),
+        FieldValue::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
 }

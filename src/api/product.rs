@@ -32,7 +32,7 @@ pub struct RatingOut {
 
 /// A known product's canonical id, or the 404 the original design documented.
 async fn known_product(state: &AppState, id: &str) -> Result<String, ApiError> {
-    let canonical = crate::event::parse_id(&serde_json::Value::String(id.to_string()));
+    let canonical = crate::event::canonical_id(id);
     match canonical {
         Some(c) if state.is_known(PRODUCT_DIM, &c).await? => Ok(c),
         _ => {

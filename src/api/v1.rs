@@ -180,7 +180,7 @@ impl SeriesParams {
         match (&self.dim, &self.value) {
             (None, None) => Ok(SeriesKey::new(&m.name, "", "")),
             (Some(d), Some(v)) if m.dims.iter().any(|x| &**x == d) => {
-                let v = crate::event::parse_id(&Value::String(v.clone())).unwrap_or_else(|| v.clone());
+                let v = crate::event::canonical_id(v).unwrap_or_else(|| v.clone());
                 Ok(SeriesKey::new(&m.name, d, &v))
             }
             (Some(d), Some(_)) => Err(ApiError::BadRequest(format!(

@@ -48,13 +48,13 @@ pub struct Pending {
 
 impl Pending {
     /// Folds an accepted event and keeps its raw bytes with its origin.
-    pub fn accept(&mut self, metrics: &Metrics, event: Event, origin: &Origin<'_>) {
+    pub fn accept(&mut self, metrics: &Metrics, event: Event<'_>, origin: &Origin<'_>) {
         metrics.fold(&event, &mut self.delta);
         let at = match self.raw.iter().position(|r| r.name == event.name) {
             Some(i) => i,
             None => {
                 self.raw.push(RawLines {
-                    name: event.name.clone(),
+                    name: event.name.to_string(),
                     ndjson: Vec::new(),
                     min_time_ms: i64::MAX,
                     max_time_ms: i64::MIN,
@@ -79,7 +79,7 @@ impl Pending {
             let _ = write!(out, ",\"p\":{p},\"o\":{o}");
         }
         out.extend_from_slice(b",\"e\":");
-        out.extend_from_slice(&event.raw);
+        out.extend_from_slice(event.raw);
         out.extend_from_slice(b"}\n");
     }
 
