@@ -137,6 +137,22 @@ pub struct Span {
     pub to: i64,
 }
 
+impl Span {
+    /// The seconds `[lo, hi)` whose buckets at this span's resolution start in `[from, to)`: where
+    /// a store that keeps recent data as one-second buckets only finds this span's part of it.
+    pub fn seconds(&self) -> (i64, i64) {
+        match self.res {
+            Resolution::All if self.from <= 0 && 0 < self.to => (i64::MIN, i64::MAX),
+            Resolution::All => (0, 0),
+            r => {
+                let step = r.seconds();
+                let up = |x: i64| x.div_euclid(step) * step + if x.rem_euclid(step) == 0 { 0 } else { step };
+                (up(self.from), up(self.to))
+            }
+        }
+    }
+}
+
 /// The fewest aligned buckets that exactly cover `[from, to)` (seconds). Coarse buckets fill the
 /// middle, finer ones the edges: any window costs O(23 + 59 + 59) rows per edge, whatever the
 /// number of events in it.
@@ -501,51 +517,35 @@ impl RollupDelta {
         let mut keyed: Vec<(SeriesKey, Vec<(i64, Agg)>)> =
             keys.into_iter().zip(entries.drain(..)).map(|(k, (_, secs))| (k, secs)).collect();
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut out = RollupRows::default();
+        let mut out = RollupRows { derived: true, ..RollupRows::default() };
         let mut dims = Vec::new();
         out.rows.reserve(keyed.iter().map(|(_, s)| s.len() + 4).sum());
-        for (rank, (key, mut secs)) in keyed.into_iter().enumerate() {
-            let series = rank as u32;
-            secs.sort_unstable_by_key(|(t, _)| *t);
-            secs.dedup_by(|b, a| {
-                let same = a.0 == b.0;
-                if same {
-                    a.1.merge(&b.1);
-                }
-                same
-            });
+        for (key, secs) in keyed {
+            let first = out.push_seconds(key, secs);
+            let key = out.series.last().expect("just pushed");
             if !key.dim.is_empty() {
-                dims.push((key.dim.clone(), key.value.clone(), secs[0].0));
+                dims.push((key.dim.clone(), key.value.clone(), first));
             }
-            // Seconds are sorted, so each coarser bucket is a run of consecutive seconds, and the
-            // rows come out ordered by (resolution, start) as the lock order wants.
-            for res in [Resolution::All, Resolution::Day, Resolution::Hour, Resolution::Minute] {
-                let mut run: Option<(i64, Agg)> = None;
-                for (t, a) in &secs {
-                    let start = res.bucket_of(*t);
-                    match &mut run {
-                        Some((s, agg)) if *s == start => agg.merge(a),
-                        _ => {
-                            if let Some((start, agg)) = run.replace((start, a.clone())) {
-                                out.rows.push(RollupRow { series, res, start, agg });
-                            }
-                        }
-                    }
-                }
-                if let Some((start, agg)) = run {
-                    out.rows.push(RollupRow { series, res, start, agg });
-                }
-            }
-            out.rows.extend(secs.into_iter().map(|(start, agg)| RollupRow {
-                series,
-                res: Resolution::Second,
-                start,
-                agg,
-            }));
-            out.series.push(key);
         }
         (out, dims)
     }
+}
+
+/// The all-time, day, hour and minute buckets of one series' second buckets, which must be sorted
+/// by second with each second once. Each coarser bucket is a run of consecutive seconds, so the
+/// buckets come out ordered by (resolution, start), coarsest first: the lock order.
+pub fn coarser_buckets(secs: &[(i64, Agg)]) -> impl Iterator<Item = (Resolution, i64, Agg)> + '_ {
+    [Resolution::All, Resolution::Day, Resolution::Hour, Resolution::Minute].into_iter().flat_map(move |res| {
+        let mut out: Vec<(Resolution, i64, Agg)> = Vec::new();
+        for (t, a) in secs {
+            let start = res.bucket_of(*t);
+            match out.last_mut() {
+                Some((_, s, agg)) if *s == start => agg.merge(a),
+                _ => out.push((res, start, a.clone())),
+            }
+        }
+        out
+    })
 }
 
 /// One bucket row of a commit; `series` indexes [`RollupRows::series`].
@@ -565,9 +565,56 @@ pub struct RollupRow {
 pub struct RollupRows {
     series: Vec<SeriesKey>,
     rows: Vec<RollupRow>,
+    /// The coarser rows are exactly those derived from the second rows (see [`coarser_buckets`]),
+    /// so a backend may write the seconds only and derive the rest itself, later.
+    derived: bool,
 }
 
 impl RollupRows {
+    /// From one-second buckets in any order (repeats are merged), with every coarser bucket
+    /// derived from them.
+    pub fn from_seconds(seconds: impl IntoIterator<Item = (SeriesKey, i64, Agg)>) -> Self {
+        let mut by_series: std::collections::BTreeMap<SeriesKey, Vec<(i64, Agg)>> = Default::default();
+        for (key, t, agg) in seconds {
+            by_series.entry(key).or_default().push((t, agg));
+        }
+        let mut out = Self { derived: true, ..Self::default() };
+        for (key, secs) in by_series {
+            out.push_seconds(key, secs);
+        }
+        out
+    }
+
+    /// Adds a series (after every series already here, in key order) with its seconds and the
+    /// buckets derived from them; returns its first second.
+    fn push_seconds(&mut self, key: SeriesKey, mut secs: Vec<(i64, Agg)>) -> i64 {
+        let series = self.series.len() as u32;
+        secs.sort_unstable_by_key(|(t, _)| *t);
+        secs.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1.merge(&b.1);
+            }
+            same
+        });
+        let first = secs.first().map_or(0, |(t, _)| *t);
+        self.rows.extend(coarser_buckets(&secs).map(|(res, start, agg)| RollupRow { series, res, start, agg }));
+        self.rows.extend(secs.into_iter().map(|(start, agg)| RollupRow {
+            series,
+            res: Resolution::Second,
+            start,
+            agg,
+        }));
+        self.series.push(key);
+        first
+    }
+
+    /// Whether the coarser rows are derived from the second rows (`from_seconds`, and every batch
+    /// the ingest writer builds), rather than given one by one (`from_buckets`).
+    pub fn coarse_derived(&self) -> bool {
+        self.derived
+    }
+
     /// From buckets in any order; buckets with the same key are merged.
     pub fn from_buckets(buckets: impl IntoIterator<Item = (BucketKey, Agg)>) -> Self {
         let mut merged: std::collections::BTreeMap<BucketKey, Agg> = Default::default();
@@ -659,6 +706,17 @@ mod tests {
                 at = s.to;
             }
             prop_assert!(rows <= 2 * (23 + 59 + 59) + len / 86_400, "{} rows", rows);
+        }
+
+        #[test]
+        fn a_spans_seconds_are_exactly_those_in_its_buckets(
+            from in -200_000i64..200_000, len in 0i64..200_000, t in -300_000i64..300_000, r in 0usize..5,
+        ) {
+            let res = RESOLUTIONS[r];
+            let span = Span { res, from, to: from + len };
+            let (lo, hi) = span.seconds();
+            let b = res.bucket_of(t);
+            prop_assert_eq!(lo <= t && t < hi, span.from <= b && b < span.to, "second {} bucket {}", t, b);
         }
 
         #[test]

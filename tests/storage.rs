@@ -230,6 +230,70 @@ async fn reads_cover_several_resolutions(backend: Backend) {
     assert!(store.read_points(&series, Resolution::Day, 0, 1_000_000).await.expect("points").is_empty());
 }
 
+/// Commits one value per second of `range` (`t + cents` hundredths) as a batch of seconds with its
+/// coarser buckets derived, and notes the values in `events`.
+async fn commit_seconds(
+    store: &dyn Store,
+    series: &SeriesKey,
+    events: &mut Vec<(i64, Decimal)>,
+    range: std::ops::Range<i64>,
+    cents: i64,
+) {
+    let secs: Vec<(SeriesKey, i64, Agg)> =
+        range.clone().map(|t| (series.clone(), t, Agg::of(Decimal::new(t + cents, 2)))).collect();
+    events.extend(range.map(|t| (t, Decimal::new(t + cents, 2))));
+    let batch = WriteBatch { rollups: RollupRows::from_seconds(secs), ..Default::default() };
+    store.commit(batch).await.expect("commit");
+}
+
+/// Batches of seconds whose coarser buckets are derived (what the ingest writer commits) read the
+/// same at every resolution whether the store has merged them yet or not, alongside a batch of
+/// buckets given one by one.
+async fn derived_batches_read_the_same_before_and_after_a_merge(backend: Backend) {
+    let ts = TestStore::fresh(backend).await;
+    let store = open(&ts).await;
+    let series = SeriesKey::new("amount", "product_id", "11");
+    let mut events: Vec<(i64, Decimal)> = Vec::new();
+    commit_seconds(&*store, &series, &mut events, 3590..5000, 0).await;
+    commit_seconds(&*store, &series, &mut events, 4990..7210, 7).await; // ten seconds get a second value
+    // Given bucket by bucket: counted at the resolution it names, and nowhere else.
+    store.commit(rollups(vec![(key("11", Resolution::All, 0), Agg::of(dec("100")))])).await.expect("commit");
+
+    let expect = |events: &[(i64, Decimal)], from: i64, to: i64| {
+        let mut a = Agg::default();
+        for (_, v) in events.iter().filter(|(t, _)| from <= *t && *t < to) {
+            a.merge(&Agg::of(*v));
+        }
+        a
+    };
+    let all = [Span { res: Resolution::All, from: 0, to: 1 }];
+    let check = async |events: &[(i64, Decimal)], when: &str| {
+        let got = store.read_aggregate(&series, &cover(3595, 7205)).await.expect("read");
+        assert_eq!(got, expect(events, 3595, 7205), "window, {when}");
+        let mut total = expect(events, i64::MIN, i64::MAX);
+        total.merge(&Agg::of(dec("100")));
+        assert_eq!(store.read_aggregate(&series, &all).await.expect("read"), total, "all time, {when}");
+        for (res, from, to) in
+            [(Resolution::Minute, 3600, 3780), (Resolution::Hour, 0, 10_800), (Resolution::Second, 4995, 5002)]
+        {
+            let points = store.read_points(&series, res, from, to).await.expect("points");
+            let want: Vec<(i64, Agg)> = (from..to)
+                .step_by(res.seconds() as usize)
+                .map(|b| (b, expect(events, b, b + res.seconds())))
+                .filter(|(_, a)| a.count > 0)
+                .collect();
+            assert_eq!(points, want, "{res:?} points, {when}");
+        }
+    };
+    check(&events, "before the merge").await;
+    // Pruning merges first; nothing here is older than these cut-offs.
+    let nothing = PruneBefore { raw_ms: 0, dead_letters_ms: 0, second_buckets_s: 0, minute_buckets_s: 0 };
+    store.prune(nothing).await.expect("prune");
+    check(&events, "after the merge").await;
+    commit_seconds(&*store, &series, &mut events, 7000..7100, 3).await;
+    check(&events, "merged and recent together").await;
+}
+
 /// Several writers (as several consumers on PostgreSQL) hammer overlapping buckets: no update may
 /// be lost and no commit may deadlock, even when a batch arrives in the reverse key order.
 async fn concurrent_commits_lose_no_update(backend: Backend) {
@@ -447,6 +511,7 @@ both_backends!(
     decimal_sums_are_exact,
     min_and_max_fold_across_commits,
     reads_cover_several_resolutions,
+    derived_batches_read_the_same_before_and_after_a_merge,
     concurrent_commits_lose_no_update,
     tokens_are_created_listed_and_revoked,
     dead_letters_page_newest_first,

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rust_decimal::Decimal;
 
 use super::{DeadLetter, NewDeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch};
-use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
+use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span, coarser_buckets};
 
 /// Versioned migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -86,9 +86,19 @@ CREATE TABLE rollup_deltas (
     PRIMARY KEY (series, res, bucket)
 ) WITHOUT ROWID;
 "#,
+    // 4: commits whose coarser buckets are derived from their seconds (every ingest commit) add
+    // the seconds only, here; `merge_deltas` derives the minute, hour, day and all-time buckets
+    // once a second. A commit then writes about one row per active series instead of five.
+    r#"
+CREATE TABLE rollup_seconds (
+    series INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum BLOB NOT NULL, min BLOB, max BLOB,
+    PRIMARY KEY (series, bucket)
+) WITHOUT ROWID;
+"#,
 ];
 
-/// How often a commit also merges `rollup_deltas` into `rollups`.
+/// How often a commit also merges `rollup_deltas` and `rollup_seconds` into `rollups`.
 const MERGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The conflict clause that adds a bucket row to the one already stored.
@@ -114,7 +124,9 @@ pub struct SqliteStore {
 struct WriterConn {
     conn: Connection,
     series: FastMap<SeriesKey, i64>,
-    /// When `rollup_deltas` was last merged into `rollups`.
+    /// Dimension values it has seen committed to `dim_values` (never deleted), per dimension.
+    dims: DimCache,
+    /// When the recent tables were last merged into `rollups`.
     merged_at: std::time::Instant,
 }
 
@@ -136,7 +148,12 @@ impl SqliteStore {
         let path = path.to_string();
         let p = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&p)).await.map_err(StoreError::backend)??;
-        let writer = WriterConn { conn: writer, series: FastMap::default(), merged_at: std::time::Instant::now() };
+        let writer = WriterConn {
+            conn: writer,
+            series: FastMap::default(),
+            dims: FastMap::default(),
+            merged_at: std::time::Instant::now(),
+        };
         Ok(Self { path, writer: Arc::new(Mutex::new(writer)), readers: Arc::new(Mutex::new(Vec::new())) })
     }
 
@@ -315,12 +332,54 @@ fn series_ids(
     Ok((ids, fresh))
 }
 
-/// Writes `batch` in `tx`; returns the series ids it added to the store, for the cache.
+/// A series' id in the store, if it has one.
+fn series_id(c: &Connection, s: &SeriesKey) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached("SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3")
+        .and_then(|mut st| st.query_row(params![&*s.metric, &*s.dim, s.value], |r| r.get(0)).optional())
+        .map_err(db_err)
+}
+
+/// The not-yet-merged seconds of a series (`rollup_seconds`, whose coarser buckets `merge_deltas`
+/// derives) that fall in `spans`, as `(second, agg)`.
+fn recent_seconds(c: &Connection, series: i64, spans: &[Span]) -> Result<Vec<(i64, Agg)>, StoreError> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT bucket, count, sum, min, max FROM rollup_seconds
+             WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3",
+        )
+        .map_err(db_err)?;
+    // A window's spans are contiguous: one range query for all of them.
+    let mut ranges: Vec<(i64, i64)> = spans.iter().map(Span::seconds).filter(|(lo, hi)| lo < hi).collect();
+    ranges.sort_unstable();
+    ranges.dedup_by(|next, cur| {
+        let joins = next.0 <= cur.1;
+        if joins {
+            cur.1 = cur.1.max(next.1);
+        }
+        joins
+    });
+    let mut out = Vec::new();
+    for (lo, hi) in ranges {
+        let rows = s.query_map(params![series, lo, hi], |r| Ok((r.get(0)?, agg_from_row(r, 1)?))).map_err(db_err)?;
+        for row in rows {
+            out.push(row.map_err(db_err)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Dimension values known to be in `dim_values`, per dimension.
+type DimCache = FastMap<Arc<str>, FastMap<String, ()>>;
+
+/// Dimension values a commit added to `dim_values`, to cache once it has committed.
+type FreshDims = Vec<(Arc<str>, String)>;
+
+/// Writes `batch` in `tx`; returns the series ids and dimension values it added, for the caches.
 fn apply(
     tx: &rusqlite::Transaction<'_>,
-    cache: &FastMap<SeriesKey, i64>,
+    (series, known_dims): (&FastMap<SeriesKey, i64>, &DimCache),
     batch: &WriteBatch,
-) -> Result<FreshIds, StoreError> {
+) -> Result<(FreshIds, FreshDims), StoreError> {
     for o in &batch.offsets {
         let stored: Option<i64> = tx
             .prepare_cached("SELECT next_offset FROM offsets WHERE source = ?1 AND partition = ?2")
@@ -341,31 +400,63 @@ fn apply(
         .and_then(|mut s| s.execute(params![o.source, o.partition, o.next]))
         .map_err(db_err)?;
     }
-    let (ids, fresh) = series_ids(tx, cache, batch.rollups.series())?;
-    let mut up = tx
-        .prepare_cached(&format!(
-            "INSERT INTO rollup_deltas (series, res, bucket, count, sum, min, max)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_ROWS}"
-        ))
-        .map_err(db_err)?;
-    for r in batch.rollups.rows() {
-        let a = &r.agg;
-        up.execute(params![
-            ids[r.series as usize],
-            r.res.seconds(),
-            r.start,
-            a.count,
-            &dec_blob(a.sum)[..],
-            a.min.map(dec_blob),
-            a.max.map(dec_blob),
-        ])
-        .map_err(db_err)?;
+    let (ids, fresh) = series_ids(tx, series, batch.rollups.series())?;
+    let rows = batch.rollups.rows();
+    if batch.rollups.coarse_derived() {
+        // Seconds only: `merge_deltas` derives the coarser buckets.
+        let mut up = tx
+            .prepare_cached(
+                "INSERT INTO rollup_seconds (series, bucket, count, sum, min, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (series, bucket) DO UPDATE SET
+                   count = count + excluded.count,
+                   sum = dec_add(sum, excluded.sum),
+                   min = dec_min(min, excluded.min),
+                   max = dec_max(max, excluded.max)",
+            )
+            .map_err(db_err)?;
+        for r in rows.iter().filter(|r| r.res == Resolution::Second) {
+            let a = &r.agg;
+            up.execute(params![
+                ids[r.series as usize],
+                r.start,
+                a.count,
+                &dec_blob(a.sum)[..],
+                a.min.map(dec_blob),
+                a.max.map(dec_blob),
+            ])
+            .map_err(db_err)?;
+        }
+    } else {
+        let mut up = tx
+            .prepare_cached(&format!(
+                "INSERT INTO rollup_deltas (series, res, bucket, count, sum, min, max)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_ROWS}"
+            ))
+            .map_err(db_err)?;
+        for r in rows {
+            let a = &r.agg;
+            up.execute(params![
+                ids[r.series as usize],
+                r.res.seconds(),
+                r.start,
+                a.count,
+                &dec_blob(a.sum)[..],
+                a.min.map(dec_blob),
+                a.max.map(dec_blob),
+            ])
+            .map_err(db_err)?;
+        }
     }
     let mut dims = tx
         .prepare_cached("INSERT OR IGNORE INTO dim_values (dim, val, first_seen) VALUES (?1, ?2, ?3)")
         .map_err(db_err)?;
+    let mut fresh_dims = Vec::new();
     for (d, v, t) in &batch.dims {
+        if known_dims.get(d).is_some_and(|known| known.contains_key(v)) {
+            continue;
+        }
         dims.execute(params![&**d, v, t]).map_err(db_err)?;
+        fresh_dims.push((d.clone(), v.clone()));
     }
     let mut raw = tx
         .prepare_cached(
@@ -385,17 +476,18 @@ fn apply(
         dl.execute(params![d.received_ms, d.source, d.reason, d.raw, d.topic, d.partition, d.offset])
             .map_err(db_err)?;
     }
-    Ok(fresh)
+    Ok((fresh, fresh_dims))
 }
 
-/// Adds every row of `rollup_deltas` to `rollups` and empties it, in one transaction: readers see
-/// each delta in exactly one of the two tables. `rollups` is keyed by series first (what reads
-/// want), so adding a second's worth of rows to it touches a page per active series; doing that
-/// once a second instead of once per commit is what keeps ingest fast on a big store.
+/// Adds every row of `rollup_deltas` and of `rollup_seconds` (with the minute, hour, day and
+/// all-time buckets derived from those seconds) to `rollups`, and empties both, in one
+/// transaction: readers see each delta in exactly one place. `rollups` is keyed by series first
+/// (what reads want), so adding a second's worth of rows to it touches a page per active series;
+/// doing that once a second instead of once per commit is what keeps ingest fast on a big store.
 fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     // `WHERE true`: an upsert's INSERT … SELECT needs it to parse the ON CONFLICT clause.
-    let n = tx
+    let mut n = tx
         .prepare_cached(&format!(
             "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
              SELECT series, res, bucket, count, sum, min, max FROM rollup_deltas WHERE true {ADD_ROWS}"
@@ -403,6 +495,41 @@ fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
         .and_then(|mut s| s.execute([]))
         .map_err(db_err)?;
     tx.prepare_cached("DELETE FROM rollup_deltas").and_then(|mut s| s.execute([])).map_err(db_err)?;
+    // (series, second, agg), ordered by key.
+    let seconds: Vec<(i64, i64, Agg)> = tx
+        .prepare_cached("SELECT series, bucket, count, sum, min, max FROM rollup_seconds ORDER BY series, bucket")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, agg_from_row(r, 2)?)))?.collect())
+        .map_err(db_err)?;
+    if !seconds.is_empty() {
+        let mut rows: Vec<(i64, i64, i64, Agg)> = Vec::with_capacity(seconds.len() * 3);
+        for group in seconds.chunk_by(|a, b| a.0 == b.0) {
+            let series = group[0].0;
+            let secs: Vec<(i64, Agg)> = group.iter().map(|(_, t, a)| (*t, a.clone())).collect();
+            rows.extend(coarser_buckets(&secs).map(|(res, start, agg)| (series, res.seconds(), start, agg)));
+            rows.extend(secs.into_iter().map(|(t, agg)| (series, Resolution::Second.seconds(), t, agg)));
+        }
+        let mut up = tx
+            .prepare_cached(&format!(
+                "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_ROWS}"
+            ))
+            .map_err(db_err)?;
+        for (series, res, bucket, a) in &rows {
+            up.execute(params![
+                series,
+                res,
+                bucket,
+                a.count,
+                &dec_blob(a.sum)[..],
+                a.min.map(dec_blob),
+                a.max.map(dec_blob)
+            ])
+            .map_err(db_err)?;
+        }
+        drop(up);
+        tx.prepare_cached("DELETE FROM rollup_seconds").and_then(|mut s| s.execute([])).map_err(db_err)?;
+        n += rows.len();
+    }
     tx.commit().map_err(db_err)?;
     Ok(n)
 }
@@ -430,8 +557,12 @@ impl Store for SqliteStore {
         let maintain = self
             .write(move |w| {
                 let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-                let fresh = apply(&tx, &w.series, &batch)?; // on error the dropped transaction rolls back
+                // On error the dropped transaction rolls back.
+                let (fresh, fresh_dims) = apply(&tx, (&w.series, &w.dims), &batch)?;
                 tx.commit().map_err(db_err)?;
+                for (d, v) in fresh_dims {
+                    w.dims.entry(d).or_default().insert(v, ());
+                }
                 if w.series.len() + fresh.len() > SERIES_CACHE {
                     w.series.clear();
                 }
@@ -460,24 +591,25 @@ impl Store for SqliteStore {
         let series = series.clone();
         let spans = spans.to_vec();
         self.read(move |c| {
-            let mut s = c
+            let Some(id) = series_id(c, &series)? else { return Ok(Agg::default()) };
+            let mut merged = c
                 .prepare_cached(
-                    "WITH s AS (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
-                     SELECT count, sum, min, max FROM rollups
-                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6
+                    "SELECT count, sum, min, max FROM rollups
+                     WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
                      UNION ALL
                      SELECT count, sum, min, max FROM rollup_deltas
-                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6",
+                     WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
                 )
                 .map_err(db_err)?;
             let mut total = Agg::default();
             for sp in &spans {
-                let mut rows = s
-                    .query(params![&*series.metric, &*series.dim, series.value, sp.res.seconds(), sp.from, sp.to])
-                    .map_err(db_err)?;
+                let mut rows = merged.query(params![id, sp.res.seconds(), sp.from, sp.to]).map_err(db_err)?;
                 while let Some(r) = rows.next().map_err(db_err)? {
                     total.merge(&agg_from_row(r, 0).map_err(db_err)?);
                 }
+            }
+            for (_, agg) in recent_seconds(c, id, &spans)? {
+                total.merge(&agg);
             }
             Ok(total)
         })
@@ -493,26 +625,26 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(i64, Agg)>, StoreError> {
         let series = series.clone();
         self.read(move |c| {
-            let mut s = c
+            let Some(id) = series_id(c, &series)? else { return Ok(Vec::new()) };
+            let mut rows: Vec<(i64, Agg)> = c
                 .prepare_cached(
-                    "WITH s AS (SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3)
-                     SELECT bucket, count, sum, min, max FROM rollups
-                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6
+                    "SELECT bucket, count, sum, min, max FROM rollups
+                     WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
                      UNION ALL
                      SELECT bucket, count, sum, min, max FROM rollup_deltas
-                     WHERE series = (SELECT id FROM s) AND res = ?4 AND bucket >= ?5 AND bucket < ?6
-                     ORDER BY 1",
+                     WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
                 )
-                .map_err(db_err)?;
-            let rows = s
-                .query_map(params![&*series.metric, &*series.dim, series.value, res.seconds(), from, to], |r| {
-                    Ok((r.get(0)?, agg_from_row(r, 1)?))
+                .and_then(|mut s| {
+                    s.query_map(params![id, res.seconds(), from, to], |r| Ok((r.get(0)?, agg_from_row(r, 1)?)))?
+                        .collect()
                 })
                 .map_err(db_err)?;
-            // A bucket can have a merged part and a recent delta: one point each.
+            let recent = recent_seconds(c, id, &[Span { res, from, to }])?;
+            rows.extend(recent.into_iter().map(|(t, agg)| (res.bucket_of(t), agg)));
+            rows.sort_by_key(|(bucket, _)| *bucket);
+            // A bucket can have a merged part, a recent delta and recent seconds: one point.
             let mut points: Vec<(i64, Agg)> = Vec::new();
-            for row in rows {
-                let (bucket, agg) = row.map_err(db_err)?;
+            for (bucket, agg) in rows {
                 match points.last_mut() {
                     Some((b, a)) if *b == bucket => a.merge(&agg),
                     _ => points.push((bucket, agg)),
