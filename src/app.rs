@@ -177,9 +177,12 @@ async fn prune_forever(store: Arc<dyn Store>, settings: Arc<Settings>) {
             second_buckets_s: now / 1000 - r.second_buckets.as_secs() as i64,
             minute_buckets_s: now / 1000 - r.minute_buckets.as_secs() as i64,
         };
-        match store.prune(before).await {
-            Ok(p) if p != Default::default() => tracing::info!(?p, "retention pruned"),
-            Ok(_) => {}
+        let start = std::time::Instant::now();
+        let result = store.prune(before).await;
+        let ms = start.elapsed().as_millis() as u64;
+        match result {
+            Ok(p) if p != Default::default() => tracing::info!(?p, ms, "retention pruned"),
+            Ok(_) => tracing::debug!(ms, "retention: nothing to prune"),
             Err(e) => tracing::warn!(error = %e, "retention failed"),
         }
     }

@@ -117,6 +117,10 @@ const READERS: usize = 4;
 pub struct SqliteStore {
     path: String,
     writer: Arc<Mutex<WriterConn>>,
+    /// The connection WAL checkpoints run on (opened by the first one).
+    checkpointer: Arc<Mutex<Option<Connection>>>,
+    /// Set while a background merge and checkpoint runs: one at a time.
+    maintaining: Arc<std::sync::atomic::AtomicBool>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
@@ -154,7 +158,13 @@ impl SqliteStore {
             dims: FastMap::default(),
             merged_at: std::time::Instant::now(),
         };
-        Ok(Self { path, writer: Arc::new(Mutex::new(writer)), readers: Arc::new(Mutex::new(Vec::new())) })
+        Ok(Self {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            checkpointer: Arc::new(Mutex::new(None)),
+            maintaining: Arc::default(),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
     }
 
     /// Runs `f` on the writer connection on the blocking pool.
@@ -212,7 +222,7 @@ fn open_writer(path: &str) -> Result<Connection, StoreError> {
     c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
     // 64 MiB of page cache (the default is 2 MiB): the hot rollup pages stay in memory.
     c.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
-    // Checkpoints run in `maintain_writer`, after the commit that made one due is acknowledged.
+    // Checkpoints run in `maintain`, after the commit that made one due is acknowledged.
     c.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
     // Before migrating: migration 2 uses `dec_blob`.
     register_decimal_functions(&c).map_err(db_err)?;
@@ -332,6 +342,19 @@ fn series_ids(
     Ok((ids, fresh))
 }
 
+/// Runs the bucket upsert `st`, whose parameters are the key columns, then count, sum, min, max.
+fn upsert(st: &mut rusqlite::CachedStatement<'_>, key: &[i64], a: &Agg) -> Result<(), StoreError> {
+    let n = key.len();
+    for (i, k) in key.iter().enumerate() {
+        st.raw_bind_parameter(i + 1, k).map_err(db_err)?;
+    }
+    st.raw_bind_parameter(n + 1, a.count).map_err(db_err)?;
+    st.raw_bind_parameter(n + 2, &dec_blob(a.sum)[..]).map_err(db_err)?;
+    st.raw_bind_parameter(n + 3, a.min.map(dec_blob)).map_err(db_err)?;
+    st.raw_bind_parameter(n + 4, a.max.map(dec_blob)).map_err(db_err)?;
+    st.raw_execute().map(drop).map_err(db_err)
+}
+
 /// A series' id in the store, if it has one.
 fn series_id(c: &Connection, s: &SeriesKey) -> Result<Option<i64>, StoreError> {
     c.prepare_cached("SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3")
@@ -415,16 +438,7 @@ fn apply(
             )
             .map_err(db_err)?;
         for r in rows.iter().filter(|r| r.res == Resolution::Second) {
-            let a = &r.agg;
-            up.execute(params![
-                ids[r.series as usize],
-                r.start,
-                a.count,
-                &dec_blob(a.sum)[..],
-                a.min.map(dec_blob),
-                a.max.map(dec_blob),
-            ])
-            .map_err(db_err)?;
+            upsert(&mut up, &[ids[r.series as usize], r.start], &r.agg)?;
         }
     } else {
         let mut up = tx
@@ -434,17 +448,7 @@ fn apply(
             ))
             .map_err(db_err)?;
         for r in rows {
-            let a = &r.agg;
-            up.execute(params![
-                ids[r.series as usize],
-                r.res.seconds(),
-                r.start,
-                a.count,
-                &dec_blob(a.sum)[..],
-                a.min.map(dec_blob),
-                a.max.map(dec_blob),
-            ])
-            .map_err(db_err)?;
+            upsert(&mut up, &[ids[r.series as usize], r.res.seconds(), r.start], &r.agg)?;
         }
     }
     let mut dims = tx
@@ -485,20 +489,31 @@ fn apply(
 /// (what reads want), so adding a second's worth of rows to it touches a page per active series;
 /// doing that once a second instead of once per commit is what keeps ingest fast on a big store.
 fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
+    merge_series(c, i64::MIN, i64::MAX)
+}
+
+/// [`merge_deltas`] for the series with ids in `[lo, hi)` only: every recent row of a series moves
+/// in one transaction, so a read of any one series still sees each delta exactly once.
+fn merge_series(c: &mut Connection, lo: i64, hi: i64) -> Result<usize, StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-    // `WHERE true`: an upsert's INSERT … SELECT needs it to parse the ON CONFLICT clause.
     let mut n = tx
         .prepare_cached(&format!(
             "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
-             SELECT series, res, bucket, count, sum, min, max FROM rollup_deltas WHERE true {ADD_ROWS}"
+             SELECT series, res, bucket, count, sum, min, max FROM rollup_deltas
+             WHERE series >= ?1 AND series < ?2 {ADD_ROWS}"
         ))
-        .and_then(|mut s| s.execute([]))
+        .and_then(|mut s| s.execute([lo, hi]))
         .map_err(db_err)?;
-    tx.prepare_cached("DELETE FROM rollup_deltas").and_then(|mut s| s.execute([])).map_err(db_err)?;
+    tx.prepare_cached("DELETE FROM rollup_deltas WHERE series >= ?1 AND series < ?2")
+        .and_then(|mut s| s.execute([lo, hi]))
+        .map_err(db_err)?;
     // (series, second, agg), ordered by key.
     let seconds: Vec<(i64, i64, Agg)> = tx
-        .prepare_cached("SELECT series, bucket, count, sum, min, max FROM rollup_seconds ORDER BY series, bucket")
-        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, agg_from_row(r, 2)?)))?.collect())
+        .prepare_cached(
+            "SELECT series, bucket, count, sum, min, max FROM rollup_seconds
+             WHERE series >= ?1 AND series < ?2 ORDER BY series, bucket",
+        )
+        .and_then(|mut s| s.query_map([lo, hi], |r| Ok((r.get(0)?, r.get(1)?, agg_from_row(r, 2)?)))?.collect())
         .map_err(db_err)?;
     if !seconds.is_empty() {
         let mut rows: Vec<(i64, i64, i64, Agg)> = Vec::with_capacity(seconds.len() * 3);
@@ -515,36 +530,83 @@ fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
             ))
             .map_err(db_err)?;
         for (series, res, bucket, a) in &rows {
-            up.execute(params![
-                series,
-                res,
-                bucket,
-                a.count,
-                &dec_blob(a.sum)[..],
-                a.min.map(dec_blob),
-                a.max.map(dec_blob)
-            ])
-            .map_err(db_err)?;
+            upsert(&mut up, &[*series, *res, *bucket], a)?;
         }
         drop(up);
-        tx.prepare_cached("DELETE FROM rollup_seconds").and_then(|mut s| s.execute([])).map_err(db_err)?;
+        tx.prepare_cached("DELETE FROM rollup_seconds WHERE series >= ?1 AND series < ?2")
+            .and_then(|mut s| s.execute([lo, hi]))
+            .map_err(db_err)?;
         n += rows.len();
     }
     tx.commit().map_err(db_err)?;
     Ok(n)
 }
 
-/// The writer's periodic work: the deltas merge, then a checkpoint of the WAL into the database
-/// (automatic checkpoints are off on the writer, so that no commit pays for one). Both only
-/// reorganise committed data, so a failure loses nothing and is retried next time.
-fn maintain_writer(c: &mut Connection) {
-    if let Err(e) = merge_deltas(c) {
-        tracing::warn!(error = %e, "merging rollup deltas failed; will retry");
+/// Series per transaction when the writer merges or prunes in the background: each transaction
+/// holds the writer lock for a few milliseconds, so commits slip in between.
+const SERIES_PER_STEP: i64 = 256;
+
+/// Runs `step` on the writer connection for each run of [`SERIES_PER_STEP`] series ids in turn,
+/// taking the writer lock for one run at a time and pausing between runs, so that a commit waiting
+/// for the lock gets it (a released mutex is otherwise often re-taken by the thread that released
+/// it). Returns the sum of what the steps return.
+fn step_through_series(
+    writer: &Mutex<WriterConn>,
+    mut step: impl FnMut(&mut Connection, i64, i64) -> Result<usize, StoreError>,
+) -> Result<usize, StoreError> {
+    let lock = || writer.lock().unwrap_or_else(|e| e.into_inner());
+    let max: i64 =
+        lock().conn.query_row("SELECT coalesce(max(id), 0) FROM series", [], |r| r.get(0)).map_err(db_err)?;
+    let mut total = 0;
+    let mut lo = i64::MIN;
+    loop {
+        // The first run also takes anything below id 0, the last anything above today's max.
+        let hi = if lo == i64::MIN { SERIES_PER_STEP } else { lo + SERIES_PER_STEP };
+        let hi = if hi > max { i64::MAX } else { hi };
+        total += step(&mut lock().conn, lo, hi)?;
+        if hi == i64::MAX {
+            return Ok(total);
+        }
+        lo = hi;
+        std::thread::sleep(std::time::Duration::from_micros(500));
     }
-    // PASSIVE: copies what no reader still needs, never waits for readers.
-    if let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+}
+
+/// The writer's periodic work, run after the commit that made it due was acknowledged: the deltas
+/// merge, a run of series at a time, then a checkpoint of the WAL into the database on the
+/// checkpointer's own connection, which in WAL mode does not stop commits (automatic checkpoints
+/// are off on the writer, so that no commit pays for one). Both only reorganise committed data, so
+/// a failure loses nothing and is retried next time.
+fn maintain(writer: &Mutex<WriterConn>, checkpointer: &Mutex<Option<Connection>>, path: &str) {
+    let start = std::time::Instant::now();
+    let rows = step_through_series(writer, merge_series).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "merging rollup deltas failed; will retry");
+        0
+    });
+    let merged = start.elapsed();
+    let mut cp = checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+    if cp.is_none() {
+        *cp = open_checkpointer(path).map_err(|e| tracing::warn!(error = %e, "no checkpoint connection")).ok();
+    }
+    // PASSIVE: copies what no reader still needs, never waits for readers or the writer.
+    if let Some(c) = cp.as_ref()
+        && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    {
         tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
     }
+    tracing::debug!(
+        rows,
+        merge_ms = merged.as_millis() as u64,
+        checkpoint_ms = (start.elapsed() - merged).as_millis() as u64,
+        "writer maintenance"
+    );
+}
+
+fn open_checkpointer(path: &str) -> Result<Connection, StoreError> {
+    let c = Connection::open(path).map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    c.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
+    Ok(c)
 }
 
 fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
@@ -554,7 +616,7 @@ fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let maintain = self
+        let due = self
             .write(move |w| {
                 let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
                 // On error the dropped transaction rolls back.
@@ -574,14 +636,15 @@ impl Store for SqliteStore {
                 Ok(due)
             })
             .await?;
-        if maintain {
+        if due && !self.maintaining.swap(true, std::sync::atomic::Ordering::AcqRel) {
             // After the batch is acknowledged, not before: its submitters need not wait for the
-            // merge and checkpoint, and the next bodies are parsed while they run. The next
-            // commit queues behind them on the writer lock.
-            let w = self.writer.clone();
+            // merge and checkpoint, and the next bodies are parsed while they run. The merge takes
+            // the writer lock a run of series at a time, so commits slip in between.
+            let (w, cp, path) = (self.writer.clone(), self.checkpointer.clone(), self.path.clone());
+            let busy = self.maintaining.clone();
             tokio::task::spawn_blocking(move || {
-                let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-                maintain_writer(&mut w.conn);
+                maintain(&w, &cp, &path);
+                busy.store(false, std::sync::atomic::Ordering::Release);
             });
         }
         Ok(())
@@ -811,25 +874,48 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, b: PruneBefore) -> Result<Pruned, StoreError> {
-        self.write(move |c| {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
             // Merged first, so each bucket is one row and the count below is of buckets.
-            merge_deltas(c)?;
-            c.merged_at = std::time::Instant::now();
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-            let raw_blocks = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < ?1", [b.raw_ms]).map_err(db_err)?;
-            let dead_letters =
-                tx.execute("DELETE FROM dead_letters WHERE received_ms < ?1", [b.dead_letters_ms]).map_err(db_err)?;
-            let mut buckets = 0;
-            for (res, before) in [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)] {
-                // The primary key starts with the series, so this scans; it runs once a minute.
-                buckets += tx
-                    .execute("DELETE FROM rollups WHERE res = ?1 AND bucket < ?2", params![res.seconds(), before])
+            step_through_series(&w, merge_series)?;
+            let (raw_blocks, dead_letters) = {
+                let mut g = w.lock().unwrap_or_else(|e| e.into_inner());
+                let tx = g.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+                let raw = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < ?1", [b.raw_ms]).map_err(db_err)?;
+                let dead = tx
+                    .execute("DELETE FROM dead_letters WHERE received_ms < ?1", [b.dead_letters_ms])
                     .map_err(db_err)?;
-            }
-            tx.commit().map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+                (raw, dead)
+            };
+            // Series by series: the primary key starts with the series, so each delete reads only
+            // the rows it removes (a delete by resolution and time alone scanned the whole table,
+            // holding the writer for ~0.6 s on a store of 2M events, once a minute).
+            let buckets = step_through_series(&w, |c, lo, hi| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+                let ids: Vec<i64> = tx
+                    .prepare_cached("SELECT id FROM series WHERE id >= ?1 AND id < ?2")
+                    .and_then(|mut s| s.query_map([lo, hi], |r| r.get(0))?.collect())
+                    .map_err(db_err)?;
+                let mut n = 0;
+                let mut del = tx
+                    .prepare_cached("DELETE FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3")
+                    .map_err(db_err)?;
+                for id in ids {
+                    for (res, before) in
+                        [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)]
+                    {
+                        n += del.execute(params![id, res.seconds(), before]).map_err(db_err)?;
+                    }
+                }
+                drop(del);
+                tx.commit().map_err(db_err)?;
+                Ok(n)
+            })?;
             Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: buckets as u64 })
         })
         .await
+        .map_err(StoreError::backend)?
     }
 
     async fn close(&self) -> Result<(), StoreError> {
@@ -838,6 +924,7 @@ impl Store for SqliteStore {
             c.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db_err)
         })
         .await?;
+        self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(())
     }
@@ -932,5 +1019,45 @@ mod tests {
         assert_eq!(store.prune(before).await.expect("prune").buckets, 1);
         let left = store.read_points(&s, Resolution::Minute, 0, 180).await.expect("points");
         assert_eq!(left, vec![(120, Agg::of(d("7")))]);
+    }
+
+    /// The background merge goes a run of series at a time; across several runs it still moves
+    /// every recent row exactly once, and a commit can land between two runs.
+    #[tokio::test]
+    async fn a_merge_in_steps_moves_every_series_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("steps.db");
+        let store = SqliteStore::open(path.to_str().expect("utf-8")).await.expect("open");
+        let n = 3 * SERIES_PER_STEP + 5;
+        let key = |i: i64| SeriesKey::new("m", "product_id", &i.to_string());
+        let batch = |t: i64| WriteBatch {
+            rollups: crate::rollup::RollupRows::from_seconds((0..n).map(|i| (key(i), t, Agg::of(Decimal::from(i))))),
+            ..Default::default()
+        };
+        store.commit(batch(100)).await.expect("commit");
+        let (w, mut steps) = (store.writer.clone(), 0);
+        let moved = tokio::task::spawn_blocking(move || {
+            step_through_series(&w, |c, lo, hi| {
+                steps += 1;
+                merge_series(c, lo, hi)
+            })
+            .map(|rows| (rows, steps))
+        })
+        .await
+        .expect("join")
+        .expect("merge");
+        // Each series: its second and the minute, hour, day and all-time buckets derived from it.
+        assert_eq!(moved, (5 * n as usize, 4));
+        store.commit(batch(200)).await.expect("commit after the merge");
+        let recent: i64 = store
+            .read(|c| c.query_row("SELECT count(*) FROM rollup_seconds", [], |r| r.get(0)).map_err(db_err))
+            .await
+            .expect("count");
+        assert_eq!(recent, n, "only the second commit is still recent");
+        let all = [Span { res: Resolution::All, from: 0, to: 1 }];
+        for i in [0, SERIES_PER_STEP - 1, SERIES_PER_STEP, n - 1] {
+            let got = store.read_aggregate(&key(i), &all).await.expect("read");
+            assert_eq!((got.count, got.sum), (2, Decimal::from(2 * i)), "series {i}");
+        }
     }
 }
