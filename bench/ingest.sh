@@ -51,7 +51,7 @@ one_run() { # label binary run
   local itok rtok
   itok=$("$bin" token create --store "$store" "${cfg[@]}" --name ingest --scope ingest)
   rtok=$("$bin" token create --store "$store" "${cfg[@]}" --name read --scope read)
-  RUST_LOG=warn "$bin" serve --store "$store" "${cfg[@]}" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
+  JETSTREAM_LOG=warn "$bin" serve --store "$store" "${cfg[@]}" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
   SERVER_PID=$!
   addr=$(server_address "$WORK/serve.out" "$WORK/serve.err" "$SERVER_PID") || exit 1
   local base=0

@@ -22,7 +22,7 @@ one() { # binary label
   store="sqlite://$dir/s.db"
   itok=$("$1" token create --store "$store" --name i --scope ingest)
   rtok=$("$1" token create --store "$store" --name r --scope read)
-  RUST_LOG=warn "$1" serve --store "$store" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
+  JETSTREAM_LOG=warn "$1" serve --store "$store" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
   pid=$!
   addr=$(server_address "$dir/out" "$dir/err" "$pid") || exit 1
   python3 "$HERE/loader.py" preload --addr "$addr" --token "$itok" --events "$PRELOAD_EVENTS" \

@@ -93,7 +93,7 @@ start_server() { # [config file]
   local cfg=()
   [[ -n ${1:-} ]] && cfg=(--config "$1")
   : >"$WORK/serve.out"
-  RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --store "$STORE" --listen 127.0.0.1:0 "${cfg[@]}" \
+  JETSTREAM_LOG=${JETSTREAM_LOG:-warn} "$BIN" serve --store "$STORE" --listen 127.0.0.1:0 "${cfg[@]}" \
     >"$WORK/serve.out" 2>>"$WORK/serve.err" &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
