@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::event::Validator;
 use crate::ingest::kafka::{ConsumerParts, KafkaConsumer};
 use crate::ingest::now_ms;
-use crate::ingest::writer::{CommitHook, Writer};
+use crate::ingest::writer::{CommitObserver, Writer};
 use crate::rollup::Metrics;
 use crate::storage::{self, PruneBefore, Store};
 
@@ -61,15 +61,11 @@ impl Application {
         };
         let settings = Arc::new(settings);
         let cache = Arc::new(ReadCache::new(settings.api.cache_ttl));
-        let invalidate: CommitHook = {
-            let cache = cache.clone();
-            Arc::new(move |series| cache.invalidate(series))
-        };
         let (writer, writer_task) = Writer::spawn(
             store.clone(),
             settings.ingest.max_batch_events,
             settings.ingest.commit_linger,
-            vec![invalidate],
+            vec![cache.clone() as Arc<dyn CommitObserver>],
         );
         let tokens = Arc::new(Tokens::default());
         tokens.reload(&*store).await.context("loading tokens")?;

@@ -291,6 +291,72 @@ async fn concurrent_posts_are_group_committed_and_all_counted(backend: Backend) 
     app.stop().await;
 }
 
+/// Queries racing commits: the read cache adds each commit's deltas to the answers it holds, so
+/// an answer read from the store while a commit ran must not be cached (the commit would count
+/// twice). Every answer stays within what was posted, and the last equals it exactly.
+async fn answers_stay_exact_while_queries_race_commits(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.ingest(&json!([sold(7, json!("0.10")), {"event": "productRated", "product_id": 7, "rating": 4}])).await;
+    let (posts, per_post) = (80u64, 25u64);
+    let events = 1 + posts * per_post;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..8 {
+        let (client, base, token, stop) = (app.client.clone(), app.url(""), app.token.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut answers = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let kind = if r % 2 == 0 { "sale" } else { "rating" };
+                let resp = client.get(format!("{base}/api/product/{kind}/7")).bearer_auth(&token).send().await.unwrap();
+                let (s, v) = json_of(resp).await;
+                assert_eq!(s.as_u16(), 200, "{v}");
+                assert!(v["count"].as_u64().unwrap() <= events, "more events than were posted: {v}");
+                answers += 1;
+            }
+            answers
+        }));
+    }
+    let mut writers = Vec::new();
+    for _ in 0..posts {
+        let (client, url, token) = (app.client.clone(), app.url("/api/v1/events"), app.token.clone());
+        writers.push(tokio::spawn(async move {
+            let body: Vec<Value> = (0..per_post)
+                .map(|i| {
+                    if i % 5 == 0 {
+                        json!({"event": "productRated", "product_id": 7, "rating": 4})
+                    } else {
+                        sold(7, json!("0.10"))
+                    }
+                })
+                .collect();
+            let r = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = 0;
+    for r in readers {
+        answers += r.await.unwrap();
+    }
+    assert!(answers > 20, "the readers raced nothing ({answers} answers)");
+    let (rated, sold_n) = (1 + posts * per_post / 5, 1 + posts * per_post * 4 / 5);
+    let total = sold_n as f64 / 10.0;
+    // Right after the last acknowledgement (from the cache), and once more past the cache's ttl.
+    for _ in 0..2 {
+        let (_, sale) = app.get("/api/product/sale/7").await;
+        assert_eq!(sale["count"].as_u64(), Some(sold_n), "{sale}");
+        assert!((sale["total"].as_f64().unwrap() - total).abs() < 1e-9, "{sale} vs {total}");
+        let (_, rating) = app.get("/api/product/rating/7").await;
+        assert_eq!((rating["count"].as_u64(), rating["average_rating"].as_f64()), (Some(rated), Some(4.0)), "{rating}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    app.stop().await;
+}
+
 async fn data_survives_a_restart(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.ingest(&json!([sold(5, json!("2.50")), {"event": "productRated", "product_id": 5, "rating": 3}])).await;
@@ -419,6 +485,7 @@ both_backends!(
     unknown_products_are_404_on_both_endpoints,
     every_data_route_needs_a_token_with_its_scope,
     concurrent_posts_are_group_committed_and_all_counted,
+    answers_stay_exact_while_queries_race_commits,
     data_survives_a_restart,
     tokens_from_the_command_line_take_effect_on_a_running_server,
     a_killed_server_loses_no_acknowledged_event_and_counts_none_twice,

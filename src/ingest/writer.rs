@@ -12,14 +12,33 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Pending;
-use crate::rollup::SeriesKey;
+use crate::rollup::{Agg, Resolution, SeriesKey};
 use crate::storage::{Store, StoreError, WriteBatch};
 
 /// Submissions waiting for the writer; beyond this, submitters wait (backpressure).
 const QUEUE: usize = 1024;
 
-/// Called after each commit, before submitters are acknowledged, with the series it touched.
-pub type CommitHook = Arc<dyn Fn(&[SeriesKey]) + Send + Sync>;
+/// Told about each commit of the writer, in order: state derived from the store (the read
+/// cache) stays exact by applying what each commit added instead of re-reading it.
+pub trait CommitObserver: Send + Sync {
+    /// A commit is about to start: a read from now on may or may not see it.
+    fn commit_started(&self);
+    /// The commit is durable; called before its submitters are acknowledged.
+    fn committed(&self, commit: &Committed<'_>);
+    /// The commit failed; it may have touched `series`.
+    fn commit_failed(&self, series: &[SeriesKey]);
+}
+
+/// What one commit added.
+#[derive(Debug)]
+pub struct Committed<'a> {
+    /// The series it touched, in key order.
+    pub series: &'a [SeriesKey],
+    /// Its one-second deltas as (index into `series`, second, delta), grouped by series; `None`
+    /// when the commit's rows are not all derived from seconds, so an observer must forget
+    /// `series` instead.
+    pub seconds: Option<&'a [(u32, i64, Agg)]>,
+}
 
 /// Why a submission was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,12 +111,12 @@ impl Writer {
         store: Arc<dyn Store>,
         max_batch_events: usize,
         linger: Duration,
-        hooks: Vec<CommitHook>,
+        observers: Vec<Arc<dyn CommitObserver>>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let incoming = Arc::new(Incoming::default());
-        let task = tokio::spawn(run(store, rx, max_batch_events, linger, hooks, stats.clone(), incoming.clone()));
+        let task = tokio::spawn(run(store, rx, max_batch_events, linger, observers, stats.clone(), incoming.clone()));
         (Self { tx, stats, incoming }, task)
     }
 
@@ -133,7 +152,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     max_events: usize,
     linger: Duration,
-    hooks: Vec<CommitHook>,
+    observers: Vec<Arc<dyn CommitObserver>>,
     stats: Arc<WriterStats>,
     incoming: Arc<Incoming>,
 ) {
@@ -166,16 +185,22 @@ async fn run(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        commit_group(&*store, jobs, &hooks, &stats).await;
+        commit_group(&*store, jobs, &observers, &stats).await;
     }
 }
 
 /// Commits `jobs` together. If the group is fenced, the fenced jobs are failed and the rest are
 /// committed again without them (one stale Kafka batch must not fail the HTTP requests beside it).
-async fn commit_group(store: &dyn Store, mut jobs: Vec<Job>, hooks: &[CommitHook], stats: &WriterStats) {
+async fn commit_group(
+    store: &dyn Store,
+    mut jobs: Vec<Job>,
+    observers: &[Arc<dyn CommitObserver>],
+    stats: &WriterStats,
+) {
     loop {
-        let (batch, series) = build_batch(&mut jobs);
+        let (batch, changes) = build_batch(&mut jobs);
         let (events, dead) = (batch.raw_blocks.iter().map(|b| b.count as u64).sum(), batch.dead_letters.len() as u64);
+        let in_flight = InFlight::start(observers, &changes.series);
         let result = store.commit(batch).await;
         let counter = if result.is_ok() { &stats.commits } else { &stats.failed_commits };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -184,9 +209,7 @@ async fn commit_group(store: &dyn Store, mut jobs: Vec<Job>, hooks: &[CommitHook
                 stats.submissions.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 stats.events.fetch_add(events, Ordering::Relaxed);
                 stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
-                for h in hooks {
-                    h(&series);
-                }
+                in_flight.committed(changes.seconds.as_deref());
                 for j in jobs {
                     let _ = j.ack.send(Ok(())); // the submitter may have gone; nothing to do
                 }
@@ -218,8 +241,49 @@ async fn commit_group(store: &dyn Store, mut jobs: Vec<Job>, hooks: &[CommitHook
     }
 }
 
+/// A commit the observers were told has started. Unless it is marked committed, they are told
+/// it failed when this goes away: on an error, and also if the commit's future is dropped.
+struct InFlight<'a> {
+    observers: &'a [Arc<dyn CommitObserver>],
+    series: &'a [SeriesKey],
+    ended: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(observers: &'a [Arc<dyn CommitObserver>], series: &'a [SeriesKey]) -> Self {
+        for o in observers {
+            o.commit_started();
+        }
+        Self { observers, series, ended: false }
+    }
+
+    fn committed(mut self, seconds: Option<&[(u32, i64, Agg)]>) {
+        self.ended = true;
+        let commit = Committed { series: self.series, seconds };
+        for o in self.observers {
+            o.committed(&commit);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            for o in self.observers {
+                o.commit_failed(self.series);
+            }
+        }
+    }
+}
+
+/// What a batch adds, kept for the observers once the batch itself has gone to the store.
+struct Changes {
+    series: Vec<SeriesKey>,
+    seconds: Option<Vec<(u32, i64, Agg)>>,
+}
+
 /// Merges the jobs' data into one batch, leaving their offsets in place (needed on a fence retry).
-fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Vec<SeriesKey>) {
+fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Changes) {
     let mut delta = crate::rollup::RollupDelta::default();
     let mut batch = WriteBatch::default();
     // Only a group carrying offsets can be fenced and retried; only then must the jobs keep their
@@ -241,10 +305,18 @@ fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Vec<SeriesKey>) {
     // One row per value, with the earliest time: several metrics share a dimension value.
     dims.sort_unstable();
     dims.dedup_by(|b, a| a.0 == b.0 && a.1 == b.1);
-    let series = rollups.series().to_vec();
+    let seconds = rollups.coarse_derived().then(|| {
+        rollups
+            .rows()
+            .iter()
+            .filter(|r| r.res == Resolution::Second)
+            .map(|r| (r.series, r.start, r.agg.clone()))
+            .collect()
+    });
+    let changes = Changes { series: rollups.series().to_vec(), seconds };
     batch.rollups = rollups;
     batch.dims = dims;
-    (batch, series)
+    (batch, changes)
 }
 
 #[cfg(test)]
