@@ -132,7 +132,7 @@ async fn race(
         .collect();
     let mut results = Vec::new();
     for t in tasks {
-        results.push(t.await.expect("writer task"));
+        results.push(t.await.expect("writer task").map(|_| ()));
     }
     results
 }
@@ -249,6 +249,33 @@ async fn commit_seconds(
 /// Batches of seconds whose coarser buckets are derived (what the ingest writer commits) read the
 /// same at every resolution whether the store has merged them yet or not, alongside a batch of
 /// buckets given one by one.
+/// A backend that numbers its commits says where each commit and each read stands, so the read
+/// cache can tell which commits a read holds; one that does not says nothing, on both.
+async fn commits_and_reads_say_where_they_stand_when_the_backend_numbers_commits(backend: Backend) {
+    let ts = TestStore::fresh(backend).await;
+    let store = open(&ts).await;
+    let series = SeriesKey::new("amount", "product_id", "11");
+    let all = [Span { res: Resolution::All, from: 0, to: 1 }];
+    let mut positions = Vec::new();
+    for v in ["1", "2"] {
+        let pos = store.commit(rollups(vec![(key("11", Resolution::All, 0), Agg::of(dec(v)))])).await.expect("commit");
+        let (agg, read_at) = store.read_aggregate_at(&series, &all).await.expect("read");
+        positions.push((pos, read_at, agg.count));
+    }
+    match backend {
+        Backend::Sqlite => {
+            let (p1, p2) = (positions[0].0.expect("numbered"), positions[1].0.expect("numbered"));
+            assert!(p2 > p1, "{positions:?}");
+            assert_eq!(
+                positions,
+                [(Some(p1), Some(p1), 1), (Some(p2), Some(p2), 2)],
+                "a read stands at the last commit"
+            );
+        }
+        Backend::Postgres => assert_eq!(positions, [(None, None, 1), (None, None, 2)]),
+    }
+}
+
 async fn derived_batches_read_the_same_before_and_after_a_merge(backend: Backend) {
     let ts = TestStore::fresh(backend).await;
     let store = open(&ts).await;
@@ -505,6 +532,7 @@ async fn migrations_are_idempotent(backend: Backend) {
 }
 
 both_backends!(
+    commits_and_reads_say_where_they_stand_when_the_backend_numbers_commits,
     a_fenced_batch_applies_nothing,
     offsets_are_fenced,
     two_first_time_writers_cannot_both_win,

@@ -27,7 +27,7 @@ pub mod cache;
 mod product;
 mod v1;
 
-pub use cache::ReadCache;
+pub use cache::{CacheStats, ReadCache};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -85,6 +85,7 @@ impl AppState {
     pub async fn aggregate(&self, series: &SeriesKey, window: Option<(i64, i64)>) -> Result<Agg, ApiError> {
         let key = window.unwrap_or((i64::MIN, i64::MAX));
         if let Some((a, old)) = self.cache.get_fresh(series, key) {
+            CacheStats::count(&self.cache.stats.hits);
             if old {
                 self.refresh(series, key);
             }
@@ -101,10 +102,12 @@ impl AppState {
     pub async fn aggregate_trailing(&self, series: &SeriesKey, window_s: i64) -> Result<(Agg, (i64, i64)), ApiError> {
         let (from, to) = trailing_window(crate::ingest::now_ms(), window_s);
         if let Some(a) = self.cache.get(series, (from, to)) {
+            CacheStats::count(&self.cache.stats.hits);
             return Ok((a, (from, to)));
         }
         let previous = (from - 1, to - 1);
         if let Some(a) = self.cache.get(series, previous) {
+            CacheStats::count(&self.cache.stats.previous_window);
             self.refresh(series, (from, to));
             return Ok((a, previous));
         }
@@ -112,9 +115,10 @@ impl AppState {
     }
 
     async fn read_through(&self, series: &SeriesKey, key: (i64, i64)) -> Result<Agg, ApiError> {
+        CacheStats::count(&self.cache.stats.request_reads);
         let ticket = self.cache.ticket();
-        let agg = self.store.read_aggregate(series, &spans_of(key)).await?;
-        self.cache.put(series, key, agg.clone(), ticket);
+        let (agg, pos) = self.store.read_aggregate_at(series, &spans_of(key)).await?;
+        self.cache.put(series, key, agg.clone(), pos, ticket);
         Ok(agg)
     }
 
@@ -127,9 +131,10 @@ impl AppState {
         tokio::spawn(async move {
             // Never closed, so acquiring cannot fail.
             let _slot = cache.refresh_slots.acquire().await;
+            CacheStats::count(&cache.stats.background_reads);
             let ticket = cache.ticket();
-            match store.read_aggregate(&series, &spans_of(key)).await {
-                Ok(agg) => cache.put(&series, key, agg, ticket),
+            match store.read_aggregate_at(&series, &spans_of(key)).await {
+                Ok((agg, pos)) => cache.put(&series, key, agg, pos, ticket),
                 Err(e) => tracing::debug!(error = %e, "background cache refresh failed"),
             }
             cache.end_refresh(&series, key);

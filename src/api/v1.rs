@@ -132,7 +132,7 @@ pub async fn get_raw_events(
 /// Writer counters since start (how well group commit groups).
 pub async fn get_stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, Scope::Admin)?;
-    Ok(Json(json!({ "writer": state.writer.stats() })))
+    Ok(Json(json!({ "writer": state.writer.stats(), "cache": state.cache.stats })))
 }
 
 pub async fn list_metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::Pending;
 use crate::rollup::{Agg, Resolution, SeriesKey};
-use crate::storage::{Store, StoreError, WriteBatch};
+use crate::storage::{CommitPos, Store, StoreError, WriteBatch};
 
 /// Submissions waiting for the writer; beyond this, submitters wait (backpressure).
 const QUEUE: usize = 1024;
@@ -38,6 +38,8 @@ pub struct Committed<'a> {
     /// when the commit's rows are not all derived from seconds, so an observer must forget
     /// `series` instead.
     pub seconds: Option<&'a [(u32, i64, Agg)]>,
+    /// Its place in the store's order of commits, when the store numbers them.
+    pub pos: Option<CommitPos>,
 }
 
 /// Why a submission was not committed.
@@ -205,11 +207,11 @@ async fn commit_group(
         let counter = if result.is_ok() { &stats.commits } else { &stats.failed_commits };
         counter.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(()) => {
+            Ok(pos) => {
                 stats.submissions.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 stats.events.fetch_add(events, Ordering::Relaxed);
                 stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
-                in_flight.committed(changes.seconds.as_deref());
+                in_flight.committed(changes.seconds.as_deref(), pos);
                 for j in jobs {
                     let _ = j.ack.send(Ok(())); // the submitter may have gone; nothing to do
                 }
@@ -257,9 +259,9 @@ impl<'a> InFlight<'a> {
         Self { observers, series, ended: false }
     }
 
-    fn committed(mut self, seconds: Option<&[(u32, i64, Agg)]>) {
+    fn committed(mut self, seconds: Option<&[(u32, i64, Agg)]>, pos: Option<CommitPos>) {
         self.ended = true;
-        let commit = Committed { series: self.series, seconds };
+        let commit = Committed { series: self.series, seconds, pos };
         for o in self.observers {
             o.committed(&commit);
         }

@@ -115,12 +115,27 @@ pub struct PruneBefore {
     pub minute_buckets_s: i64,
 }
 
+/// A commit's place in a store's order of commits, for a backend that numbers them (SQLite, whose
+/// writes are serialized anyway): a read at position `p` holds exactly the commits numbered up to
+/// `p`. The read cache uses it to add to a read just the local commits its snapshot missed.
+pub type CommitPos = u64;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Applies a batch in one transaction, or nothing of it.
-    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Applies a batch in one transaction, or nothing of it; returns the commit's position when
+    /// the backend numbers its commits.
+    async fn commit(&self, batch: WriteBatch) -> Result<Option<CommitPos>, StoreError>;
     /// Merges the buckets of `series` covered by `spans`.
     async fn read_aggregate(&self, series: &SeriesKey, spans: &[Span]) -> Result<Agg, StoreError>;
+    /// `read_aggregate`, and the position of the snapshot it read when the backend numbers its
+    /// commits (PostgreSQL does not: its writers commit concurrently).
+    async fn read_aggregate_at(
+        &self,
+        series: &SeriesKey,
+        spans: &[Span],
+    ) -> Result<(Agg, Option<CommitPos>), StoreError> {
+        Ok((self.read_aggregate(series, spans).await?, None))
+    }
     /// The buckets of `series` at `res` starting in `[from, to)`, in time order.
     async fn read_points(
         &self,

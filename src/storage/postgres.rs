@@ -27,7 +27,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    DeadLetter, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch,
+    CommitPos, DeadLetter, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord,
+    WriteBatch,
 };
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 
@@ -376,7 +377,7 @@ async fn bump_tokens_version(tx: &deadpool_postgres::Transaction<'_>) -> Result<
 
 #[async_trait]
 impl Store for PgStore {
-    async fn commit(&self, mut batch: WriteBatch) -> Result<(), StoreError> {
+    async fn commit(&self, mut batch: WriteBatch) -> Result<Option<CommitPos>, StoreError> {
         normalise(&mut batch);
         let mut client = self.client().await?;
         let mut attempt = 1;
@@ -396,7 +397,7 @@ impl Store for PgStore {
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
                     attempt += 1;
                 }
-                other => return other,
+                other => return other.map(|()| None),
             }
         }
     }

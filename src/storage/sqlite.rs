@@ -17,7 +17,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rust_decimal::Decimal;
 
-use super::{DeadLetter, NewDeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch};
+use super::{
+    CommitPos, DeadLetter, NewDeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch,
+};
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span, coarser_buckets};
 
 /// Versioned migrations; `PRAGMA user_version` is the number applied.
@@ -95,6 +97,11 @@ CREATE TABLE rollup_seconds (
     count INTEGER NOT NULL, sum BLOB NOT NULL, min BLOB, max BLOB,
     PRIMARY KEY (series, bucket)
 ) WITHOUT ROWID;
+"#,
+    // 5: every commit takes the next number: a read tells the read cache which commits its
+    // snapshot holds (see `Store::read_aggregate_at`).
+    r#"
+INSERT INTO meta VALUES ('commit_seq', 0);
 "#,
 ];
 
@@ -191,11 +198,13 @@ impl SqliteStore {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let conn = match conn {
+            let mut conn = match conn {
                 Some(c) => c,
                 None => open_reader(&path)?,
             };
-            let out = f(&conn);
+            // One snapshot for all of `f`'s statements: a commit or a merge step between two of
+            // them would otherwise count a delta twice or not at all. Dropped: rolled back.
+            let out = conn.transaction().map_err(db_err).and_then(|tx| f(&tx));
             let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
             if p.len() < READERS {
                 p.push(conn);
@@ -615,12 +624,16 @@ fn bump_tokens_version(c: &Connection) -> rusqlite::Result<usize> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let due = self
+    async fn commit(&self, batch: WriteBatch) -> Result<Option<CommitPos>, StoreError> {
+        let (due, pos) = self
             .write(move |w| {
                 let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
                 // On error the dropped transaction rolls back.
                 let (fresh, fresh_dims) = apply(&tx, (&w.series, &w.dims), &batch)?;
+                let pos: i64 = tx
+                    .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'commit_seq' RETURNING value")
+                    .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                    .map_err(db_err)?;
                 tx.commit().map_err(db_err)?;
                 for (d, v) in fresh_dims {
                     w.dims.entry(d).or_default().insert(v, ());
@@ -633,7 +646,7 @@ impl Store for SqliteStore {
                 if due {
                     w.merged_at = std::time::Instant::now();
                 }
-                Ok(due)
+                Ok((due, pos as u64))
             })
             .await?;
         if due && !self.maintaining.swap(true, std::sync::atomic::Ordering::AcqRel) {
@@ -647,14 +660,27 @@ impl Store for SqliteStore {
                 busy.store(false, std::sync::atomic::Ordering::Release);
             });
         }
-        Ok(())
+        Ok(Some(pos))
     }
 
     async fn read_aggregate(&self, series: &SeriesKey, spans: &[Span]) -> Result<Agg, StoreError> {
+        Ok(self.read_aggregate_at(series, spans).await?.0)
+    }
+
+    async fn read_aggregate_at(
+        &self,
+        series: &SeriesKey,
+        spans: &[Span],
+    ) -> Result<(Agg, Option<CommitPos>), StoreError> {
         let series = series.clone();
         let spans = spans.to_vec();
         self.read(move |c| {
-            let Some(id) = series_id(c, &series)? else { return Ok(Agg::default()) };
+            let pos: i64 = c
+                .prepare_cached("SELECT value FROM meta WHERE key = 'commit_seq'")
+                .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                .map_err(db_err)?;
+            let pos = Some(pos as u64);
+            let Some(id) = series_id(c, &series)? else { return Ok((Agg::default(), pos)) };
             let mut merged = c
                 .prepare_cached(
                     "SELECT count, sum, min, max FROM rollups
@@ -674,7 +700,7 @@ impl Store for SqliteStore {
             for (_, agg) in recent_seconds(c, id, &spans)? {
                 total.merge(&agg);
             }
-            Ok(total)
+            Ok((total, pos))
         })
         .await
     }
