@@ -354,6 +354,12 @@ async fn answers_stay_exact_while_queries_race_commits(backend: Backend) {
         assert_eq!((rating["count"].as_u64(), rating["average_rating"].as_f64()), (Some(rated), Some(4.0)), "{rating}");
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
+    // Where the answers came from: the first of each product's was read on a request's path, and
+    // most were served from the cache.
+    let (_, stats) = app.get("/api/v1/admin/stats").await;
+    let c = &stats["cache"];
+    assert!(c["request_reads"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(c["hits"].as_u64().unwrap() + c["previous_window"].as_u64().unwrap() > 0, "{stats}");
     app.stop().await;
 }
 
