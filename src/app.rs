@@ -172,6 +172,7 @@ async fn prune_forever(store: Arc<dyn Store>, settings: Arc<Settings>) {
             dead_letters_ms: now - r.dead_letters.as_millis() as i64,
             second_buckets_s: now / 1000 - r.second_buckets.as_secs() as i64,
             minute_buckets_s: now / 1000 - r.minute_buckets.as_secs() as i64,
+            idempotency_keys_ms: now - r.idempotency_keys.as_millis() as i64,
         };
         let start = std::time::Instant::now();
         let result = store.prune(before).await;

@@ -65,6 +65,10 @@ pub struct RetentionSettings {
     /// One-minute buckets.
     #[serde(deserialize_with = "de_duration")]
     pub minute_buckets: Duration,
+    /// Idempotency keys of ingest requests: a retry with the same key within this time gets the
+    /// first answer again instead of counting twice.
+    #[serde(deserialize_with = "de_duration")]
+    pub idempotency_keys: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +195,7 @@ impl Default for RetentionSettings {
             dead_letters: Duration::from_secs(30 * DAY),
             second_buckets: Duration::from_secs(2 * DAY),
             minute_buckets: Duration::from_secs(90 * DAY),
+            idempotency_keys: Duration::from_secs(DAY),
         }
     }
 }

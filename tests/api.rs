@@ -363,6 +363,62 @@ async fn answers_stay_exact_while_queries_race_commits(backend: Backend) {
     app.stop().await;
 }
 
+/// A producer that retries with the same `Idempotency-Key` gets the first answer again and counts
+/// once, however the repeats interleave; keys are per token, and a malformed key is a 400.
+async fn a_retried_post_with_an_idempotency_key_counts_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = json!([sold(21, json!("2.50")), sold(21, json!("1.25"))]);
+    let post = |token: String, key: String| {
+        let req = app.client.post(app.url("/api/v1/events")).bearer_auth(token).header("Idempotency-Key", key);
+        let body = body.clone();
+        async move {
+            let r = req.json(&body).send().await.unwrap();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            let (s, v) = json_of(r).await;
+            (s.as_u16(), replayed, v)
+        }
+    };
+    let sale = async || app.get("/api/product/sale/21").await.1;
+
+    let (s1, replayed1, first) = post(app.token.clone(), "order-42".into()).await;
+    assert_eq!((s1, replayed1, &first["accepted"]), (200, false, &json!(2)), "{first}");
+    let (s2, replayed2, again) = post(app.token.clone(), "order-42".into()).await;
+    assert_eq!((s2, replayed2), (200, true));
+    assert_eq!(again, first, "the retry gets the first answer");
+    assert_eq!((sale().await["count"].clone(), sale().await["total"].clone()), (json!(2), json!(3.75)));
+
+    // Another key, or the same key with another token, is another request.
+    let (s3, replayed3, _) = post(app.token.clone(), "order-43".into()).await;
+    assert_eq!((s3, replayed3), (200, false));
+    let other = app.token_with(&[Scope::Ingest]).await;
+    let (s4, replayed4, _) = post(other, "order-42".into()).await;
+    assert_eq!((s4, replayed4), (200, false));
+    assert_eq!(sale().await["count"], 6);
+
+    // Eight at once with one key: exactly one is committed; the others are replayed or told
+    // the first is still in progress (409).
+    let burst: Vec<_> = (0..8).map(|_| tokio::spawn(post(app.token.clone(), "burst-1".into()))).collect();
+    let mut fresh = 0;
+    for t in burst {
+        let (s, replayed, v) = t.await.unwrap();
+        match (s, replayed) {
+            (200, false) => fresh += 1,
+            (200, true) | (409, false) => {}
+            other => panic!("unexpected answer {other:?}: {v}"),
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(sale().await["count"], 8);
+
+    for bad in ["has space", &"k".repeat(256)] {
+        let (s, _, v) = post(app.token.clone(), bad.to_string()).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("Idempotency-Key"), "{v}");
+    }
+    assert_eq!(sale().await["count"], 8, "a refused request counts nothing");
+    app.stop().await;
+}
+
 async fn data_survives_a_restart(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.ingest(&json!([sold(5, json!("2.50")), {"event": "productRated", "product_id": 5, "rating": 3}])).await;
@@ -444,7 +500,8 @@ async fn a_killed_server_loses_no_acknowledged_event_and_counts_none_twice(backe
             let mut acked = Vec::new();
             for i in (w..requests).step_by(8) {
                 let body: Vec<Value> = (0..100).map(|_| sold(10_000 + i, json!("1.25"))).collect();
-                match client.post(format!("{base}/api/v1/events")).bearer_auth(&token).json(&body).send().await {
+                let post = client.post(format!("{base}/api/v1/events")).bearer_auth(&token);
+                match post.header("Idempotency-Key", format!("req-{i}")).json(&body).send().await {
                     Ok(r) if r.status() == 200 => acked.push(i),
                     _ => break, // the server is gone
                 }
@@ -478,6 +535,23 @@ async fn a_killed_server_loses_no_acknowledged_event_and_counts_none_twice(backe
     assert_eq!(acked_seen, acked.len());
     // At most the requests in flight at the kill can have committed without an ack.
     assert!(committed <= 8, "{committed} unacknowledged requests committed");
+
+    // The producer retries every request it got no answer for, with the same key: each is then
+    // counted exactly once, whether or not its first attempt had been committed.
+    let mut replayed = 0;
+    for i in (0..requests).filter(|i| !acked.contains(i)) {
+        let body: Vec<Value> = (0..100).map(|_| sold(10_000 + i, json!("1.25"))).collect();
+        let post = client.post(format!("{}/api/v1/events", server.base)).bearer_auth(&token);
+        let r = post.header("Idempotency-Key", format!("req-{i}")).json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "retry of request {i}");
+        replayed += usize::from(r.headers().get("idempotent-replayed").is_some());
+    }
+    assert_eq!(replayed, committed, "exactly the committed but unacknowledged requests were replayed");
+    for i in 0..requests {
+        let r = client.get(format!("{}/api/product/sale/{}", server.base, 10_000 + i)).bearer_auth(&token).send().await;
+        let (_, sale) = json_of(r.unwrap()).await;
+        assert_eq!((&sale["count"], &sale["total"]), (&json!(100), &json!(125)), "request {i} after the retries");
+    }
 }
 
 both_backends!(
@@ -492,6 +566,7 @@ both_backends!(
     every_data_route_needs_a_token_with_its_scope,
     concurrent_posts_are_group_committed_and_all_counted,
     answers_stay_exact_while_queries_race_commits,
+    a_retried_post_with_an_idempotency_key_counts_once,
     data_survives_a_restart,
     tokens_from_the_command_line_take_effect_on_a_running_server,
     a_killed_server_loses_no_acknowledged_event_and_counts_none_twice,

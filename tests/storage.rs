@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::{Backend, TestStore};
 use jetstream::rollup::{Agg, BucketKey, Resolution, RollupRows, SeriesKey, Span, cover};
 use jetstream::storage::{
-    self, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch,
+    self, IdempotencyRecord, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError,
+    TokenRecord, WriteBatch,
 };
 use rust_decimal::Decimal;
 
@@ -74,6 +75,7 @@ async fn a_fenced_batch_applies_nothing(backend: Backend) {
         raw_blocks: vec![block("productSold", 5, b"raw")],
         dead_letters: vec![letter(5, "no event name")],
         offsets: vec![advance(0, Some(10), 20), advance(1, Some(50), 60)],
+        idempotency: vec![IdempotencyRecord { scope: "p".into(), key: "k".into(), answer: "{}".into(), at_ms: 5 }],
     };
     match store.commit(stale).await {
         Err(StoreError::Fenced { partition: 1, stored: Some(100), expected: Some(50), .. }) => {}
@@ -85,6 +87,7 @@ async fn a_fenced_batch_applies_nothing(backend: Backend) {
     assert!(store.raw_blocks("productSold", None, 10).await.expect("raw").is_empty());
     assert!(store.dead_letters(None, 10).await.expect("dead letters").is_empty());
     assert_eq!(store.stored_offsets("kafka:events").await.expect("offsets"), [(0, 10), (1, 100)]);
+    assert_eq!(store.idempotent_answer("p", "k").await.expect("key"), None, "nor its idempotency key");
 }
 
 async fn offsets_are_fenced(backend: Backend) {
@@ -276,6 +279,52 @@ async fn commits_and_reads_say_where_they_stand_when_the_backend_numbers_commits
     }
 }
 
+/// An idempotency key is committed with its batch, once per scope: a batch repeating it applies
+/// nothing, the first answer can be read back, and retention removes old keys.
+async fn an_idempotency_key_commits_once(backend: Backend) {
+    let ts = TestStore::fresh(backend).await;
+    let store = open(&ts).await;
+    let record = |scope: &str, answer: &str, at_ms| IdempotencyRecord {
+        scope: scope.into(),
+        key: "order-42".into(),
+        answer: answer.into(),
+        at_ms,
+    };
+    let k = key("42", Resolution::All, 0);
+    let mut first = rollups(vec![(k.clone(), Agg::of(dec("2.5")))]);
+    first.idempotency = vec![record("producer-a", r#"{"accepted":1}"#, 1_000)];
+    store.commit(first).await.expect("first use of the key");
+    let mut again = rollups(vec![(k.clone(), Agg::of(dec("2.5")))]);
+    again.idempotency = vec![record("producer-a", r#"{"accepted":9}"#, 2_000)];
+    match store.commit(again).await {
+        Err(StoreError::Duplicate { scope, key }) => {
+            assert_eq!((scope.as_str(), key.as_str()), ("producer-a", "order-42"))
+        }
+        other => panic!("expected a duplicate key, got {other:?}"),
+    }
+    assert_eq!(bucket(&*store, &k).await, Agg::of(dec("2.5")), "the repeat applied nothing");
+    assert_eq!(
+        store.idempotent_answer("producer-a", "order-42").await.expect("read").as_deref(),
+        Some(r#"{"accepted":1}"#)
+    );
+    // Another scope (token) has its own keys.
+    let mut other = rollups(vec![(k.clone(), Agg::of(dec("1")))]);
+    other.idempotency = vec![record("producer-b", r#"{"accepted":1}"#, 3_000)];
+    store.commit(other).await.expect("same key, another scope");
+    assert_eq!(bucket(&*store, &k).await.count, 2);
+
+    let cut = PruneBefore {
+        raw_ms: 0,
+        dead_letters_ms: 0,
+        second_buckets_s: 0,
+        minute_buckets_s: 0,
+        idempotency_keys_ms: 2_000,
+    };
+    store.prune(cut).await.expect("prune");
+    assert_eq!(store.idempotent_answer("producer-a", "order-42").await.expect("read"), None, "older than the cut");
+    assert!(store.idempotent_answer("producer-b", "order-42").await.expect("read").is_some());
+}
+
 async fn derived_batches_read_the_same_before_and_after_a_merge(backend: Backend) {
     let ts = TestStore::fresh(backend).await;
     let store = open(&ts).await;
@@ -314,7 +363,8 @@ async fn derived_batches_read_the_same_before_and_after_a_merge(backend: Backend
     };
     check(&events, "before the merge").await;
     // Pruning merges first; nothing here is older than these cut-offs.
-    let nothing = PruneBefore { raw_ms: 0, dead_letters_ms: 0, second_buckets_s: 0, minute_buckets_s: 0 };
+    let nothing =
+        PruneBefore { raw_ms: 0, dead_letters_ms: 0, second_buckets_s: 0, minute_buckets_s: 0, idempotency_keys_ms: 0 };
     store.prune(nothing).await.expect("prune");
     check(&events, "after the merge").await;
     commit_seconds(&*store, &series, &mut events, 7000..7100, 3).await;
@@ -496,7 +546,13 @@ async fn prune_removes_only_what_retention_expired(backend: Backend) {
         ..Default::default()
     };
     store.commit(b).await.expect("commit");
-    let cut = PruneBefore { raw_ms: 5_000, dead_letters_ms: 5_000, second_buckets_s: 4_000, minute_buckets_s: 300 };
+    let cut = PruneBefore {
+        raw_ms: 5_000,
+        dead_letters_ms: 5_000,
+        second_buckets_s: 4_000,
+        minute_buckets_s: 300,
+        idempotency_keys_ms: 5_000,
+    };
     assert_eq!(store.prune(cut).await.expect("prune"), Pruned { raw_blocks: 1, dead_letters: 1, buckets: 3 });
     assert_eq!(store.prune(cut).await.expect("prune"), Pruned::default(), "nothing left to prune");
     for (res, start, count) in [
@@ -532,6 +588,7 @@ async fn migrations_are_idempotent(backend: Backend) {
 }
 
 both_backends!(
+    an_idempotency_key_commits_once,
     commits_and_reads_say_where_they_stand_when_the_backend_numbers_commits,
     a_fenced_batch_applies_nothing,
     offsets_are_fenced,

@@ -1,12 +1,18 @@
 //! `POST /api/v1/events`: one JSON object, a JSON array of objects, or NDJSON.
 //!
 //! Answers only after the accepted events (and the rejected ones, as dead letters) are committed.
+//!
+//! A producer that may retry (a timeout, a dropped connection, a restarted server) sends an
+//! `Idempotency-Key` header: the key is committed with the batch, once per token, and a request
+//! repeating a committed key gets the first answer again (`Idempotent-Replayed: true`) without
+//! counting anything twice. While the first is still being committed, a repeat gets `409`.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::writer::WriteError;
@@ -14,6 +20,12 @@ use super::{Origin, Pending, now_ms};
 use crate::api::{ApiError, AppState};
 use crate::auth::Scope;
 use crate::event::{BodyFormat, split_body};
+use crate::storage::IdempotencyRecord;
+
+/// The request header that makes a retry safe (after the IETF draft of the same name).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 255;
 
 /// Bodies larger than this are parsed on the blocking pool, so a big batch never stalls the
 /// runtime workers that answer queries.
@@ -36,8 +48,14 @@ pub async fn ingest_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IngestOut>, ApiError> {
-    state.authorize(&headers, Scope::Ingest)?;
+) -> Result<Response, ApiError> {
+    let token = state.authorize(&headers, Scope::Ingest)?;
+    let key = idempotency_key(&headers)?;
+    if let Some(key) = &key
+        && let Some(answer) = state.store.idempotent_answer(&token, key).await?
+    {
+        return Ok(replay(answer));
+    }
     let body = body.map_err(|r| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::Status(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -56,16 +74,55 @@ pub async fn ingest_events(
     let big = body.len() > INLINE_PARSE_BYTES;
     let parse_state = state.clone();
     let parse = move || parse_body(&parse_state, &body, format);
-    let (pending, out) = if big {
+    let (mut pending, out) = if big {
         tokio::task::spawn_blocking(parse).await.map_err(|e| ApiError::Internal(e.into()))??
     } else {
         parse()?
     };
-    state.writer.submit_announced(pending, announced).await.map_err(|e| match e {
-        WriteError::Closed => ApiError::Unavailable("shutting down".into()),
-        e => ApiError::Unavailable(e.to_string()),
-    })?;
-    Ok(Json(out))
+    if let Some(key) = &key {
+        let answer = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.into()))?;
+        pending.idempotency =
+            Some(IdempotencyRecord { scope: token.clone(), key: key.clone(), answer, at_ms: now_ms() });
+    }
+    match state.writer.submit_announced(pending, announced).await {
+        Ok(()) => Ok(Json(out).into_response()),
+        Err(WriteError::Duplicate) => {
+            let key = key.unwrap_or_default();
+            match state.store.idempotent_answer(&token, &key).await? {
+                Some(answer) => Ok(replay(answer)),
+                None => Err(in_progress()),
+            }
+        }
+        Err(WriteError::InProgress) => Err(in_progress()),
+        Err(WriteError::Closed) => Err(ApiError::Unavailable("shutting down".into())),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+/// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let bytes = v.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters (no spaces)"
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The answer a request with the same key got when it was committed.
+fn replay(answer: String) -> Response {
+    let mut resp = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], answer).into_response();
+    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
+}
+
+fn in_progress() -> ApiError {
+    ApiError::Status(
+        StatusCode::CONFLICT,
+        "a request with this Idempotency-Key is still being committed; retry it shortly".into(),
+    )
 }
 
 fn parse_body(state: &AppState, body: &[u8], format: BodyFormat) -> Result<(Pending, IngestOut), ApiError> {

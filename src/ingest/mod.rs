@@ -7,7 +7,7 @@ use std::io::Write as _;
 
 use crate::event::{Event, Rejection};
 use crate::rollup::{Metrics, RollupDelta};
-use crate::storage::{NewDeadLetter, OffsetAdvance, RawBlock};
+use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock};
 
 pub mod http;
 pub mod kafka;
@@ -44,6 +44,8 @@ pub struct Pending {
     pub blocks: Vec<RawBlock>,
     pub dead: Vec<NewDeadLetter>,
     pub offsets: Vec<OffsetAdvance>,
+    /// The request's idempotency key and answer (HTTP with an `Idempotency-Key` header).
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
 impl Pending {

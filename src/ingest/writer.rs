@@ -50,6 +50,12 @@ pub enum WriteError {
     Fenced(String),
     #[error("store write failed: {0}")]
     Failed(String),
+    /// The batch's idempotency key was committed before (`Duplicate`), or is in the same group
+    /// as another request with that key (`InProgress`); nothing of it was applied.
+    #[error("idempotency key already committed")]
+    Duplicate,
+    #[error("a request with this idempotency key is in progress")]
+    InProgress,
     #[error("the writer has shut down")]
     Closed,
 }
@@ -193,12 +199,19 @@ async fn run(
 
 /// Commits `jobs` together. If the group is fenced, the fenced jobs are failed and the rest are
 /// committed again without them (one stale Kafka batch must not fail the HTTP requests beside it).
-async fn commit_group(
-    store: &dyn Store,
-    mut jobs: Vec<Job>,
-    observers: &[Arc<dyn CommitObserver>],
-    stats: &WriterStats,
-) {
+async fn commit_group(store: &dyn Store, jobs: Vec<Job>, observers: &[Arc<dyn CommitObserver>], stats: &WriterStats) {
+    // One request per idempotency key per commit: a repeat of a key in the same group is still
+    // in progress (its first has not committed yet).
+    let mut keys = std::collections::HashSet::new();
+    let (mut jobs, repeats): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .partition(|j| j.pending.idempotency.as_ref().is_none_or(|k| keys.insert((k.scope.clone(), k.key.clone()))));
+    for j in repeats {
+        let _ = j.ack.send(Err(WriteError::InProgress));
+    }
+    if jobs.is_empty() {
+        return;
+    }
     loop {
         let (batch, changes) = build_batch(&mut jobs);
         let (events, dead) = (batch.raw_blocks.iter().map(|b| b.count as u64).sum(), batch.dead_letters.len() as u64);
@@ -216,6 +229,18 @@ async fn commit_group(
                     let _ = j.ack.send(Ok(())); // the submitter may have gone; nothing to do
                 }
                 return;
+            }
+            Err(StoreError::Duplicate { scope, key }) => {
+                let (dup, rest): (Vec<_>, Vec<_>) = jobs
+                    .into_iter()
+                    .partition(|j| j.pending.idempotency.as_ref().is_some_and(|k| k.scope == scope && k.key == key));
+                for j in dup {
+                    let _ = j.ack.send(Err(WriteError::Duplicate));
+                }
+                if rest.is_empty() {
+                    return;
+                }
+                jobs = rest;
             }
             Err(StoreError::Fenced { source_name, partition, .. }) => {
                 let (fenced, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| {
@@ -288,9 +313,9 @@ struct Changes {
 fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Changes) {
     let mut delta = crate::rollup::RollupDelta::default();
     let mut batch = WriteBatch::default();
-    // Only a group carrying offsets can be fenced and retried; only then must the jobs keep their
-    // data, so the common HTTP path moves it instead of copying.
-    let may_retry = jobs.iter().any(|j| !j.pending.offsets.is_empty());
+    // Only a group carrying offsets or idempotency keys can be refused in part and retried; only
+    // then must the jobs keep their data, so the common HTTP path moves it instead of copying.
+    let may_retry = jobs.iter().any(|j| !j.pending.offsets.is_empty() || j.pending.idempotency.is_some());
     for j in jobs.iter_mut() {
         j.pending.seal(); // sources seal already; this only guards against one that did not
         if may_retry {
@@ -302,6 +327,7 @@ fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Changes) {
         }
         batch.dead_letters.extend(j.pending.dead.iter().cloned());
         batch.offsets.extend(j.pending.offsets.iter().cloned());
+        batch.idempotency.extend(j.pending.idempotency.iter().cloned());
     }
     let (rollups, mut dims) = delta.into_rows();
     // One row per value, with the earliest time: several metrics share a dimension value.

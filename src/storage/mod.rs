@@ -20,6 +20,10 @@ pub enum StoreError {
     /// advanced it (a rebalance). The batch was not applied.
     #[error("offset fence: {source_name} partition {partition} is at {stored:?}, batch expected {expected:?}")]
     Fenced { source_name: String, partition: i32, stored: Option<i64>, expected: Option<i64> },
+    /// An idempotency key of the batch was committed before (by an earlier request). The batch
+    /// was not applied.
+    #[error("idempotency key {key:?} of {scope:?} was used before")]
+    Duplicate { scope: String, key: String },
     #[error("a token named {0:?} already exists")]
     TokenExists(String),
     #[error("unsupported store URL {0:?}: use sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")]
@@ -85,6 +89,18 @@ pub struct WriteBatch {
     pub raw_blocks: Vec<RawBlock>,
     pub dead_letters: Vec<NewDeadLetter>,
     pub offsets: Vec<OffsetAdvance>,
+    /// Keys of the requests in the batch: each may be committed once (see `Store::idempotent_answer`).
+    pub idempotency: Vec<IdempotencyRecord>,
+}
+
+/// A request's idempotency key (unique within `scope`, the token's name) and the answer it got,
+/// replayed to a retry of the same request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub scope: String,
+    pub key: String,
+    pub answer: String,
+    pub at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -113,6 +129,7 @@ pub struct PruneBefore {
     pub dead_letters_ms: i64,
     pub second_buckets_s: i64,
     pub minute_buckets_s: i64,
+    pub idempotency_keys_ms: i64,
 }
 
 /// A commit's place in a store's order of commits, for a backend that numbers them (SQLite, whose
@@ -144,6 +161,8 @@ pub trait Store: Send + Sync + 'static {
         from: i64,
         to: i64,
     ) -> Result<Vec<(i64, Agg)>, StoreError>;
+    /// The answer stored with idempotency key `key` of `scope`, if a commit holds it.
+    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError>;
     /// Has any accepted event carried `value` for dimension `dim`?
     async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError>;
     /// Next offsets stored for each partition of `source`.

@@ -33,7 +33,8 @@ use super::{
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 
 /// Versioned migrations; `schema_migrations` holds the numbers applied (1-based).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE rollups (
     metric TEXT COLLATE "C" NOT NULL, dim TEXT COLLATE "C" NOT NULL, val TEXT COLLATE "C" NOT NULL,
     res INTEGER NOT NULL, bucket BIGINT NOT NULL,
@@ -67,7 +68,16 @@ CREATE TABLE tokens (
 );
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO meta VALUES ('tokens_version', 0);
-"#];
+"#,
+    // 2: idempotency keys of HTTP ingest requests, with the answer each got.
+    r#"
+CREATE TABLE idempotency_keys (
+    scope TEXT NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL, at_ms BIGINT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX idempotency_keys_at ON idempotency_keys (at_ms);
+"#,
+];
 
 /// Advisory lock keys (per database): one instance migrates at a time; one prunes at a time.
 const MIGRATION_LOCK: i64 = 0x6a65_7473_7472_6d01;
@@ -303,6 +313,19 @@ async fn fence(tx: &deadpool_postgres::Transaction<'_>, o: &OffsetAdvance) -> Re
 }
 
 async fn apply(tx: &deadpool_postgres::Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    for k in &batch.idempotency {
+        let fresh = tx
+            .execute(
+                "INSERT INTO idempotency_keys (scope, key, answer, at_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&k.scope, &k.key, &k.answer, &k.at_ms],
+            )
+            .await
+            .map_err(pg_err)?;
+        if fresh == 0 {
+            return Err(StoreError::Duplicate { scope: k.scope.clone(), key: k.key.clone() });
+        }
+    }
     for o in &batch.offsets {
         fence(tx, o).await?;
     }
@@ -425,6 +448,15 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         agg_from_row(&row, 0)
+    }
+
+    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT answer FROM idempotency_keys WHERE scope = $1 AND key = $2", &[&scope, &key])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn read_points(
@@ -601,6 +633,7 @@ impl Store for PgStore {
             .execute("DELETE FROM dead_letters WHERE received_ms < $1", &[&b.dead_letters_ms])
             .await
             .map_err(pg_err)?;
+        tx.execute("DELETE FROM idempotency_keys WHERE at_ms < $1", &[&b.idempotency_keys_ms]).await.map_err(pg_err)?;
         let mut buckets = 0;
         for (res, before) in [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)] {
             // The primary key starts with the series, so this scans; it runs once a minute, and an

@@ -103,6 +103,15 @@ CREATE TABLE rollup_seconds (
     r#"
 INSERT INTO meta VALUES ('commit_seq', 0);
 "#,
+    // 6: idempotency keys of HTTP ingest requests, with the answer each got (kept for
+    // `retention.idempotency_keys`).
+    r#"
+CREATE TABLE idempotency_keys (
+    scope TEXT NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_keys_at ON idempotency_keys (at_ms);
+"#,
 ];
 
 /// How often a commit also merges `rollup_deltas` and `rollup_seconds` into `rollups`.
@@ -412,6 +421,18 @@ fn apply(
     (series, known_dims): (&FastMap<SeriesKey, i64>, &DimCache),
     batch: &WriteBatch,
 ) -> Result<(FreshIds, FreshDims), StoreError> {
+    for k in &batch.idempotency {
+        let fresh = tx
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (scope, key, answer, at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut st| st.execute(params![k.scope, k.key, k.answer, k.at_ms]))
+            .map_err(db_err)?;
+        if fresh == 0 {
+            return Err(StoreError::Duplicate { scope: k.scope.clone(), key: k.key.clone() });
+        }
+    }
     for o in &batch.offsets {
         let stored: Option<i64> = tx
             .prepare_cached("SELECT next_offset FROM offsets WHERE source = ?1 AND partition = ?2")
@@ -705,6 +726,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let (scope, key) = (scope.to_string(), key.to_string());
+        self.read(move |c| {
+            c.prepare_cached("SELECT answer FROM idempotency_keys WHERE scope = ?1 AND key = ?2")
+                .and_then(|mut st| st.query_row(params![scope, key], |r| r.get(0)).optional())
+                .map_err(db_err)
+        })
+        .await
+    }
+
     async fn read_points(
         &self,
         series: &SeriesKey,
@@ -911,6 +942,7 @@ impl Store for SqliteStore {
                 let dead = tx
                     .execute("DELETE FROM dead_letters WHERE received_ms < ?1", [b.dead_letters_ms])
                     .map_err(db_err)?;
+                tx.execute("DELETE FROM idempotency_keys WHERE at_ms < ?1", [b.idempotency_keys_ms]).map_err(db_err)?;
                 tx.commit().map_err(db_err)?;
                 (raw, dead)
             };
@@ -1041,7 +1073,13 @@ mod tests {
         assert_eq!(points, vec![(60, sixty), (120, Agg::of(d("7")))]);
 
         // Pruning merges first, so it counts buckets, not parts.
-        let before = PruneBefore { raw_ms: 0, dead_letters_ms: 0, second_buckets_s: 0, minute_buckets_s: 100 };
+        let before = PruneBefore {
+            raw_ms: 0,
+            dead_letters_ms: 0,
+            second_buckets_s: 0,
+            minute_buckets_s: 100,
+            idempotency_keys_ms: 0,
+        };
         assert_eq!(store.prune(before).await.expect("prune").buckets, 1);
         let left = store.read_points(&s, Resolution::Minute, 0, 180).await.expect("points");
         assert_eq!(left, vec![(120, Agg::of(d("7")))]);
