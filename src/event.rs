@@ -5,11 +5,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Number;
 
 use crate::config::{EventSchema, FieldKind, Settings};
 
@@ -28,14 +26,16 @@ pub struct Event<'a> {
 }
 
 /// A top-level field's value as validation and folding read it. Strings are borrowed from the
-/// raw bytes unless they hold escapes; arrays and objects are only named (their contents stay in
-/// the raw bytes: no metric or schema reads inside them). Parsing into this instead of a
+/// raw bytes unless they hold escapes; numbers keep their exact text (a float would change
+/// `123456789012345.67` into `…69`); arrays and objects are only named (their contents stay in the
+/// raw bytes: no metric or schema reads inside them). Parsing into this instead of a
 /// `serde_json::Value` map saves an allocation per key, per string and per map node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue<'a> {
     Null,
     Bool(bool),
-    Number(Number),
+    /// A JSON number's text, as sent (always valid JSON number syntax).
+    Number(&'a str),
     Str(Cow<'a, str>),
     Array,
     Object,
@@ -60,52 +60,45 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl<'de> Deserialize<'de> for FieldValue<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValueVisitor)
+impl<'a> FieldValue<'a> {
+    /// Classifies a value from its raw JSON text (already validated by the parser).
+    fn from_raw(raw: &'a str) -> Result<Self, serde_json::Error> {
+        Ok(match raw.as_bytes().first() {
+            Some(b'n') => FieldValue::Null,
+            Some(b't') => FieldValue::Bool(true),
+            Some(b'f') => FieldValue::Bool(false),
+            Some(b'[') => FieldValue::Array,
+            Some(b'{') => FieldValue::Object,
+            // Without a backslash the string's text is its value: borrow it.
+            Some(b'"') if !raw.contains('\\') => FieldValue::Str(Cow::Borrowed(&raw[1..raw.len() - 1])),
+            Some(b'"') => FieldValue::Str(Cow::Owned(serde_json::from_str::<String>(raw)?)),
+            _ => FieldValue::Number(raw),
+        })
     }
 }
 
-struct ValueVisitor;
+/// An object key: borrowed unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
 
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = FieldValue<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(FieldValue::Null)
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
-        Ok(FieldValue::Bool(b))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
-        Ok(FieldValue::Number(n.into()))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
-        Ok(FieldValue::Number(n.into()))
-    }
-    fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
-        // JSON has no NaN or infinity, so this is always a number.
-        Ok(Number::from_f64(n).map_or(FieldValue::Null, FieldValue::Number))
-    }
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-        Ok(FieldValue::Str(Cow::Borrowed(s)))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-        Ok(FieldValue::Str(Cow::Owned(s.to_owned())))
-    }
-    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
-        Ok(FieldValue::Str(Cow::Owned(s)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(FieldValue::Array)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(FieldValue::Object)
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 
@@ -126,11 +119,9 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(key) = map.next_key::<FieldValue<'de>>()? {
-                    let FieldValue::Str(key) = key else {
-                        return Err(serde::de::Error::custom("an object key must be a string"));
-                    };
-                    fields.push((key, map.next_value::<FieldValue<'de>>()?));
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                    fields.push((key, FieldValue::from_raw(raw.get()).map_err(serde::de::Error::custom)?));
                 }
                 Ok(TopLevel::Object(Fields(fields)))
             }
@@ -270,7 +261,8 @@ impl Validator {
         };
         let name = match fields.get("event_name").or_else(|| fields.get("event")) {
             None | Some(FieldValue::Null) => return Err(Rejection::NoName),
-            Some(FieldValue::Str(s)) if !s.is_empty() && s.len() <= MAX_NAME_BYTES => s.clone(),
+            // No NUL: PostgreSQL text cannot hold it, and both backends must take the same events.
+            Some(FieldValue::Str(s)) if !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.contains('\0') => s.clone(),
             Some(_) => return Err(Rejection::BadName),
         };
         let time_ms = match fields.get("timestamp") {
@@ -308,13 +300,17 @@ impl Validator {
                         // Bounded like decimals: a count the metrics sum must not be accepted
                         // and then skipped by a fold that cannot add it.
                         let FieldValue::Number(n) = v else { return Err(bad("a whole number ≥ 0, at most 10^18")) };
-                        n.as_u64()
+                        digits_u64(n)
                             .filter(|n| Decimal::from(*n) <= MAX_DECIMAL)
                             .ok_or_else(|| bad("a whole number ≥ 0, at most 10^18"))?;
                     }
                     FieldKind::Decimal => {
-                        let d = parse_decimal(v)
-                            .ok_or_else(|| bad("a number or a numeric string, at most 10^18 in magnitude"))?;
+                        let d = match v {
+                            FieldValue::Number(t) => exact_decimal(t),
+                            FieldValue::Str(t) => exact_decimal(t.trim()),
+                            _ => Err(NOT_A_NUMBER),
+                        }
+                        .map_err(bad)?;
                         let below = spec.min.is_some_and(|lo| d < lo);
                         let above = spec.max.is_some_and(|hi| d > hi);
                         if below || above {
@@ -327,9 +323,9 @@ impl Validator {
                         }
                     }
                     FieldKind::Label => match v {
-                        FieldValue::Str(s) if s.len() <= MAX_NAME_BYTES => {}
+                        FieldValue::Str(s) if s.len() <= MAX_NAME_BYTES && !s.contains('\0') => {}
                         FieldValue::Number(_) => {}
-                        _ => return Err(bad("a string of at most 128 bytes")),
+                        _ => return Err(bad("a string of at most 128 bytes, without NUL characters")),
                     },
                 }
             }
@@ -351,34 +347,106 @@ pub fn canonical_id(s: &str) -> Option<String> {
 /// An identifier's number, without building its text (validation only needs to know it is one).
 pub fn id_number(v: &FieldValue<'_>) -> Option<u64> {
     match v {
-        FieldValue::Number(n) => n.as_u64(),
-        FieldValue::Str(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse::<u64>().ok()
-        }
+        FieldValue::Number(n) => digits_u64(n),
+        FieldValue::Str(s) => digits_u64(s),
         _ => None,
     }
 }
 
-/// A decimal from a JSON number or a numeric string, exactly (no float round trip).
-pub fn parse_decimal(v: &FieldValue<'_>) -> Option<Decimal> {
-    match v {
-        // serde_json prints a float with the shortest text that reads back as the same float,
-        // so "19.99" typed as a JSON number still becomes exactly 19.99.
-        FieldValue::Number(n) => match n.as_i64() {
-            Some(i) => Some(Decimal::from(i)).filter(|d| d.abs() <= MAX_DECIMAL),
-            None => decimal_from_str(&n.to_string()),
-        },
-        FieldValue::Str(s) => decimal_from_str(s.trim()),
-        _ => None,
-    }
-}
-
-fn decimal_from_str(s: &str) -> Option<Decimal> {
-    if s.is_empty() || s.len() > 40 {
+/// A string of 1 to 20 ASCII digits as a `u64`.
+fn digits_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let d = Decimal::from_str(s).or_else(|_| Decimal::from_scientific(s)).ok()?;
-    (d.abs() <= MAX_DECIMAL).then_some(d)
+    s.parse().ok()
+}
+
+/// A decimal from a JSON number or a numeric string, exactly (no float round trip), or `None`
+/// when it is not one or cannot be held exactly (see [`exact_decimal`]).
+pub fn parse_decimal(v: &FieldValue<'_>) -> Option<Decimal> {
+    match v {
+        FieldValue::Number(n) => exact_decimal(n).ok(),
+        FieldValue::Str(s) => exact_decimal(s.trim()).ok(),
+        _ => None,
+    }
+}
+
+const NOT_A_NUMBER: &str = "a number or a numeric string, at most 10^18 in magnitude";
+
+/// Longest numeric text read (a longer one cannot be an exact decimal within 10^18 anyway).
+const MAX_NUMBER_TEXT: usize = 96;
+
+/// The exact value of a decimal number's text: `-?digits[.digits][(e|E)[+-]digits]` (a JSON
+/// number, or the same in a string, where leading zeros and a leading `+` are allowed too).
+/// A value is never rounded: one with more than 28 significant digits or decimal places, or
+/// beyond 10^18 in magnitude, is refused with the reason.
+pub fn exact_decimal(text: &str) -> Result<Decimal, &'static str> {
+    if text.is_empty() || text.len() > MAX_NUMBER_TEXT {
+        return Err(NOT_A_NUMBER);
+    }
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(i) => {
+            let e = &text[i + 1..];
+            let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(NOT_A_NUMBER);
+            }
+            // Beyond this no value within 10^18 with at most 28 places is left.
+            let e: i64 = e.parse().unwrap_or(if e.starts_with('-') { i64::MIN } else { i64::MAX });
+            (&text[..i], e.clamp(-1000, 1000))
+        }
+        None => (text, 0),
+    };
+    let (negative, unsigned) = match mantissa.as_bytes().first() {
+        Some(b'-') => (true, &mantissa[1..]),
+        Some(b'+') => (false, &mantissa[1..]),
+        _ => (false, mantissa),
+    };
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let is_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || unsigned.ends_with('.') || !is_digits(int) || !is_digits(frac) {
+        return Err(NOT_A_NUMBER);
+    }
+    // More than 19 whole digits is beyond the bound, however precise.
+    let whole_digits = int.trim_start_matches('0').len() as i64;
+    if whole_digits > 0 && whole_digits + exponent > 19 {
+        return Err(NOT_A_NUMBER);
+    }
+    // The value is m × 10^-scale, m being the digits without leading or trailing zeros.
+    let (mut m, mut significant, mut zeros) = (0i128, 0usize, 0usize);
+    for d in int.bytes().chain(frac.bytes()).map(|b| i128::from(b - b'0')) {
+        if d == 0 {
+            zeros += usize::from(significant > 0);
+            continue;
+        }
+        significant += zeros + 1;
+        if significant > 28 {
+            return Err("a number with at most 28 significant digits (it cannot be held exactly)");
+        }
+        m = m * 10i128.pow(zeros as u32 + 1) + d;
+        zeros = 0;
+    }
+    if m == 0 {
+        return Ok(Decimal::ZERO);
+    }
+    let mut scale = frac.len() as i64 - exponent - zeros as i64;
+    if scale < 0 {
+        // Whole zeros to put back; 10^19 is beyond the bound already.
+        if significant as i64 - scale > 19 {
+            return Err(NOT_A_NUMBER);
+        }
+        m *= 10i128.pow((-scale) as u32);
+        scale = 0;
+    }
+    if scale > 28 {
+        return Err("a number with at most 28 decimal places (it cannot be held exactly)");
+    }
+    let d = Decimal::try_from_i128_with_scale(if negative { -m } else { m }, scale as u32)
+        .map_err(|_| "a number with at most 28 significant digits (it cannot be held exactly)")?;
+    if d.abs() > MAX_DECIMAL {
+        return Err(NOT_A_NUMBER);
+    }
+    Ok(d)
 }
 
 /// The largest magnitude a numeric field may have (10^18): sums of billions of such values still
@@ -388,7 +456,7 @@ pub const MAX_DECIMAL: Decimal = Decimal::from_parts(0xA764_0000, 0x0DE0_B6B3, 0
 /// `timestamp`: an RFC 3339 string or epoch milliseconds.
 pub fn parse_timestamp(v: &FieldValue<'_>) -> Result<i64, Rejection> {
     let t = match v {
-        FieldValue::Number(n) => n.as_i64(),
+        FieldValue::Number(n) => digits_u64(n).and_then(|ms| i64::try_from(ms).ok()),
         FieldValue::Str(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
         _ => None,
     };
@@ -422,7 +490,7 @@ fn json_type(v: &FieldValue<'_>) -> &'static str {
 fn describe(v: &FieldValue<'_>) -> String {
     match v {
         FieldValue::Str(s) if s.len() <= 40 => format!("{s:?}"),
-        FieldValue::Number(n) => n.to_string(),
+        FieldValue::Number(n) if n.len() <= 40 => n.to_string(),
         FieldValue::Bool(b) => b.to_string(),
         _ => json_type(v).to_string(),
     }
@@ -537,7 +605,7 @@ mod tests {
         assert_eq!(e.name, "pageViewed");
         assert_eq!(e.fields.get("path"), Some(&FieldValue::Str("/x".into())));
         assert_eq!(e.fields.get("extra"), Some(&FieldValue::Object), "nested values are named, not parsed");
-        assert_eq!(e.fields.get("n"), Some(&FieldValue::Number(Number::from_f64(1.5).unwrap())));
+        assert_eq!(e.fields.get("n"), Some(&FieldValue::Number("1.5")));
         assert_eq!(e.fields.len(), 4);
         assert_eq!(e.raw, json.as_bytes(), "the raw bytes keep every field, nested ones included");
     }
@@ -560,6 +628,44 @@ mod tests {
         assert!(matches!(check("{\"event\":\"x\"} 1"), Err(Rejection::NotJson(_))), "trailing bytes");
         let latin1 = validator().validate(b"{\"event\":\"caf\xe9\"}", NOW, NOW);
         assert_eq!(latin1.expect_err("not UTF-8"), Rejection::NotUtf8);
+    }
+
+    #[test]
+    fn a_json_number_is_taken_from_its_text_exactly() {
+        let amount = |a: &str| {
+            let json = format!(r#"{{"event_name":"productSold","product_id":1,"no_of_units":1,"amount":{a}}}"#);
+            let v = validator();
+            v.validate(json.as_bytes(), NOW, NOW).map(|e| parse_decimal(e.fields.get("amount").unwrap()).unwrap())
+        };
+        let d = |s: &str| Decimal::from_str_exact(s).unwrap();
+        // 17 and 18 significant digits: an f64 would give …69 and 10^15.
+        assert_eq!(amount("123456789012345.67"), Ok(d("123456789012345.67")));
+        assert_eq!(amount("999999999999999.99"), Ok(d("999999999999999.99")));
+        assert_eq!(amount("12345678901234567.8"), Ok(d("12345678901234567.8")));
+        assert_eq!(amount("\"999999999999999.99\""), Ok(d("999999999999999.99")));
+        assert_eq!(amount("1.5e3"), Ok(d("1500")));
+        assert_eq!(amount("15E-3"), Ok(d("0.015")));
+        assert_eq!(amount("0.10"), Ok(d("0.1")));
+        assert_eq!(amount("1000000000000000000"), Ok(d("1000000000000000000")));
+        // Not representable, or beyond the bound: refused with the reason, never rounded.
+        for (a, why) in [
+            ("0.12345678901234567890123456789", "28 significant digits"),
+            ("1e-40", "28 decimal places"),
+            ("1000000000000000001", "at most 10^18"),
+            ("1e400", "at most 10^18"),
+            ("\"1_000\"", "a number or a numeric string"),
+            ("\"12.\"", "a number or a numeric string"),
+        ] {
+            let r = amount(a).expect_err(a).to_string();
+            assert!(r.contains(why), "{a}: {r}");
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_names_and_labels() {
+        assert_eq!(check(r#"{"event":"a\u0000b"}"#).expect_err("NUL name"), Rejection::BadName);
+        let r = check(r#"{"event":"productRated","product_id":1,"rating":3,"category":"x\u0000"}"#);
+        assert!(r.expect_err("NUL label").to_string().contains("without NUL"));
     }
 
     #[test]

@@ -309,7 +309,7 @@ impl From<&MetricDef> for CompiledMetric {
 /// A dimension value: ids in canonical form, short strings as they are.
 fn dimension_value<'v>(v: &'v FieldValue<'_>) -> Option<Cow<'v, str>> {
     match v {
-        FieldValue::Str(s) if s.len() <= crate::event::MAX_NAME_BYTES => {
+        FieldValue::Str(s) if s.len() <= crate::event::MAX_NAME_BYTES && !s.contains('\0') => {
             // Already canonical (digits without leading zeros): borrowed, the common case.
             let canonical =
                 !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
@@ -318,7 +318,12 @@ fn dimension_value<'v>(v: &'v FieldValue<'_>) -> Option<Cow<'v, str>> {
             }
             Some(Cow::Owned(parse_id(v).unwrap_or_else(|| s.to_string())))
         }
-        FieldValue::Number(n) => Some(Cow::Owned(parse_id(v).unwrap_or_else(|| n.to_string()))),
+        // The number's value in its shortest exact form ("1.50" and "1.5" are one value).
+        FieldValue::Number(n) => Some(Cow::Owned(
+            parse_id(v)
+                .or_else(|| crate::event::exact_decimal(n).ok().map(|d| d.normalize().to_string()))
+                .unwrap_or_else(|| n.to_string()),
+        )),
         FieldValue::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
