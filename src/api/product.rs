@@ -6,9 +6,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-use super::{AVG_DECIMALS, ApiError, AppState, WindowOut, json_decimal};
+use super::{AVG_DECIMALS, ApiError, AppState, Exact, WindowOut};
 use crate::auth::Scope;
 use crate::rollup::SeriesKey;
 
@@ -19,14 +18,14 @@ pub const PRODUCT_DIM: &str = "product_id";
 
 #[derive(Serialize)]
 pub struct SalesOut {
-    total: Box<RawValue>,
+    total: Exact,
     count: i64,
     window: WindowOut,
 }
 
 #[derive(Serialize)]
 pub struct RatingOut {
-    average_rating: Option<Box<RawValue>>,
+    average_rating: Option<Exact>,
     count: i64,
 }
 
@@ -52,7 +51,7 @@ pub async fn get_product_sales(
     let window_s = state.settings.api.sales_window.as_secs() as i64;
     let series = SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &id);
     let (agg, (from, to)) = state.aggregate_trailing(&series, window_s).await?;
-    Ok(Json(SalesOut { total: json_decimal(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
+    Ok(Json(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
 }
 
 pub async fn get_product_rating(
@@ -64,6 +63,6 @@ pub async fn get_product_rating(
     let id = known_product(&state, &id).await?;
     // The all-time bucket: one row, whatever the number of ratings.
     let agg = state.aggregate(&SeriesKey::new(RATING_METRIC, PRODUCT_DIM, &id), None).await?;
-    let average_rating = agg.avg().map(|a| json_decimal(a.round_dp(AVG_DECIMALS)));
+    let average_rating = agg.avg().map(|a| Exact(a.round_dp(AVG_DECIMALS)));
     Ok(Json(RatingOut { average_rating, count: agg.count }))
 }

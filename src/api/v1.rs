@@ -1,6 +1,7 @@
 //! `/api/v1`: metric aggregates and time series, raw events, dead letters, readiness.
 
 use std::io::Read as _;
+
 use std::sync::atomic::Ordering;
 
 use axum::Json;
@@ -8,10 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{AVG_DECIMALS, ApiError, AppState, WindowOut, json_decimal, rfc3339};
+use super::{AVG_DECIMALS, ApiError, AppState, Exact, WindowOut, rfc3339};
 use crate::auth::Scope;
 use crate::config::{Aggregation, parse_duration};
 use crate::rollup::{Agg, CompiledMetric, Resolution, SeriesKey, snap_window, trailing_window};
@@ -49,6 +49,7 @@ pub struct PageParams {
     limit: Option<u32>,
     before: Option<i64>,
     name: Option<String>,
+    cursor: Option<String>,
 }
 
 fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
@@ -59,11 +60,63 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// Raw bytes as text when they are UTF-8, else as hex.
-fn raw_out(raw: &[u8]) -> Value {
-    match std::str::from_utf8(raw) {
-        Ok(s) => json!({ "raw": s }),
-        Err(_) => json!({ "raw_hex": hex::encode(raw) }),
+/// Most bytes of a dead letter's raw record shown in a page (the rest is counted, not shown).
+const MAX_DEAD_LETTER_RAW: usize = 64 * 1024;
+/// Most bytes of raw events in one page.
+const MAX_RAW_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Serialize)]
+pub struct DeadLetterOut {
+    id: i64,
+    received_ms: i64,
+    received_at: Option<String>,
+    source: String,
+    reason: String,
+    topic: Option<String>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    /// The record as text when it is UTF-8 (else `raw_hex`), cut to 64 KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_hex: Option<String>,
+    /// The record's size in bytes when `raw`/`raw_hex` shows only its beginning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_truncated_from: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct DeadLettersOut {
+    dead_letters: Vec<DeadLetterOut>,
+    next_before: Option<i64>,
+}
+
+impl From<crate::storage::DeadLetter> for DeadLetterOut {
+    fn from(d: crate::storage::DeadLetter) -> Self {
+        let l = d.letter;
+        let full = l.raw.len();
+        let mut shown = &l.raw[..full.min(MAX_DEAD_LETTER_RAW)];
+        // Cut on a character boundary so a UTF-8 record stays text.
+        while !shown.is_empty() && std::str::from_utf8(shown).is_err() && full - shown.len() < 4 && shown.len() < full {
+            shown = &shown[..shown.len() - 1];
+        }
+        let (raw, raw_hex) = match std::str::from_utf8(shown) {
+            Ok(s) => (Some(s.to_string()), None),
+            Err(_) => (None, Some(hex::encode(shown))),
+        };
+        Self {
+            id: d.id,
+            received_ms: l.received_ms,
+            received_at: chrono::DateTime::from_timestamp_millis(l.received_ms).map(|t| t.to_rfc3339()),
+            source: l.source,
+            reason: l.reason,
+            topic: l.topic,
+            partition: l.partition,
+            offset: l.offset,
+            raw,
+            raw_hex,
+            raw_truncated_from: (shown.len() < full).then_some(full),
+        }
     }
 }
 
@@ -71,62 +124,89 @@ pub async fn get_dead_letters(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(p): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLettersOut>, ApiError> {
     state.authorize(&headers, Scope::Admin)?;
     let limit = page_limit(p.limit)?;
     let letters = state.store.dead_letters(p.before, limit).await?;
     let next = (letters.len() as u32 == limit).then(|| letters.last().map(|l| l.id)).flatten();
-    let items: Vec<Value> = letters
-        .into_iter()
-        .map(|d| {
-            let mut v = serde_json::to_value(&d).expect("a dead letter serialises");
-            v["received_at"] =
-                json!(chrono::DateTime::from_timestamp_millis(d.letter.received_ms).map(|t| t.to_rfc3339()));
-            if let (Value::Object(o), Value::Object(r)) = (&mut v, raw_out(&d.letter.raw)) {
-                o.extend(r);
-            }
-            v
-        })
-        .collect();
-    Ok(Json(json!({ "dead_letters": items, "next_before": next })))
+    Ok(Json(DeadLettersOut { dead_letters: letters.into_iter().map(DeadLetterOut::from).collect(), next_before: next }))
 }
 
+/// Where a page of raw events resumes: block `id`, after its first `skip` events (newest first).
+fn parse_cursor(c: &str) -> Result<(i64, usize), ApiError> {
+    let bad = || ApiError::BadRequest(format!("`cursor` must be a value of `next_cursor`, got {c:?}"));
+    let (id, skip) = c.split_once(':').ok_or_else(bad)?;
+    Ok((id.parse().map_err(|_| bad())?, skip.parse().map_err(|_| bad())?))
+}
+
+/// Raw events of one name, newest first, exactly `limit` of them (fewer at the end), each the
+/// stored line verbatim (`{"t":…,"src":…,"e":<the event as sent>}`). `next_cursor` resumes after
+/// the last one, inside its storage block if need be.
 pub async fn get_raw_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(p): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     state.authorize(&headers, Scope::Read)?;
     let limit = page_limit(p.limit)? as usize;
     let name = p.name.ok_or_else(|| ApiError::BadRequest("the `name` parameter (an event name) is required".into()))?;
-    let mut events: Vec<Box<RawValue>> = Vec::new();
-    let mut before = p.before;
-    let mut next = None;
-    let mut scanned = 0;
-    'blocks: while scanned < MAX_RAW_BLOCKS {
+    let (mut before, resume) = match (&p.cursor, p.before) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("give `cursor` or `before`, not both".into())),
+        (Some(c), None) => {
+            let (id, skip) = parse_cursor(c)?;
+            (Some(id.saturating_add(1)), Some((id, skip)))
+        }
+        (None, b) => (b, None),
+    };
+    // Written by hand from the stored lines: they are JSON already, and re-parsing them would cost
+    // time, hit serde_json's nesting limit on deeply nested events, or round numbers through f64.
+    let mut events: Vec<u8> = Vec::new();
+    let (mut taken, mut scanned, mut cursor) = (0usize, 0u32, None);
+    'blocks: while scanned < MAX_RAW_BLOCKS && taken < limit {
         let blocks = state.store.raw_blocks(&name, before, 8).await?;
         if blocks.is_empty() {
-            next = None;
             break;
         }
         for (id, b) in blocks {
             scanned += 1;
             before = Some(id);
-            next = Some(id);
-            let mut text = String::new();
+            let mut text = Vec::new();
             zstd::stream::read::Decoder::new(&b.zstd[..])
-                .and_then(|mut d| d.read_to_string(&mut text))
+                .and_then(|mut d| d.read_to_end(&mut text))
                 .map_err(|e| ApiError::Internal(anyhow::anyhow!("raw block {id} is unreadable: {e}")))?;
-            for line in text.lines().rev() {
-                events.push(RawValue::from_string(line.to_string()).map_err(|e| ApiError::Internal(e.into()))?);
+            let lines: Vec<&[u8]> = text.split(|&c| c == b'\n').filter(|l| !l.is_empty()).collect();
+            // Resuming inside this block (unless retention removed it meanwhile).
+            let start = resume.filter(|(rid, _)| *rid == id).map_or(0, |(_, k)| k);
+            for (i, line) in lines.iter().rev().enumerate().skip(start) {
+                if taken == limit || (taken > 0 && events.len() + line.len() > MAX_RAW_PAGE_BYTES) {
+                    cursor = Some(format!("{id}:{i}"));
+                    break 'blocks;
+                }
+                events.push(if taken == 0 { b'[' } else { b',' });
+                events.extend_from_slice(line);
+                taken += 1;
             }
-            // A page ends on a block boundary, so `next_before` resumes exactly after it.
-            if events.len() >= limit {
+            // This block is used up: the next page starts with the block before it.
+            cursor = Some(format!("{id}:{}", lines.len()));
+            if taken == limit {
                 break 'blocks;
             }
         }
     }
-    Ok(Json(json!({ "name": name, "events": events, "next_before": next })))
+    if taken == 0 {
+        events.push(b'[');
+        cursor = None;
+    }
+    events.push(b']');
+    let mut body = Vec::with_capacity(events.len() + 128);
+    body.extend_from_slice(b"{\"name\":");
+    serde_json::to_writer(&mut body, &name).map_err(|e| ApiError::Internal(e.into()))?;
+    body.extend_from_slice(b",\"events\":");
+    body.extend_from_slice(&events);
+    body.extend_from_slice(b",\"next_cursor\":");
+    serde_json::to_writer(&mut body, &cursor).map_err(|e| ApiError::Internal(e.into()))?;
+    body.push(b'}');
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Writer counters since start (how well group commit groups).
@@ -217,26 +297,42 @@ impl SeriesParams {
     }
 }
 
+/// A window's count, sum, average, min, max and the metric's own aggregation, exact.
 #[derive(Serialize)]
-struct AggOut {
+pub struct AggOut {
     count: i64,
-    sum: Box<RawValue>,
-    avg: Option<Box<RawValue>>,
-    min: Option<Box<RawValue>>,
-    max: Option<Box<RawValue>>,
-    value: Option<Box<RawValue>>,
+    sum: Exact,
+    avg: Option<Exact>,
+    min: Option<Exact>,
+    max: Option<Exact>,
+    value: Option<Exact>,
 }
 
-fn agg_out(a: &Agg, aggregation: Aggregation) -> AggOut {
-    let round = |d: rust_decimal::Decimal| json_decimal(d.round_dp(AVG_DECIMALS));
+pub fn agg_out(a: &Agg, aggregation: Aggregation) -> AggOut {
+    let round = |d: rust_decimal::Decimal| Exact(d.round_dp(AVG_DECIMALS));
+    // A sum, min or max is exact as it is; an average (and a value that is one) is rounded.
+    let value = match aggregation {
+        Aggregation::Avg => a.avg().map(round),
+        other => a.value(other).map(Exact),
+    };
     AggOut {
         count: a.count,
-        sum: json_decimal(a.sum),
+        sum: Exact(a.sum),
         avg: a.avg().map(round),
-        min: a.min.map(json_decimal),
-        max: a.max.map(json_decimal),
-        value: a.value(aggregation).map(round),
+        min: a.min.map(Exact),
+        max: a.max.map(Exact),
+        value,
     }
+}
+
+#[derive(Serialize)]
+pub struct AggregateOut {
+    metric: String,
+    dim: Option<String>,
+    value_of: Option<String>,
+    aggregation: Aggregation,
+    window: WindowOut,
+    result: AggOut,
 }
 
 pub async fn get_metric_aggregate(
@@ -244,7 +340,7 @@ pub async fn get_metric_aggregate(
     headers: HeaderMap,
     Path(metric): Path<String>,
     Query(p): Query<SeriesParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AggregateOut>, ApiError> {
     state.authorize(&headers, Scope::Read)?;
     let m = p.metric(&state, &metric)?;
     let series = p.series(m)?;
@@ -253,10 +349,30 @@ pub async fn get_metric_aggregate(
     }
     let (from, to) = p.window(&state)?;
     let agg = state.aggregate(&series, Some((from, to))).await?;
-    Ok(Json(json!({
-        "metric": &*m.name, "dim": p.dim, "value_of": p.value.as_ref().map(|_| &series.value),
-        "aggregation": m.aggregation, "window": WindowOut::new(from, to), "result": agg_out(&agg, m.aggregation),
-    })))
+    Ok(Json(AggregateOut {
+        metric: m.name.to_string(),
+        dim: p.dim.clone(),
+        value_of: p.value.as_ref().map(|_| series.value.clone()),
+        aggregation: m.aggregation,
+        window: WindowOut::new(from, to),
+        result: agg_out(&agg, m.aggregation),
+    }))
+}
+
+#[derive(Serialize)]
+pub struct PointOut {
+    t: String,
+    #[serde(flatten)]
+    agg: AggOut,
+}
+
+#[derive(Serialize)]
+pub struct SeriesOut {
+    metric: String,
+    aggregation: Aggregation,
+    step_seconds: i64,
+    window: WindowOut,
+    points: Vec<PointOut>,
 }
 
 pub async fn get_metric_series(
@@ -264,7 +380,7 @@ pub async fn get_metric_series(
     headers: HeaderMap,
     Path(metric): Path<String>,
     Query(p): Query<SeriesParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SeriesOut>, ApiError> {
     state.authorize(&headers, Scope::Read)?;
     let m = p.metric(&state, &metric)?;
     let series = p.series(m)?;
@@ -281,16 +397,11 @@ pub async fn get_metric_series(
         return Err(ApiError::BadRequest(format!("more than {MAX_POINTS} points: use a coarser step")));
     }
     let points = state.store.read_points(&series, res, from, to).await?;
-    let points: Vec<Value> = points
-        .iter()
-        .map(|(t, a)| {
-            let mut v = serde_json::to_value(agg_out(a, m.aggregation)).expect("serialises");
-            v["t"] = json!(rfc3339(*t));
-            v
-        })
-        .collect();
-    Ok(Json(json!({
-        "metric": &*m.name, "aggregation": m.aggregation, "step_seconds": res.seconds(),
-        "window": WindowOut::new(from, to), "points": points,
-    })))
+    Ok(Json(SeriesOut {
+        metric: m.name.to_string(),
+        aggregation: m.aggregation,
+        step_seconds: res.seconds(),
+        window: WindowOut::new(from, to),
+        points: points.iter().map(|(t, a)| PointOut { t: rfc3339(*t), agg: agg_out(a, m.aggregation) }).collect(),
+    }))
 }

@@ -81,7 +81,15 @@ impl Pending {
             let _ = write!(out, ",\"p\":{p},\"o\":{o}");
         }
         out.extend_from_slice(b",\"e\":");
+        let at = out.len();
         out.extend_from_slice(event.raw);
+        // One event per line: a pretty-printed event's line breaks can only be whitespace between
+        // tokens (JSON strings escape theirs), so making them spaces keeps the event's meaning.
+        for b in &mut out[at..] {
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
         out.extend_from_slice(b"}\n");
     }
 
