@@ -159,6 +159,51 @@ async fn events_without_a_schema_are_stored_counted_and_queryable_raw(backend: B
     app.stop().await;
 }
 
+/// Raw events come back exactly as stored, one per line, `limit` at a time with a cursor that
+/// resumes inside a storage block: a pretty-printed event, a deeply nested one and numbers no
+/// float can hold are served verbatim.
+async fn raw_events_page_event_by_event_and_come_back_verbatim(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        "[{{\"event_name\":\"note\",\n  \"n\": 123456789012345.678901,\n  \"z\":1,\"a\":2,\"a\":3}},\
+         {{\"event_name\":\"note\",\"deep\":{nested}}},\
+         {{\"event_name\":\"note\",\"i\":3}}]"
+    );
+    let r = app.client.post(app.url("/api/v1/events")).bearer_auth(&app.token).body(body).send().await.unwrap();
+    let (s, out) = json_of(r).await;
+    assert_eq!((s.as_u16(), &out["accepted"]), (200, &json!(3)), "{out}");
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..4 {
+        let r = app
+            .client
+            .get(app.url(&format!("/api/v1/events/raw?name=note&limit=1{cursor}")))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.unwrap();
+        let page = common::Exact::parse(&text);
+        assert!(page.get("events").items().len() <= 1, "limit=1 gave {text}");
+        seen.extend(page.get("events").items().iter().map(|e| e.get("e").clone()));
+        if text.contains("123456789012345.678901") {
+            assert!(text.contains(r#""z":1,"a":2,"a":3"#), "the event's own bytes, keys as sent: {text}");
+        }
+        match page.get("next_cursor") {
+            common::Exact::Str(c) => cursor = format!("&cursor={c}"),
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0].get("i"), &common::Exact::Num("3".into()), "newest first");
+    assert_eq!(seen[2].get("n"), &common::Exact::Num("123456789012345.678901".into()), "numbers verbatim");
+    let (s, v) = app.get("/api/v1/events/raw?name=note&cursor=nonsense").await;
+    assert_eq!(s.as_u16(), 400, "{v}");
+    app.stop().await;
+}
+
 async fn the_sales_window_is_the_last_hour_to_the_second(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let now = now_ms();
@@ -359,7 +404,7 @@ async fn answers_stay_exact_while_queries_race_commits(backend: Backend) {
     let (_, stats) = app.get("/api/v1/admin/stats").await;
     let c = &stats["cache"];
     assert!(c["request_reads"].as_u64().unwrap() >= 2, "{stats}");
-    assert!(c["hits"].as_u64().unwrap() + c["previous_window"].as_u64().unwrap() > 0, "{stats}");
+    assert!(c["hits"].as_u64().unwrap() > 0, "{stats}");
     app.stop().await;
 }
 
@@ -409,6 +454,21 @@ async fn a_retried_post_with_an_idempotency_key_counts_once(backend: Backend) {
     }
     assert_eq!(fresh, 1);
     assert_eq!(sale().await["count"], 8);
+
+    // The same key with another body is another request under a used name: refused, not replayed.
+    let r = app
+        .client
+        .post(app.url("/api/v1/events"))
+        .bearer_auth(&app.token)
+        .header("Idempotency-Key", "order-42")
+        .json(&json!([sold(21, json!("99"))]))
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = json_of(r).await;
+    assert_eq!(s.as_u16(), 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("different request body"), "{v}");
+    assert_eq!(sale().await["count"], 8, "the refused request counted nothing");
 
     for bad in ["has space", &"k".repeat(256)] {
         let (s, _, v) = post(app.token.clone(), bad.to_string()).await;
@@ -560,6 +620,7 @@ both_backends!(
     a_body_that_is_not_json_is_a_400_and_an_oversized_one_a_413,
     each_invalid_event_is_rejected_with_its_reason_and_kept_as_a_dead_letter,
     events_without_a_schema_are_stored_counted_and_queryable_raw,
+    raw_events_page_event_by_event_and_come_back_verbatim,
     the_sales_window_is_the_last_hour_to_the_second,
     money_is_summed_exactly,
     unknown_products_are_404_on_both_endpoints,

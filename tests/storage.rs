@@ -75,7 +75,13 @@ async fn a_fenced_batch_applies_nothing(backend: Backend) {
         raw_blocks: vec![block("productSold", 5, b"raw")],
         dead_letters: vec![letter(5, "no event name")],
         offsets: vec![advance(0, Some(10), 20), advance(1, Some(50), 60)],
-        idempotency: vec![IdempotencyRecord { scope: "p".into(), key: "k".into(), answer: "{}".into(), at_ms: 5 }],
+        idempotency: vec![IdempotencyRecord {
+            scope: "p".into(),
+            key: "k".into(),
+            answer: "{}".into(),
+            at_ms: 5,
+            fingerprint: "f".into(),
+        }],
     };
     match store.commit(stale).await {
         Err(StoreError::Fenced { partition: 1, stored: Some(100), expected: Some(50), .. }) => {}
@@ -252,8 +258,8 @@ async fn commit_seconds(
 /// Batches of seconds whose coarser buckets are derived (what the ingest writer commits) read the
 /// same at every resolution whether the store has merged them yet or not, alongside a batch of
 /// buckets given one by one.
-/// A backend that numbers its commits says where each commit and each read stands, so the read
-/// cache can tell which commits a read holds; one that does not says nothing, on both.
+/// Each backend numbers the commits of its process and says where each commit and each read
+/// stands, so the read cache can tell which of its commits a read holds.
 async fn commits_and_reads_say_where_they_stand_when_the_backend_numbers_commits(backend: Backend) {
     let ts = TestStore::fresh(backend).await;
     let store = open(&ts).await;
@@ -265,18 +271,17 @@ async fn commits_and_reads_say_where_they_stand_when_the_backend_numbers_commits
         let (agg, read_at) = store.read_aggregate_at(&series, &all).await.expect("read");
         positions.push((pos, read_at, agg.count));
     }
-    match backend {
-        Backend::Sqlite => {
-            let (p1, p2) = (positions[0].0.expect("numbered"), positions[1].0.expect("numbered"));
-            assert!(p2 > p1, "{positions:?}");
-            assert_eq!(
-                positions,
-                [(Some(p1), Some(p1), 1), (Some(p2), Some(p2), 2)],
-                "a read stands at the last commit"
-            );
-        }
-        Backend::Postgres => assert_eq!(positions, [(None, None, 1), (None, None, 2)]),
-    }
+    let (p1, p2) = (positions[0].0.expect("numbered"), positions[1].0.expect("numbered"));
+    assert!(p2 > p1, "{positions:?}");
+    assert_eq!(positions, [(Some(p1), Some(p1), 1), (Some(p2), Some(p2), 2)], "a read stands at the last commit");
+    // A failed commit's number is never given again: its outcome may be unknown.
+    let mut stale = rollups(vec![(key("11", Resolution::All, 0), Agg::of(dec("5")))]);
+    stale.offsets = vec![advance(9, Some(1), 2)];
+    assert!(matches!(store.commit(stale).await, Err(StoreError::Fenced { .. })));
+    let p4 = store.commit(rollups(vec![(key("11", Resolution::All, 0), Agg::of(dec("3")))])).await.expect("commit");
+    assert!(p4.expect("numbered") > p2, "{p4:?}");
+    let (agg, read_at) = store.read_aggregate_at(&series, &all).await.expect("read");
+    assert_eq!((agg.count, read_at), (3, p4));
 }
 
 /// An idempotency key is committed with its batch, once per scope: a batch repeating it applies
@@ -289,6 +294,7 @@ async fn an_idempotency_key_commits_once(backend: Backend) {
         key: "order-42".into(),
         answer: answer.into(),
         at_ms,
+        fingerprint: format!("body of {answer}"),
     };
     let k = key("42", Resolution::All, 0);
     let mut first = rollups(vec![(k.clone(), Agg::of(dec("2.5")))]);
@@ -303,9 +309,11 @@ async fn an_idempotency_key_commits_once(backend: Backend) {
         other => panic!("expected a duplicate key, got {other:?}"),
     }
     assert_eq!(bucket(&*store, &k).await, Agg::of(dec("2.5")), "the repeat applied nothing");
+    let stored = store.idempotent_answer("producer-a", "order-42").await.expect("read").expect("stored");
     assert_eq!(
-        store.idempotent_answer("producer-a", "order-42").await.expect("read").as_deref(),
-        Some(r#"{"accepted":1}"#)
+        (stored.answer.as_str(), stored.fingerprint.as_deref()),
+        (r#"{"accepted":1}"#, Some(r#"body of {"accepted":1}"#)),
+        "the first answer, with the fingerprint of its request"
     );
     // Another scope (token) has its own keys.
     let mut other = rollups(vec![(k.clone(), Agg::of(dec("1")))]);

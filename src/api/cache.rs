@@ -9,12 +9,16 @@
 //!
 //! A store read races the commits: its snapshot may or may not hold a commit that runs meanwhile,
 //! and adding that commit's deltas to it as well would count them twice.
-//! - When the store numbers its commits (SQLite), a read says which commits its snapshot holds
-//!   (`Store::read_aggregate_at`). Its `put` adds the local commits it missed (the last
-//!   [`RECENT_COMMITS`] are kept), and later commits skip an entry whose snapshot already holds
-//!   them. Every read can fill the cache.
-//! - Otherwise (PostgreSQL), a read fills the cache only when no local commit ran at any moment
-//!   between its start and its `put`. Such a read still answers its own request.
+//! - Both backends number this process's commits, and a read says which of them its snapshot
+//!   holds (`Store::read_aggregate_at`: SQLite's `commit_seq`, PostgreSQL's `writer_positions`
+//!   row, read in the same snapshot as the buckets). Its `put` adds the local commits it missed
+//!   (the last [`RECENT_COMMITS`] are kept), and later commits skip an entry whose snapshot already
+//!   holds them. Every read can fill the cache.
+//! - A store that returns no position: a read fills the cache only when no local commit ran at
+//!   any moment between its start and its `put`. Such a read still answers its own request.
+//!
+//! Together: an answer holds every event this process acknowledged before the request arrived
+//! (read-after-ack); writes by other processes show within `ttl`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -66,12 +70,9 @@ pub struct ReadCache {
 pub struct CacheStats {
     /// Answers served from the cache for the window asked.
     pub hits: AtomicU64,
-    /// Trailing-window answers served for the previous second's window while this second's is
-    /// read in the background.
-    pub previous_window: AtomicU64,
     /// Store reads on a request's path (nothing usable was cached).
     pub request_reads: AtomicU64,
-    /// Store reads in the background (refreshes ahead of expiry, and next windows).
+    /// Store reads in the background (refreshes ahead of expiry, and the next second's windows).
     pub background_reads: AtomicU64,
     /// Store reads not cached because they raced a commit they could not be squared with.
     pub fills_discarded: AtomicU64,

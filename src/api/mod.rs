@@ -95,23 +95,22 @@ impl AppState {
     }
 
     /// The trailing window of `window_s` seconds ending with the current second, and its answer.
-    /// When the cache has no answer for this second's window yet but one for the previous second's
-    /// (still within `api.cache_ttl`), that one is served, with its own window, while this
-    /// second's is read in the background: each window is new every second for every series, and
-    /// reading them all on requests' paths at each second's turn was the query tail latency.
+    ///
+    /// Read-after-ack: the window always ends with the second the request arrived in, and the
+    /// answer holds every event this instance acknowledged before. Each second every series gets
+    /// a new window, so in the second half of a second the next second's window is read into the
+    /// cache in the background (and kept exact by the commits that follow, like every entry): at
+    /// the turn of the second it is there, and requests do not all go to the store at once.
     pub async fn aggregate_trailing(&self, series: &SeriesKey, window_s: i64) -> Result<(Agg, (i64, i64)), ApiError> {
-        let (from, to) = trailing_window(crate::ingest::now_ms(), window_s);
-        if let Some(a) = self.cache.get(series, (from, to)) {
-            CacheStats::count(&self.cache.stats.hits);
-            return Ok((a, (from, to)));
+        let now = crate::ingest::now_ms();
+        let (from, to) = trailing_window(now, window_s);
+        if now.rem_euclid(1000) >= PREFETCH_AFTER_MS {
+            let next = (from + 1, to + 1);
+            if self.cache.get_fresh(series, next).is_none() {
+                self.refresh(series, next);
+            }
         }
-        let previous = (from - 1, to - 1);
-        if let Some(a) = self.cache.get(series, previous) {
-            CacheStats::count(&self.cache.stats.previous_window);
-            self.refresh(series, (from, to));
-            return Ok((a, previous));
-        }
-        Ok((self.read_through(series, (from, to)).await?, (from, to)))
+        Ok((self.aggregate(series, Some((from, to))).await?, (from, to)))
     }
 
     async fn read_through(&self, series: &SeriesKey, key: (i64, i64)) -> Result<Agg, ApiError> {
@@ -153,6 +152,10 @@ impl AppState {
         Ok(known)
     }
 }
+
+/// How far into a second (ms) the next second's trailing windows start being read ahead: late
+/// enough that the answer read is still young when its second comes (it ages from its read).
+const PREFETCH_AFTER_MS: i64 = 500;
 
 /// The buckets covering a cache key: a window, or all time.
 fn spans_of(key: (i64, i64)) -> Vec<Span> {
@@ -208,7 +211,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A decimal written as an exact JSON number (never through a float).
+/// A decimal written as an exact JSON number: its plain digits (no exponent, no trailing zeros),
+/// never through a float. Answers holding one must be serialised as typed structs, not through
+/// `serde_json::Value` (which would turn the number into an `f64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exact(pub Decimal);
+
+impl Serialize for Exact {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        json_decimal(self.0).serialize(s)
+    }
+}
+
+/// A decimal's exact JSON text (see [`Exact`]).
 pub fn json_decimal(d: Decimal) -> Box<RawValue> {
     RawValue::from_string(d.normalize().to_string()).expect("a decimal's text is a JSON number")
 }

@@ -20,7 +20,8 @@ use super::{Origin, Pending, now_ms};
 use crate::api::{ApiError, AppState};
 use crate::auth::Scope;
 use crate::event::{BodyFormat, split_body};
-use crate::storage::IdempotencyRecord;
+use crate::storage::{IdempotencyRecord, StoredAnswer};
+use sha2::{Digest, Sha256};
 
 /// The request header that makes a retry safe (after the IETF draft of the same name).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -51,11 +52,6 @@ pub async fn ingest_events(
 ) -> Result<Response, ApiError> {
     let token = state.authorize(&headers, Scope::Ingest)?;
     let key = idempotency_key(&headers)?;
-    if let Some(key) = &key
-        && let Some(answer) = state.store.idempotent_answer(&token, key).await?
-    {
-        return Ok(replay(answer));
-    }
     let body = body.map_err(|r| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::Status(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,6 +64,12 @@ pub async fn ingest_events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
     let format = if ndjson { BodyFormat::Ndjson } else { BodyFormat::Json };
+    let fingerprint = key.as_ref().map(|_| fingerprint(format, &body));
+    if let (Some(key), Some(fp)) = (&key, &fingerprint)
+        && let Some(stored) = state.store.idempotent_answer(&token, key).await?
+    {
+        return replay(stored, fp);
+    }
 
     // The writer holds a commit back briefly for batches being parsed, so they share it.
     let announced = state.writer.announce();
@@ -79,17 +81,22 @@ pub async fn ingest_events(
     } else {
         parse()?
     };
-    if let Some(key) = &key {
+    if let (Some(key), Some(fingerprint)) = (&key, &fingerprint) {
         let answer = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.into()))?;
-        pending.idempotency =
-            Some(IdempotencyRecord { scope: token.clone(), key: key.clone(), answer, at_ms: now_ms() });
+        pending.idempotency = Some(IdempotencyRecord {
+            scope: token.clone(),
+            key: key.clone(),
+            answer,
+            at_ms: now_ms(),
+            fingerprint: fingerprint.clone(),
+        });
     }
     match state.writer.submit_announced(pending, announced).await {
         Ok(()) => Ok(Json(out).into_response()),
         Err(WriteError::Duplicate) => {
-            let key = key.unwrap_or_default();
+            let (key, fingerprint) = (key.unwrap_or_default(), fingerprint.unwrap_or_default());
             match state.store.idempotent_answer(&token, &key).await? {
-                Some(answer) => Ok(replay(answer)),
+                Some(stored) => replay(stored, &fingerprint),
                 None => Err(in_progress()),
             }
         }
@@ -111,11 +118,27 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-/// The answer a request with the same key got when it was committed.
-fn replay(answer: String) -> Response {
-    let mut resp = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], answer).into_response();
+/// A digest of what a request asks for: its body and how the body is to be read.
+fn fingerprint(format: BodyFormat, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(if format == BodyFormat::Ndjson { &b"ndjson\n"[..] } else { &b"json\n"[..] });
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// The answer a request with the same key got when it was committed; or 422 when that request had
+/// another body (the IETF draft's answer: a key names one request, never two).
+fn replay(stored: StoredAnswer, fingerprint: &str) -> Result<Response, ApiError> {
+    if stored.fingerprint.as_deref().is_some_and(|f| f != fingerprint) {
+        return Err(ApiError::Status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used before with a different request body; a new request needs a new key".into(),
+        ));
+    }
+    let mut resp =
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], stored.answer).into_response();
     resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    resp
+    Ok(resp)
 }
 
 fn in_progress() -> ApiError {

@@ -101,6 +101,16 @@ pub struct IdempotencyRecord {
     pub key: String,
     pub answer: String,
     pub at_ms: i64,
+    /// A digest of the request's body: a key reused with another body is refused, not replayed.
+    pub fingerprint: String,
+}
+
+/// The answer committed with an idempotency key, and the fingerprint of the request that got it
+/// (`None` for keys stored before fingerprints were kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub answer: String,
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -162,7 +172,7 @@ pub trait Store: Send + Sync + 'static {
         to: i64,
     ) -> Result<Vec<(i64, Agg)>, StoreError>;
     /// The answer stored with idempotency key `key` of `scope`, if a commit holds it.
-    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError>;
+    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError>;
     /// Has any accepted event carried `value` for dimension `dim`?
     async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError>;
     /// Next offsets stored for each partition of `source`.

@@ -27,8 +27,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    CommitPos, DeadLetter, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord,
-    WriteBatch,
+    CommitPos, DeadLetter, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError,
+    StoredAnswer, TokenRecord, WriteBatch,
 };
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 
@@ -76,6 +76,16 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX idempotency_keys_at ON idempotency_keys (at_ms);
+"#,
+    // 3: the fingerprint of the request body a key was committed with (see the SQLite backend).
+    r#"
+ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
+"#,
+    // 4: each process numbers its own commits (its writer commits one at a time) and records the
+    // last number in the commit's transaction: a read returns the number its snapshot holds, so
+    // the read cache knows which of the process's commits the read already includes.
+    r#"
+CREATE TABLE writer_positions (writer BIGINT PRIMARY KEY, seq BIGINT NOT NULL, at_ms BIGINT NOT NULL);
 "#,
 ];
 
@@ -126,6 +136,13 @@ ORDER BY ord"#;
 
 pub struct PgStore {
     pool: Pool,
+    /// This process's writer id in `writer_positions` (random per process).
+    writer: i64,
+    /// The last commit number handed out; numbers are never reused, even by a failed commit,
+    /// whose outcome may be unknown.
+    seq: std::sync::atomic::AtomicU64,
+    /// Commits one at a time, so their numbers become visible in order.
+    committing: tokio::sync::Mutex<()>,
 }
 
 /// Parses and checks a `postgres://` / `postgresql://` URL.
@@ -177,7 +194,8 @@ impl PgStore {
             .wait_timeout(Some(Duration::from_secs(30)))
             .build()
             .map_err(StoreError::backend)?;
-        let store = Self { pool };
+        let writer = rand::random::<i64>().abs();
+        let store = Self { pool, writer, seq: Default::default(), committing: Default::default() };
         let mut client = store.client().await?;
         migrate(&mut client).await?;
         Ok(store)
@@ -258,6 +276,13 @@ fn agg_from_row(r: &Row, at: usize) -> Result<Agg, StoreError> {
     })
 }
 
+/// A commit's number among this process's commits (see migration 4).
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    writer: i64,
+    seq: u64,
+}
+
 /// Puts a batch's offsets and dimension values in the lock order every writer uses, each key
 /// once per statement (an `ON CONFLICT DO UPDATE` cannot touch one row twice). Rollup rows come
 /// in that order already ([`RollupRows`]).
@@ -312,13 +337,20 @@ async fn fence(tx: &deadpool_postgres::Transaction<'_>, o: &OffsetAdvance) -> Re
     Err(StoreError::Fenced { source_name: o.source.clone(), partition: o.partition, stored, expected: o.expected })
 }
 
-async fn apply(tx: &deadpool_postgres::Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+async fn apply(tx: &deadpool_postgres::Transaction<'_>, batch: &WriteBatch, pos: Position) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO writer_positions (writer, seq, at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (writer) DO UPDATE SET seq = EXCLUDED.seq, at_ms = EXCLUDED.at_ms",
+        &[&pos.writer, &(pos.seq as i64), &crate::ingest::now_ms()],
+    )
+    .await
+    .map_err(pg_err)?;
     for k in &batch.idempotency {
         let fresh = tx
             .execute(
-                "INSERT INTO idempotency_keys (scope, key, answer, at_ms) VALUES ($1, $2, $3, $4)
+                "INSERT INTO idempotency_keys (scope, key, answer, at_ms, fingerprint) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT DO NOTHING",
-                &[&k.scope, &k.key, &k.answer, &k.at_ms],
+                &[&k.scope, &k.key, &k.answer, &k.at_ms, &k.fingerprint],
             )
             .await
             .map_err(pg_err)?;
@@ -403,10 +435,12 @@ impl Store for PgStore {
     async fn commit(&self, mut batch: WriteBatch) -> Result<Option<CommitPos>, StoreError> {
         normalise(&mut batch);
         let mut client = self.client().await?;
+        let _in_order = self.committing.lock().await;
+        let pos = Position { writer: self.writer, seq: self.seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1 };
         let mut attempt = 1;
         loop {
             let tx = client.transaction().await.map_err(pg_err)?;
-            let result = match apply(&tx, &batch).await {
+            let result = match apply(&tx, &batch, pos).await {
                 Ok(()) => tx.commit().await.map_err(pg_err),
                 Err(e) => {
                     // Dropping would roll back too, but without waiting; say it explicitly.
@@ -420,23 +454,30 @@ impl Store for PgStore {
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
                     attempt += 1;
                 }
-                other => return other.map(|()| None),
+                other => return other.map(|()| Some(pos.seq)),
             }
         }
     }
 
     async fn read_aggregate(&self, series: &SeriesKey, spans: &[Span]) -> Result<Agg, StoreError> {
-        if spans.is_empty() {
-            return Ok(Agg::default());
-        }
+        Ok(self.read_aggregate_at(series, spans).await?.0)
+    }
+
+    async fn read_aggregate_at(
+        &self,
+        series: &SeriesKey,
+        spans: &[Span],
+    ) -> Result<(Agg, Option<CommitPos>), StoreError> {
         let res: Vec<i32> = spans.iter().map(|s| res_code(s.res)).collect();
         let from: Vec<i64> = spans.iter().map(|s| s.from).collect();
         let to: Vec<i64> = spans.iter().map(|s| s.to).collect();
         let client = self.client().await?;
-        // One round trip for the whole cover; the server sums the NUMERICs exactly.
+        // One round trip for the whole cover; the server sums the NUMERICs exactly. One statement
+        // is one snapshot: the position read with the buckets is the one they stand at.
         let st = client
             .prepare_cached(
-                "SELECT COALESCE(SUM(r.count), 0)::int8, COALESCE(SUM(r.sum), 0), MIN(r.min), MAX(r.max)
+                "SELECT COALESCE(SUM(r.count), 0)::int8, COALESCE(SUM(r.sum), 0), MIN(r.min), MAX(r.max),
+                        COALESCE((SELECT seq FROM writer_positions WHERE writer = $7), 0)
                  FROM UNNEST($4::int4[], $5::int8[], $6::int8[]) AS s(res, lo, hi)
                  JOIN rollups r ON r.metric = $1 AND r.dim = $2 AND r.val = $3
                                 AND r.res = s.res AND r.bucket >= s.lo AND r.bucket < s.hi",
@@ -444,19 +485,23 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         let row = client
-            .query_one(&st, &[&&*series.metric, &&*series.dim, &series.value, &res, &from, &to])
+            .query_one(&st, &[&&*series.metric, &&*series.dim, &series.value, &res, &from, &to, &self.writer])
             .await
             .map_err(pg_err)?;
-        agg_from_row(&row, 0)
+        let pos: i64 = row.try_get(4).map_err(pg_err)?;
+        Ok((agg_from_row(&row, 0)?, Some(pos as u64)))
     }
 
-    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT answer FROM idempotency_keys WHERE scope = $1 AND key = $2", &[&scope, &key])
+            .query_opt(
+                "SELECT answer, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                &[&scope, &key],
+            )
             .await
             .map_err(pg_err)?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| StoredAnswer { answer: r.get(0), fingerprint: r.get(1) }))
     }
 
     async fn read_points(
@@ -634,6 +679,11 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         tx.execute("DELETE FROM idempotency_keys WHERE at_ms < $1", &[&b.idempotency_keys_ms]).await.map_err(pg_err)?;
+        // Positions of processes gone for a day (a running one rewrites its row at every commit).
+        let gone = crate::ingest::now_ms() - 86_400_000;
+        tx.execute("DELETE FROM writer_positions WHERE at_ms < $1 AND writer <> $2", &[&gone, &self.writer])
+            .await
+            .map_err(pg_err)?;
         let mut buckets = 0;
         for (res, before) in [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)] {
             // The primary key starts with the series, so this scans; it runs once a minute, and an

@@ -18,7 +18,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rust_decimal::Decimal;
 
 use super::{
-    CommitPos, DeadLetter, NewDeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, TokenRecord, WriteBatch,
+    CommitPos, DeadLetter, NewDeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord,
+    WriteBatch,
 };
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span, coarser_buckets};
 
@@ -111,6 +112,11 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_keys_at ON idempotency_keys (at_ms);
+"#,
+    // 7: the fingerprint of the request body a key was committed with: a key reused with another
+    // body is refused (422) instead of replaying an answer that belongs to another request.
+    r#"
+ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
 "#,
 ];
 
@@ -424,10 +430,10 @@ fn apply(
     for k in &batch.idempotency {
         let fresh = tx
             .prepare_cached(
-                "INSERT INTO idempotency_keys (scope, key, answer, at_ms) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO idempotency_keys (scope, key, answer, at_ms, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT DO NOTHING",
             )
-            .and_then(|mut st| st.execute(params![k.scope, k.key, k.answer, k.at_ms]))
+            .and_then(|mut st| st.execute(params![k.scope, k.key, k.answer, k.at_ms, k.fingerprint]))
             .map_err(db_err)?;
         if fresh == 0 {
             return Err(StoreError::Duplicate { scope: k.scope.clone(), key: k.key.clone() });
@@ -726,11 +732,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
         let (scope, key) = (scope.to_string(), key.to_string());
         self.read(move |c| {
-            c.prepare_cached("SELECT answer FROM idempotency_keys WHERE scope = ?1 AND key = ?2")
-                .and_then(|mut st| st.query_row(params![scope, key], |r| r.get(0)).optional())
+            c.prepare_cached("SELECT answer, fingerprint FROM idempotency_keys WHERE scope = ?1 AND key = ?2")
+                .and_then(|mut st| {
+                    st.query_row(params![scope, key], |r| {
+                        Ok(StoredAnswer { answer: r.get(0)?, fingerprint: r.get(1)? })
+                    })
+                    .optional()
+                })
                 .map_err(db_err)
         })
         .await
