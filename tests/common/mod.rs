@@ -242,3 +242,70 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// JSON read with every number kept as its text (serde_json's `Value` keeps an `f64`, which would
+/// hide exactly the rounding the tests look for).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exact {
+    Null,
+    Bool(bool),
+    Num(String),
+    Str(String),
+    Arr(Vec<Exact>),
+    Obj(std::collections::BTreeMap<String, Exact>),
+}
+
+impl Exact {
+    pub fn parse(text: &str) -> Self {
+        let raw: &serde_json::value::RawValue = serde_json::from_str(text).expect("JSON");
+        Self::of(raw.get())
+    }
+
+    fn of(raw: &str) -> Self {
+        use serde_json::value::RawValue;
+        match raw.as_bytes()[0] {
+            b'n' => Exact::Null,
+            b't' => Exact::Bool(true),
+            b'f' => Exact::Bool(false),
+            b'"' => Exact::Str(serde_json::from_str(raw).expect("string")),
+            b'[' => {
+                let items: Vec<&RawValue> = serde_json::from_str(raw).expect("array");
+                Exact::Arr(items.into_iter().map(|r| Self::of(r.get())).collect())
+            }
+            b'{' => {
+                let fields: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(raw).expect("object");
+                Exact::Obj(fields.into_iter().map(|(k, r)| (k, Self::of(r.get()))).collect())
+            }
+            _ => Exact::Num(raw.to_string()),
+        }
+    }
+
+    /// The member `key` (Null when absent or not an object).
+    pub fn get(&self, key: &str) -> &Exact {
+        match self {
+            Exact::Obj(m) => m.get(key).unwrap_or(&Exact::Null),
+            _ => &Exact::Null,
+        }
+    }
+
+    /// The decimal of a number (None for null), exactly as written.
+    pub fn dec(&self) -> Option<rust_decimal::Decimal> {
+        match self {
+            Exact::Null => None,
+            Exact::Num(t) => Some(rust_decimal::Decimal::from_str_exact(t).unwrap_or_else(|e| panic!("{t}: {e}"))),
+            other => panic!("not a number: {other:?}"),
+        }
+    }
+
+    pub fn items(&self) -> &[Exact] {
+        match self {
+            Exact::Arr(a) => a,
+            _ => &[],
+        }
+    }
+
+    /// A number as written: no exponent, no float formatting.
+    pub fn is_plain_number(&self) -> bool {
+        matches!(self, Exact::Num(t) if t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-'))
+    }
+}
