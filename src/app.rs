@@ -12,12 +12,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState, Health, ReadCache};
+use crate::api::{self, AppState, ReadCache};
 use crate::auth::Tokens;
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::event::Validator;
+use crate::health::Health;
 use crate::ingest::kafka::{ConsumerParts, KafkaConsumer};
-use crate::ingest::now_ms;
 use crate::ingest::writer::{CommitObserver, Writer};
 use crate::rollup::Metrics;
 use crate::storage::{self, PruneBefore, Store};
@@ -52,15 +53,14 @@ impl Application {
 
     async fn build_with(settings: Settings, store_url: &str, listen: Option<&str>) -> anyhow::Result<Self> {
         // Redacted: a PostgreSQL URL may carry a password, and this context is printed.
-        let store = storage::open(store_url)
-            .await
-            .with_context(|| format!("opening store {}", storage::postgres::redact(store_url)))?;
+        let store =
+            storage::open(store_url).await.with_context(|| format!("opening store {}", storage::redact(store_url)))?;
         let listener = match listen {
             Some(l) => Some(TcpListener::bind(l).await.with_context(|| format!("binding {l}"))?),
             None => None,
         };
         let settings = Arc::new(settings);
-        let cache = Arc::new(ReadCache::new(settings.api.cache_ttl));
+        let cache = ReadCache::new(settings.api.cache_ttl, store.clone());
         let (writer, writer_task) = Writer::spawn(
             store.clone(),
             settings.ingest.max_batch_events,

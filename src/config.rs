@@ -48,6 +48,9 @@ pub struct IngestSettings {
     pub commit_linger: Duration,
     /// Longest accepted single event (raw bytes); longer ones become dead letters.
     pub max_event_bytes: usize,
+    /// Most events in one request body (413 above): a body of millions of tiny events costs far
+    /// more memory to answer than its size suggests.
+    pub max_events_per_request: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +186,7 @@ impl Default for IngestSettings {
             max_batch_events: 50_000,
             commit_linger: Duration::from_millis(25),
             max_event_bytes: 1024 * 1024,
+            max_events_per_request: 100_000,
         }
     }
 }
@@ -357,6 +361,9 @@ impl Settings {
         }
         if self.ingest.max_body_bytes == 0 {
             problems.push("ingest.max_body_bytes must be above 0".into());
+        }
+        if self.ingest.max_events_per_request == 0 {
+            problems.push("ingest.max_events_per_request must be above 0".into());
         }
         if self.ingest.max_batch_events == 0 {
             problems.push("ingest.max_batch_events must be above 0".into());

@@ -1,30 +1,37 @@
 //! Jetstream: a real-time analytics backend.
 //!
 //! # Layout
-//! How an event flows, module by module (see ARCHITECTURE.md for the why):
+//! How an event flows, module by module (see ARCHITECTURE.md for the why). Each module depends
+//! only on the ones listed before it (`scripts/check-layers.py` checks that no two modules depend
+//! on each other, at any level):
 //!
+//! - [`clock`], [`health`]: the wall clock; the consumer's state that `/readyz` reports.
+//! - [`config`]: the typed settings file with defaults for the original design.
 //! - [`event`]: a body becomes events: split, named (`event_name` or `event`), timed, validated
-//!   against the configured schemas; a rejection says precisely why.
-//! - [`ingest`]: sources turn received records into a [`ingest::Pending`] batch (rollup deltas, raw
-//!   lines, dead letters, offsets); [`ingest::http`] is `POST /api/v1/events`; [`ingest::writer`]
-//!   group-commits whatever is queued in one store transaction and acknowledges after it.
+//!   against the configured schemas; a rejection says precisely why; numbers are read exactly.
 //! - [`rollup`]: declared metrics fold events into count/sum/min/max buckets at five resolutions;
 //!   [`rollup::cover`] answers any window from a handful of buckets.
-//! - [`storage`]: the [`storage::Store`] trait and its backends, chosen by URL.
-//! - [`api`]: the axum router: the original design's two endpoints, `/api/v1`, the read cache.
+//! - [`storage`]: the [`storage::Store`] trait and its backends (SQLite, PostgreSQL), chosen by URL.
+//! - [`ingest`]: sources turn received records into a [`ingest::Pending`] batch (rollup deltas, raw
+//!   lines, dead letters, offsets); [`ingest::kafka`] consumes a topic exactly once;
+//!   [`ingest::writer`] group-commits whatever is queued in one store transaction.
 //! - [`auth`]: scoped bearer tokens (hash-only storage, hot reload).
-//! - [`config`]: the typed settings file with defaults for the original design.
+//! - [`api`]: the axum router: the original design's two endpoints, `/api/v1`, the read cache;
+//!   HTTP ingest hands bodies to `ingest`.
 //! - [`tls`]: HTTPS for `serve --tls-cert … --tls-key …` (rustls).
-//! - [`app`]: starts everything and stops it in order; [`cli`] and [`demo`] are the binary's edge.
+//! - [`app`]: starts everything and stops it in order; [`cli`] is the binary's edge.
+
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod event;
+pub mod health;
 pub mod ingest;
 pub mod rollup;
 pub mod storage;
-pub mod tls;
+mod tls;

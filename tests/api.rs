@@ -14,7 +14,7 @@ use jetstream::config::Settings;
 use serde_json::{Value, json};
 
 fn now_ms() -> i64 {
-    jetstream::ingest::now_ms()
+    jetstream::clock::now_ms()
 }
 
 fn sold(product: u64, amount: Value) -> Value {
@@ -552,24 +552,32 @@ async fn a_killed_server_loses_no_acknowledged_event_and_counts_none_twice(backe
     let mut server = ServerProcess::start(&["serve", "--store", &url]);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let requests = 1000u64;
+    let acked_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     // 8 writers post requests with one product id each (so each request is identifiable).
     for w in 0..8u64 {
-        let (client, base, token) = (client.clone(), server.base.clone(), token.clone());
+        let (client, base, token, so_far) = (client.clone(), server.base.clone(), token.clone(), acked_so_far.clone());
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for i in (w..requests).step_by(8) {
                 let body: Vec<Value> = (0..100).map(|_| sold(10_000 + i, json!("1.25"))).collect();
                 let post = client.post(format!("{base}/api/v1/events")).bearer_auth(&token);
                 match post.header("Idempotency-Key", format!("req-{i}")).json(&body).send().await {
-                    Ok(r) if r.status() == 200 => acked.push(i),
+                    Ok(r) if r.status() == 200 => {
+                        acked.push(i);
+                        so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     _ => break, // the server is gone
                 }
             }
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Killed mid-stream: once a few dozen requests are acknowledged (however slow the machine is).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked_so_far.load(std::sync::atomic::Ordering::Relaxed) < 40 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.kill();
     let mut acked = Vec::new();
     for t in tasks {

@@ -244,6 +244,9 @@ impl Oracle {
     }
 }
 
+/// Which accepted events a query selects.
+type Filter = Box<dyn Fn(&Truth) -> bool>;
+
 fn product_of(t: &Truth) -> Option<u64> {
     match t {
         Truth::Sale { product, .. } | Truth::Rating { product, .. } => Some(*product),
@@ -381,7 +384,7 @@ async fn compare_everything(app: &TestApp, oracle: &Oracle, products: u64, start
     // The versioned API: every metric, overall / per product / per category, over trailing and
     // explicit (aligned and not) windows ending before the run (receipt times are after them).
     let mut rng = StdRng::seed_from_u64(seed ^ 0xfeed);
-    let mut selections: Vec<(String, Box<dyn Fn(&Truth) -> bool>)> =
+    let mut selections: Vec<(String, Filter)> =
         vec![(String::new(), Box::new(|t| product_of(t).is_some()))];
     for _ in 0..4 {
         let p = rng.random_range(1..=products.min(8));

@@ -642,11 +642,11 @@ async fn postgres_refuses_a_sum_that_overflows_a_decimal() {
 
 #[test]
 fn store_urls_are_dispatched_by_scheme() {
-    assert!(storage::check_url("postgres://u@127.0.0.1:5432/db").is_ok());
-    assert!(storage::check_url("postgresql://u@localhost/db").is_ok());
-    let err = storage::check_url("mysql://u@h/db").expect_err("refused");
+    assert!(storage::StoreUrl::parse("postgres://u@127.0.0.1:5432/db").is_ok());
+    assert!(storage::StoreUrl::parse("postgresql://u@localhost/db").is_ok());
+    let err = storage::StoreUrl::parse("mysql://u@h/db").expect_err("refused");
     assert!(err.to_string().contains("postgres://"), "the message names both schemes: {err}");
-    assert!(storage::check_url("postgres://h/db?bogus=1").is_err());
+    assert!(storage::StoreUrl::parse("postgres://h/db?bogus=1").is_err());
 }
 
 /// A server that is not there is an error that says so, not a hang.

@@ -3,12 +3,14 @@
 //! `{"average_rating": …}`. Extra fields are additions; a product never seen is a 404 on both.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Serialize;
 
-use super::{AVG_DECIMALS, ApiError, AppState, Exact, WindowOut};
-use crate::auth::Scope;
+use super::error::ApiError;
+use super::extract::{Path, ReadAccess};
+use super::json::{AVG_DECIMALS, Exact, WindowOut};
+use super::state::AppState;
 use crate::rollup::SeriesKey;
 
 /// The metrics and dimension behind the two endpoints (declared in the default config).
@@ -29,11 +31,24 @@ pub struct RatingOut {
     count: i64,
 }
 
+/// The metric an endpoint reads must be configured with the product dimension; if a settings
+/// file left it out, say so (not "no product").
+fn configured(state: &AppState, metric: &str) -> Result<(), ApiError> {
+    match state.metrics.get(metric) {
+        Some(m) if m.dims.iter().any(|d| &**d == PRODUCT_DIM) => Ok(()),
+        _ => Err(ApiError::Status(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "this endpoint reads the metric {metric:?} by {PRODUCT_DIM:?}, which the configuration does not declare"
+            ),
+        )),
+    }
+}
+
 /// A known product's canonical id, or the 404 the original design documented.
 async fn known_product(state: &AppState, id: &str) -> Result<String, ApiError> {
-    let canonical = crate::event::canonical_id(id);
-    match canonical {
-        Some(c) if state.is_known(PRODUCT_DIM, &c).await? => Ok(c),
+    match crate::event::canonical_id(id) {
+        Some(c) if state.cache.is_known(PRODUCT_DIM, &c).await? => Ok(c),
         _ => {
             let shown: String = id.chars().take(64).collect();
             Err(ApiError::NotFound(format!("No product with id {shown} was found")))
@@ -42,27 +57,27 @@ async fn known_product(state: &AppState, id: &str) -> Result<String, ApiError> {
 }
 
 pub async fn get_product_sales(
+    _: ReadAccess,
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<SalesOut>, ApiError> {
-    state.authorize(&headers, Scope::Read)?;
+    configured(&state, SALES_METRIC)?;
     let id = known_product(&state, &id).await?;
     let window_s = state.settings.api.sales_window.as_secs() as i64;
     let series = SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &id);
-    let (agg, (from, to)) = state.aggregate_trailing(&series, window_s).await?;
+    let (agg, (from, to)) = state.cache.trailing(&series, window_s, crate::clock::now_ms()).await?;
     Ok(Json(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
 }
 
 pub async fn get_product_rating(
+    _: ReadAccess,
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<RatingOut>, ApiError> {
-    state.authorize(&headers, Scope::Read)?;
+    configured(&state, RATING_METRIC)?;
     let id = known_product(&state, &id).await?;
     // The all-time bucket: one row, whatever the number of ratings.
-    let agg = state.aggregate(&SeriesKey::new(RATING_METRIC, PRODUCT_DIM, &id), None).await?;
+    let agg = state.cache.aggregate(&SeriesKey::new(RATING_METRIC, PRODUCT_DIM, &id), None).await?;
     let average_rating = agg.avg().map(|a| Exact(a.round_dp(AVG_DECIMALS)));
     Ok(Json(RatingOut { average_rating, count: agg.count }))
 }

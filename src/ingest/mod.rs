@@ -1,15 +1,15 @@
 //! Ingest: turning what a source received into a [`Pending`] batch, and committing batches.
 //!
-//! Sources (HTTP in `http`, Kafka in `kafka`) validate and fold events where they arrive, in
-//! parallel; the single [`writer::Writer`] merges whatever is queued into one transaction.
+//! Sources (the HTTP handler in `api::events`, Kafka in [`kafka`]) validate and fold events where
+//! they arrive, in parallel, into a [`Pending`] batch; the single [`writer::Writer`] merges
+//! whatever is queued into one transaction.
 
 use std::io::Write as _;
 
-use crate::event::{Event, Rejection};
+use crate::event::{Event, Rejection, Validator};
 use crate::rollup::{Metrics, RollupDelta};
 use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock};
 
-pub mod http;
 pub mod kafka;
 pub mod writer;
 
@@ -38,8 +38,11 @@ pub struct RawLines {
 #[derive(Debug, Default)]
 pub struct Pending {
     pub delta: RollupDelta,
-    /// Raw events being added, one entry per event name (a batch holds few names).
+    /// Raw events being added, one entry per event name.
     pub raw: Vec<RawLines>,
+    /// Where each event name's entry in `raw` is: a body may hold many names, and looking each
+    /// one up in a list made ingest quadratic in them.
+    raw_index: std::collections::HashMap<String, usize>,
     /// Raw events compressed by [`Pending::seal`].
     pub blocks: Vec<RawBlock>,
     pub dead: Vec<NewDeadLetter>,
@@ -52,8 +55,8 @@ impl Pending {
     /// Folds an accepted event and keeps its raw bytes with its origin.
     pub fn accept(&mut self, metrics: &Metrics, event: Event<'_>, origin: &Origin<'_>) {
         metrics.fold(&event, &mut self.delta);
-        let at = match self.raw.iter().position(|r| r.name == event.name) {
-            Some(i) => i,
+        let at = match self.raw_index.get(&*event.name) {
+            Some(&i) => i,
             None => {
                 self.raw.push(RawLines {
                     name: event.name.to_string(),
@@ -62,6 +65,7 @@ impl Pending {
                     max_time_ms: i64::MIN,
                     count: 0,
                 });
+                self.raw_index.insert(event.name.to_string(), self.raw.len() - 1);
                 self.raw.len() - 1
             }
         };
@@ -109,6 +113,7 @@ impl Pending {
     /// Compresses the raw events into blocks. Sources call this where they parsed the batch, in
     /// parallel, so the single writer only has to collect blocks.
     pub fn seal(&mut self) {
+        self.raw_index.clear();
         for r in self.raw.drain(..) {
             // Level 1: fast, and JSON still compresses ~5x.
             let zstd = zstd::bulk::compress(&r.ndjson, 1).expect("compressing to memory cannot fail");
@@ -138,7 +143,27 @@ impl Pending {
     }
 }
 
-/// Milliseconds since the epoch, from the system clock.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// Validates and folds the raw events of one request (or record batch) received at
+/// `received_ms`, sealed for the writer; and the rejected ones by index, with their reasons
+/// (they are kept as dead letters too).
+pub fn take_events(
+    validator: &Validator,
+    metrics: &Metrics,
+    items: &[&[u8]],
+    origin: &Origin<'_>,
+    received_ms: i64,
+) -> (Pending, Vec<(usize, Rejection)>) {
+    let mut pending = Pending::default();
+    let mut rejected = Vec::new();
+    for (index, raw) in items.iter().enumerate() {
+        match validator.validate(raw, received_ms, received_ms) {
+            Ok(event) => pending.accept(metrics, event, origin),
+            Err(reason) => {
+                pending.reject(raw, &reason, origin, received_ms);
+                rejected.push((index, reason));
+            }
+        }
+    }
+    pending.seal();
+    (pending, rejected)
 }

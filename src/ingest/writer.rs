@@ -21,8 +21,6 @@ const QUEUE: usize = 1024;
 /// Told about each commit of the writer, in order: state derived from the store (the read
 /// cache) stays exact by applying what each commit added instead of re-reading it.
 pub trait CommitObserver: Send + Sync {
-    /// A commit is about to start: a read from now on may or may not see it.
-    fn commit_started(&self);
     /// The commit is durable; called before its submitters are acknowledged.
     fn committed(&self, commit: &Committed<'_>);
     /// The commit failed; it may have touched `series`.
@@ -50,6 +48,10 @@ pub enum WriteError {
     Fenced(String),
     #[error("store write failed: {0}")]
     Failed(String),
+    /// The store refused something this batch holds; nothing of it was applied (the other
+    /// batches of its group were committed without it).
+    #[error("the store refused the batch: {0}")]
+    Rejected(String),
     /// The batch's idempotency key was committed before (`Duplicate`), or is in the same group
     /// as another request with that key (`InProgress`); nothing of it was applied.
     #[error("idempotency key already committed")]
@@ -219,53 +221,64 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>, observers: &[Arc<dyn Co
         let result = store.commit(batch).await;
         let counter = if result.is_ok() { &stats.commits } else { &stats.failed_commits };
         counter.fetch_add(1, Ordering::Relaxed);
-        match result {
+        jobs = match result {
             Ok(pos) => {
                 stats.submissions.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 stats.events.fetch_add(events, Ordering::Relaxed);
                 stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
                 in_flight.committed(changes.seconds.as_deref(), pos);
-                for j in jobs {
-                    let _ = j.ack.send(Ok(())); // the submitter may have gone; nothing to do
+                answer(jobs, |_| Ok(()));
+                return;
+            }
+            Err(StoreError::Duplicate { scope, key }) => refuse(
+                jobs,
+                |j| j.pending.idempotency.as_ref().is_some_and(|k| k.scope == scope && k.key == key),
+                WriteError::Duplicate,
+            ),
+            Err(StoreError::Fenced { source_name, partition, .. }) => {
+                let msg = format!("{source_name} partition {partition} was advanced by another consumer");
+                tracing::warn!(%msg, "offset fence rejected a batch");
+                let fenced =
+                    |j: &Job| j.pending.offsets.iter().any(|o| o.source == source_name && o.partition == partition);
+                refuse(jobs, fenced, WriteError::Fenced(msg))
+            }
+            // Something in the group cannot be stored, and nothing of it was: commit the requests
+            // one by one, so that only the one holding it fails.
+            Err(StoreError::Rejected(e)) if jobs.len() > 1 => {
+                tracing::warn!(error = %e, requests = jobs.len(), "the store refused a group; committing its requests alone");
+                for job in jobs {
+                    Box::pin(commit_group(store, vec![job], observers, stats)).await;
                 }
                 return;
             }
-            Err(StoreError::Duplicate { scope, key }) => {
-                let (dup, rest): (Vec<_>, Vec<_>) = jobs
-                    .into_iter()
-                    .partition(|j| j.pending.idempotency.as_ref().is_some_and(|k| k.scope == scope && k.key == key));
-                for j in dup {
-                    let _ = j.ack.send(Err(WriteError::Duplicate));
-                }
-                if rest.is_empty() {
-                    return;
-                }
-                jobs = rest;
-            }
-            Err(StoreError::Fenced { source_name, partition, .. }) => {
-                let (fenced, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| {
-                    j.pending.offsets.iter().any(|o| o.source == source_name && o.partition == partition)
-                });
-                let msg = format!("{source_name} partition {partition} was advanced by another consumer");
-                tracing::warn!(%msg, "offset fence rejected a batch");
-                for j in fenced {
-                    let _ = j.ack.send(Err(WriteError::Fenced(msg.clone())));
-                }
-                if rest.is_empty() {
-                    return;
-                }
-                jobs = rest;
+            Err(StoreError::Rejected(e)) => {
+                tracing::error!(error = %e, "the store refused a request's events");
+                return answer(jobs, |_| Err(WriteError::Rejected(e.to_string())));
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
-                let msg = e.to_string();
-                for j in jobs {
-                    let _ = j.ack.send(Err(WriteError::Failed(msg.clone())));
-                }
-                return;
+                return answer(jobs, |_| Err(WriteError::Failed(e.to_string())));
             }
+        };
+        if jobs.is_empty() {
+            return;
         }
     }
+}
+
+/// Answers every job (a submitter that has gone away needs nothing).
+fn answer(jobs: Vec<Job>, result: impl Fn(&Job) -> Result<(), WriteError>) {
+    for j in jobs {
+        let r = result(&j);
+        let _ = j.ack.send(r);
+    }
+}
+
+/// Fails the jobs the store refused (`refused`) with `error`; the others, to commit again.
+fn refuse(jobs: Vec<Job>, refused: impl Fn(&Job) -> bool, error: WriteError) -> Vec<Job> {
+    let (out, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| refused(j));
+    answer(out, |_| Err(error.clone()));
+    rest
 }
 
 /// A commit the observers were told has started. Unless it is marked committed, they are told
@@ -278,9 +291,6 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn start(observers: &'a [Arc<dyn CommitObserver>], series: &'a [SeriesKey]) -> Self {
-        for o in observers {
-            o.commit_started();
-        }
         Self { observers, series, ended: false }
     }
 

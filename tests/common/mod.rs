@@ -128,7 +128,7 @@ impl TestApp {
     /// Creates a token with `scopes` and makes the server see it at once.
     pub async fn token_with(&self, scopes: &[Scope]) -> String {
         let name = format!("t{}", rand_suffix());
-        let secret = create_token(&*self.store_handle, &name, scopes, None, jetstream::ingest::now_ms())
+        let secret = create_token(&*self.store_handle, &name, scopes, None, jetstream::clock::now_ms())
             .await
             .expect("token created");
         self.tokens.reload(&*self.store_handle).await.expect("tokens reload");

@@ -9,11 +9,13 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
+use super::args::DemoArgs;
+use super::error::UsageError;
+use super::usage::{announce, load_settings_with_kafka};
 use crate::app::{Application, shutdown_signal};
 use crate::auth::{Scope, create_token};
-use crate::cli::{DemoArgs, UsageError, announce, load_settings_with_kafka};
+use crate::clock::now_ms;
 use crate::ingest::kafka::{EventProducer, ensure_topic, event_key};
-use crate::ingest::now_ms;
 
 /// Partitions of the topic the demo creates when it is missing.
 const DEMO_PARTITIONS: i32 = 3;
@@ -39,7 +41,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         .into());
     }
     let settings = load_settings_with_kafka(&a.serve.store, &a.serve.kafka)?;
-    crate::storage::check_url(&a.serve.store.store)?;
+    crate::storage::StoreUrl::parse(&a.serve.store.store)?;
     let kafka = (!settings.kafka.brokers.is_empty()).then(|| settings.kafka.clone());
     if let Some(k) = &kafka {
         if ensure_topic(&k.brokers, &k.topic, DEMO_PARTITIONS).await? {

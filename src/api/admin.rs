@@ -1,0 +1,118 @@
+//! Admin routes (scope `admin`): dead letters, counters, Kafka lag.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::events::page_limit;
+use super::extract::{AdminAccess, Query};
+use super::state::AppState;
+use crate::ingest::kafka::{LagError, source_name, topic_lag};
+
+/// Most bytes of a dead letter's raw record shown in a page (the rest is counted, not shown).
+const MAX_DEAD_LETTER_RAW: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct DeadLetterOut {
+    id: i64,
+    received_ms: i64,
+    received_at: Option<String>,
+    source: String,
+    reason: String,
+    topic: Option<String>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    /// The record as text when it is UTF-8 (else `raw_hex`), cut to 64 KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_hex: Option<String>,
+    /// The record's size in bytes when `raw`/`raw_hex` shows only its beginning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_truncated_from: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct DeadLettersOut {
+    dead_letters: Vec<DeadLetterOut>,
+    next_before: Option<i64>,
+}
+
+impl From<crate::storage::DeadLetter> for DeadLetterOut {
+    fn from(d: crate::storage::DeadLetter) -> Self {
+        let l = d.letter;
+        let full = l.raw.len();
+        let mut shown = &l.raw[..full.min(MAX_DEAD_LETTER_RAW)];
+        // Cut on a character boundary so a UTF-8 record stays text: a character cut in two at the
+        // end is the only error (`error_len` is None) to drop.
+        if let Err(e) = std::str::from_utf8(shown)
+            && e.error_len().is_none()
+        {
+            shown = &shown[..e.valid_up_to()];
+        }
+        let (raw, raw_hex) = match std::str::from_utf8(shown) {
+            Ok(s) => (Some(s.to_string()), None),
+            Err(_) => (None, Some(hex::encode(shown))),
+        };
+        Self {
+            id: d.id,
+            received_ms: l.received_ms,
+            received_at: chrono::DateTime::from_timestamp_millis(l.received_ms).map(|t| t.to_rfc3339()),
+            source: l.source,
+            reason: l.reason,
+            topic: l.topic,
+            partition: l.partition,
+            offset: l.offset,
+            raw,
+            raw_hex,
+            raw_truncated_from: (shown.len() < full).then_some(full),
+        }
+    }
+}
+
+pub async fn get_dead_letters(
+    _: AdminAccess,
+    State(state): State<AppState>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<DeadLettersOut>, ApiError> {
+    let limit = page_limit(p.limit)?;
+    let letters = state.store.dead_letters(p.before, limit).await?;
+    let next = (letters.len() as u32 == limit).then(|| letters.last().map(|l| l.id)).flatten();
+    Ok(Json(DeadLettersOut { dead_letters: letters.into_iter().map(DeadLetterOut::from).collect(), next_before: next }))
+}
+
+/// Counters since start: the writer's (how well group commit groups) and the read cache's.
+pub async fn get_stats(_: AdminAccess, State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "writer": state.writer.stats(), "cache": state.cache.stats }))
+}
+
+/// Per-partition lag of the configured topic: the broker's high watermark against the store's
+/// offsets.
+pub async fn get_kafka_lag(_: AdminAccess, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let k = &state.settings.kafka;
+    if k.brokers.is_empty() {
+        return Err(ApiError::NotFound("no Kafka brokers are configured".into()));
+    }
+    match topic_lag(&k.brokers, &k.topic, &*state.store).await {
+        Ok(lag) => {
+            let total: i64 = lag.iter().map(|l| l.lag).sum();
+            Ok(Json(json!({
+                "topic": k.topic,
+                "source": source_name(&k.topic),
+                "total_lag": total,
+                "partitions": lag,
+            })))
+        }
+        Err(LagError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}

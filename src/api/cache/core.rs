@@ -1,0 +1,233 @@
+//! The read cache's state and rules, without I/O (see the parent module for the why).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::ingest::writer::Committed;
+use crate::rollup::{Agg, SeriesKey};
+use crate::storage::CommitPos;
+
+/// Beyond this many cached series the cache starts over (bounded memory).
+const MAX_SERIES: usize = 50_000;
+
+/// Local commits kept to bring a read up to date at its `put`: a read that began before the
+/// oldest of them is not cached. At 100,000 events/s there are 50-100 commits a second, and a
+/// read takes milliseconds.
+pub(super) const RECENT_COMMITS: usize = 32;
+
+type Window = (i64, i64);
+
+/// One cached answer.
+#[derive(Debug, Clone)]
+struct Entry {
+    window: Window,
+    agg: Agg,
+    /// When the read that filled it began.
+    at: Instant,
+    /// The position of that read's snapshot: the local commits up to it are in `agg` already.
+    pos: CommitPos,
+}
+
+/// The cache's state and its rules, without I/O: what `ReadCache` consults and fills.
+#[derive(Debug)]
+pub(super) struct Core {
+    ttl: Duration,
+    entries: Mutex<Entries>,
+    /// Dimension values known to exist (they never stop existing).
+    known: Mutex<HashSet<(String, String)>>,
+    /// Entries being refreshed in the background (one refresh per entry at a time).
+    refreshing: Mutex<HashSet<(SeriesKey, Window)>>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_series: HashMap<SeriesKey, Vec<Entry>>,
+    /// Bumped by every failed local commit: its outcome is not known for sure, so no read that
+    /// overlapped it is cached.
+    failures: u64,
+    /// The last local commits with a position, oldest first.
+    recent: VecDeque<Recent>,
+    /// A read at a position below this may have missed a local commit no longer in `recent`.
+    reads_from: CommitPos,
+}
+
+/// A local commit kept for reads that began before it.
+#[derive(Debug)]
+struct Recent {
+    pos: CommitPos,
+    series: Vec<SeriesKey>,
+    seconds: Vec<(u32, i64, Agg)>,
+}
+
+impl Recent {
+    /// Adds this commit's seconds of `series` inside `window` to `agg`.
+    fn add_to(&self, series: &SeriesKey, window: Window, agg: &mut Agg) {
+        let Ok(idx) = self.series.binary_search(series) else { return };
+        let idx = idx as u32;
+        let first = self.seconds.partition_point(|(i, _, _)| *i < idx);
+        for (_, t, delta) in self.seconds[first..].iter().take_while(|(i, _, _)| *i == idx) {
+            if window.0 <= *t && *t < window.1 {
+                agg.merge(delta);
+            }
+        }
+    }
+}
+
+/// Taken before a store read that may fill the cache.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReadTicket {
+    failures: u64,
+    at: Instant,
+}
+
+impl Core {
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Mutex::default(), known: Mutex::default(), refreshing: Mutex::default() }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Call before reading the store; pass the result to `put`. An entry's age counts from here,
+    /// the start of its read, so `ttl` bounds how old an answer is however long the read took.
+    pub(super) fn ticket(&self) -> ReadTicket {
+        let e = self.entries();
+        ReadTicket { failures: e.failures, at: Instant::now() }
+    }
+
+    #[cfg(test)]
+    pub(super) fn get(&self, series: &SeriesKey, window: Window) -> Option<Agg> {
+        self.get_fresh(series, window).map(|(a, _)| a)
+    }
+
+    /// The cached answer and whether it is past half its life (time to refresh it ahead).
+    pub(super) fn get_fresh(&self, series: &SeriesKey, window: Window) -> Option<(Agg, bool)> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries();
+        let now = Instant::now();
+        entries
+            .by_series
+            .get(series)?
+            .iter()
+            .find(|e| e.window == window && now.duration_since(e.at) < self.ttl)
+            .map(|e| (e.agg.clone(), now.duration_since(e.at) >= self.ttl / 2))
+    }
+
+    /// Claims the background refresh of an entry; false when one is already running.
+    pub(super) fn begin_refresh(&self, series: &SeriesKey, window: Window) -> bool {
+        let mut r = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        r.len() < MAX_SERIES && r.insert((series.clone(), window))
+    }
+
+    pub(super) fn end_refresh(&self, series: &SeriesKey, window: Window) {
+        self.refreshing.lock().unwrap_or_else(|e| e.into_inner()).remove(&(series.clone(), window));
+    }
+
+    /// Caches `agg`, read at snapshot position `pos` with `ticket` taken before the read, adding
+    /// the local commits the snapshot missed; or leaves it out (false) when it cannot be squared
+    /// with them: a read without a position, one older than the commits kept, or one that
+    /// overlapped a failed commit (whose outcome is unknown).
+    pub(super) fn put(
+        &self,
+        series: &SeriesKey,
+        window: Window,
+        mut agg: Agg,
+        pos: Option<CommitPos>,
+        ticket: ReadTicket,
+    ) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let mut entries = self.entries();
+        // Checked under the lock that commits also take, so no commit slips in between.
+        let Some(k) = pos.filter(|k| ticket.failures == entries.failures && *k >= entries.reads_from) else {
+            return false;
+        };
+        // The local commits after the snapshot that have already been applied to the cache.
+        for r in entries.recent.iter().filter(|r| r.pos > k) {
+            r.add_to(series, window, &mut agg);
+        }
+        if entries.by_series.len() >= MAX_SERIES {
+            entries.by_series.clear();
+        }
+        let now = Instant::now();
+        let slot = entries.by_series.entry(series.clone()).or_default();
+        if slot.iter().any(|e| e.window == window && e.at > ticket.at) {
+            return true; // a read that began later already filled it
+        }
+        slot.retain(|e| e.window != window && now.duration_since(e.at) < self.ttl);
+        slot.push(Entry { window, agg, at: ticket.at, pos: k });
+        true
+    }
+
+    pub(super) fn is_known(&self, dim: &str, value: &str) -> bool {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(&(dim.to_string(), value.to_string()))
+    }
+
+    pub(super) fn set_known(&self, dim: &str, value: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_SERIES {
+            known.clear();
+        }
+        known.insert((dim.to_string(), value.to_string()));
+    }
+}
+
+impl Core {
+    /// A local commit is durable (before its acknowledgements): its one-second deltas are added
+    /// to every cached window that holds them, unless the entry's snapshot holds the commit.
+    pub(super) fn committed(&self, commit: &Committed<'_>) {
+        let mut e = self.entries();
+        let Some(seconds) = commit.seconds else {
+            // No per-second deltas to apply: forget what the commit touched, and make sure no
+            // read from before it fills the cache.
+            for s in commit.series {
+                e.by_series.remove(s);
+            }
+            if let Some(p) = commit.pos {
+                e.reads_from = e.reads_from.max(p);
+            }
+            return;
+        };
+        // Seconds come grouped by series: one lookup per series.
+        for run in seconds.chunk_by(|a, b| a.0 == b.0) {
+            let Some(slot) = commit.series.get(run[0].0 as usize).and_then(|s| e.by_series.get_mut(s)) else {
+                continue;
+            };
+            for entry in slot.iter_mut() {
+                // An entry read from a snapshot that holds this commit has its deltas already.
+                if commit.pos.is_some_and(|c| entry.pos >= c) {
+                    continue;
+                }
+                for (_, t, delta) in run {
+                    if entry.window.0 <= *t && *t < entry.window.1 {
+                        entry.agg.merge(delta);
+                    }
+                }
+            }
+        }
+        if let Some(pos) = commit.pos {
+            e.recent.push_back(Recent { pos, series: commit.series.to_vec(), seconds: seconds.to_vec() });
+            if e.recent.len() > RECENT_COMMITS
+                && let Some(old) = e.recent.pop_front()
+            {
+                e.reads_from = e.reads_from.max(old.pos);
+            }
+        }
+    }
+
+    /// A local commit failed; it may have touched `touched`.
+    pub(super) fn commit_failed(&self, touched: &[SeriesKey]) {
+        let mut e = self.entries();
+        e.failures += 1;
+        // A failed commit applied nothing, unless it failed while its outcome was already decided
+        // (an I/O error at the very end); forgetting its series is right in both cases.
+        for s in touched {
+            e.by_series.remove(s);
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! A small read cache for window aggregates, kept exact by the local writer's commits.
+//!
+//! Entries are keyed by series and exact window, so a sliding window never serves a neighbouring
+//! second's answer. The local writer tells the cache about each commit ([`CommitObserver`]): once
+//! a commit is durable, and before it is acknowledged, its one-second deltas are added to every
+//! cached window that holds their second (read-your-writes, with no re-read). Every entry still
+//! expires after `ttl`, which bounds how stale an answer can be when other processes write the
+//! same store.
+//!
+//! A store read races the commits: its snapshot may or may not hold a commit that runs meanwhile,
+//! and adding that commit's deltas to it as well would count them twice.
+//! - Both backends number this process's commits, and a read says which of them its snapshot
+//!   holds (`Store::read_aggregate_at`: SQLite's `commit_seq`, PostgreSQL's `writer_positions`
+//!   row, read in the same snapshot as the buckets). Its `put` adds the local commits it missed
+//!   (the last [`RECENT_COMMITS`] are kept), and later commits skip an entry whose snapshot already
+//!   holds them. Every read can fill the cache.
+//! - A read without a position (a store that does not number commits) answers its own request
+//!   and is not cached.
+//!
+//! Together: an answer holds every event this process acknowledged before the request arrived
+//! (read-after-ack); writes by other processes show within `ttl`.
+
+//!
+//! The rules are enforced here, not by callers: the only entry points are [`ReadCache::aggregate`],
+//! [`ReadCache::trailing`] and [`ReadCache::is_known`], which take the ticket, read the store and
+//! fill the cache themselves; [`core`] holds the state and the rules, free of I/O.
+
+mod core;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use self::core::Core;
+use crate::ingest::writer::{CommitObserver, Committed};
+use crate::rollup::{Agg, Resolution, SeriesKey, Span, cover, trailing_window};
+use crate::storage::{Store, StoreError};
+
+/// Background refreshes that may read the store at the same time: at each second's turn every
+/// trailing window asks for one, and unbounded they would crowd out the requests they spare.
+const REFRESH_SLOTS: usize = 2;
+
+/// How far into a second (ms) the next second's trailing windows start being read ahead: late
+/// enough that the answer read is still young when its second comes (it ages from its read).
+const PREFETCH_AFTER_MS: i64 = 500;
+
+/// The key of an all-time answer.
+const ALL_TIME: (i64, i64) = (i64::MIN, i64::MAX);
+
+/// Counters since start (`GET /api/v1/admin/stats`): how often answers come from where.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CacheStats {
+    /// Answers served from the cache for the window asked.
+    pub hits: AtomicU64,
+    /// Store reads on a request's path (nothing usable was cached).
+    pub request_reads: AtomicU64,
+    /// Store reads in the background (refreshes ahead of expiry, and the next second's windows).
+    pub background_reads: AtomicU64,
+    /// Store reads not cached because they raced a commit they could not be squared with.
+    pub fills_discarded: AtomicU64,
+}
+
+impl CacheStats {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Aggregates of series over windows, through a cache kept exact by the local commits.
+pub struct ReadCache {
+    core: Core,
+    store: Arc<dyn Store>,
+    refresh_slots: tokio::sync::Semaphore,
+    pub stats: CacheStats,
+}
+
+impl ReadCache {
+    /// A cache in front of `store` whose answers are served for at most `ttl` (0: no caching).
+    pub fn new(ttl: Duration, store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Self {
+            core: Core::new(ttl),
+            store,
+            refresh_slots: tokio::sync::Semaphore::new(REFRESH_SLOTS),
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// The merged buckets of `series` over `[from, to)` seconds (`None`: all time, one row). A
+    /// cached answer past half its life is refreshed in the background, so a series read often
+    /// is never read from the store on a request's path.
+    pub async fn aggregate(
+        self: &Arc<Self>,
+        series: &SeriesKey,
+        window: Option<(i64, i64)>,
+    ) -> Result<Agg, StoreError> {
+        let key = window.unwrap_or(ALL_TIME);
+        if let Some((a, old)) = self.core.get_fresh(series, key) {
+            CacheStats::count(&self.stats.hits);
+            if old {
+                self.refresh(series, key);
+            }
+            return Ok(a);
+        }
+        CacheStats::count(&self.stats.request_reads);
+        self.load(series, key).await
+    }
+
+    /// The trailing window of `window_s` seconds ending with the second of `now_ms`, and its
+    /// answer.
+    ///
+    /// Read-after-ack: the window always ends with the second the request arrived in, and the
+    /// answer holds every event this process acknowledged before. Each second every series gets
+    /// a new window, so in the second half of a second the next second's window is read in the
+    /// background (and kept exact by the commits that follow, like every entry): at the turn of
+    /// the second it is there, and requests do not all go to the store at once.
+    pub async fn trailing(
+        self: &Arc<Self>,
+        series: &SeriesKey,
+        window_s: i64,
+        now_ms: i64,
+    ) -> Result<(Agg, (i64, i64)), StoreError> {
+        let (from, to) = trailing_window(now_ms, window_s);
+        if now_ms.rem_euclid(1000) >= PREFETCH_AFTER_MS {
+            let next = (from + 1, to + 1);
+            if self.core.get_fresh(series, next).is_none() {
+                self.refresh(series, next);
+            }
+        }
+        Ok((self.aggregate(series, Some((from, to))).await?, (from, to)))
+    }
+
+    /// Whether any accepted event carried `value` for `dim` (values never stop existing).
+    pub async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError> {
+        if self.core.is_known(dim, value) {
+            return Ok(true);
+        }
+        let known = self.store.is_known(dim, value).await?;
+        if known {
+            self.core.set_known(dim, value);
+        }
+        Ok(known)
+    }
+
+    /// Reads `key` from the store and caches it when the read can be squared with the commits
+    /// that ran meanwhile (the ticket is taken before the read).
+    async fn load(&self, series: &SeriesKey, key: (i64, i64)) -> Result<Agg, StoreError> {
+        let ticket = self.core.ticket();
+        let (agg, pos) = self.store.read_aggregate_at(series, &spans_of(key)).await?;
+        if !self.core.put(series, key, agg.clone(), pos, ticket) {
+            CacheStats::count(&self.stats.fills_discarded);
+        }
+        Ok(agg)
+    }
+
+    /// Reads `key` into the cache in the background (at most one refresh per entry at a time).
+    fn refresh(self: &Arc<Self>, series: &SeriesKey, key: (i64, i64)) {
+        if !self.core.begin_refresh(series, key) {
+            return;
+        }
+        let (cache, series) = (self.clone(), series.clone());
+        tokio::spawn(async move {
+            // Never closed, so acquiring cannot fail.
+            let _slot = cache.refresh_slots.acquire().await;
+            CacheStats::count(&cache.stats.background_reads);
+            if let Err(e) = cache.load(&series, key).await {
+                tracing::debug!(error = %e, "background cache refresh failed");
+            }
+            cache.core.end_refresh(&series, key);
+        });
+    }
+}
+
+impl CommitObserver for ReadCache {
+    fn committed(&self, commit: &Committed<'_>) {
+        self.core.committed(commit);
+    }
+
+    fn commit_failed(&self, series: &[SeriesKey]) {
+        self.core.commit_failed(series);
+    }
+}
+
+/// The buckets covering a cache key: a window, or all time.
+fn spans_of(key: (i64, i64)) -> Vec<Span> {
+    if key == ALL_TIME { vec![Span { res: Resolution::All, from: 0, to: 1 }] } else { cover(key.0, key.1) }
+}
+
+#[cfg(test)]
+mod tests;

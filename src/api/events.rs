@@ -1,0 +1,315 @@
+//! `POST /api/v1/events` (ingest) and `GET /api/v1/events/raw` (the raw events as stored).
+//!
+//! Ingest answers only after the accepted events (and the rejected ones, as dead letters) are
+//! committed. The token is checked before the body is read, a declared `Content-Length` over the
+//! limit is refused before reading it, and `100 Continue` is only sent (by hyper, when the body
+//! is first read) once both have passed.
+//!
+//! A producer that may retry (a timeout, a dropped connection, a restarted server) sends an
+//! `Idempotency-Key` header: the key is committed with the batch, once per token, and a request
+//! repeating a committed key gets the first answer again (`Idempotent-Replayed: true`) without
+//! counting anything twice; the same key with another body is a 422. While the first is still
+//! being committed, a repeat gets `409`.
+
+use std::io::Read as _;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::extract::{IngestAccess, Query, ReadAccess};
+use super::state::AppState;
+use crate::event::{BodyFormat, split_body};
+use crate::ingest::writer::WriteError;
+use crate::ingest::{Origin, Pending, take_events};
+use crate::storage::{IdempotencyRecord, StoredAnswer};
+
+/// The request header that makes a retry safe (after the IETF draft of the same name).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 255;
+/// Bodies larger than this are parsed on the blocking pool, so a big batch never stalls the
+/// runtime workers that answer queries.
+const INLINE_PARSE_BYTES: usize = 32 * 1024;
+/// Most rejected events listed one by one in an answer; the rest are counted by reason.
+const MAX_LISTED_ERRORS: usize = 100;
+
+#[derive(Debug, Serialize)]
+pub struct IngestOut {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// The first rejected events, by index in the body, with their reasons.
+    pub errors: Vec<EventError>,
+    /// Rejected events per kind of reason (when any were rejected).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rejected_by_reason: std::collections::BTreeMap<&'static str, usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventError {
+    pub index: usize,
+    pub reason: String,
+}
+
+pub async fn ingest_events(
+    access: IngestAccess,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token = access.token;
+    let key = idempotency_key(&headers)?;
+    let format = body_format(&headers);
+    let body = read_body(&state, &headers, body).await?;
+    let fingerprint = key.as_ref().map(|_| fingerprint(format, &body));
+    if let (Some(key), Some(fp)) = (&key, &fingerprint)
+        && let Some(stored) = state.store.idempotent_answer(&token, key).await?
+    {
+        return replay(stored, fp);
+    }
+
+    // The writer holds a commit back briefly for batches being parsed, so they share it.
+    let announced = state.writer.announce();
+    let big = body.len() > INLINE_PARSE_BYTES;
+    let parse_state = state.clone();
+    let parse = move || parse_body(&parse_state, &body, format);
+    let (mut pending, out) = if big {
+        tokio::task::spawn_blocking(parse).await.map_err(|e| ApiError::Internal(e.into()))??
+    } else {
+        parse()?
+    };
+    if let (Some(key), Some(fingerprint)) = (&key, &fingerprint) {
+        let answer = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.into()))?;
+        pending.idempotency = Some(IdempotencyRecord {
+            scope: token.clone(),
+            key: key.clone(),
+            answer,
+            at_ms: crate::clock::now_ms(),
+            fingerprint: fingerprint.clone(),
+        });
+    }
+    match state.writer.submit_announced(pending, announced).await {
+        Ok(()) => Ok(Json(out).into_response()),
+        Err(WriteError::Duplicate) => {
+            let (key, fingerprint) = (key.unwrap_or_default(), fingerprint.unwrap_or_default());
+            match state.store.idempotent_answer(&token, &key).await? {
+                Some(stored) => replay(stored, &fingerprint),
+                None => Err(in_progress()),
+            }
+        }
+        Err(WriteError::InProgress) => Err(in_progress()),
+        Err(WriteError::Rejected(e)) => {
+            tracing::warn!(error = %e, "the store refused an ingest request's events");
+            Err(ApiError::Status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the store refused this request's events; nothing of it was stored (see the server log)".into(),
+            ))
+        }
+        Err(WriteError::Closed) => Err(ApiError::Unavailable("the server is shutting down; retry shortly".into())),
+        Err(e) => {
+            tracing::warn!(error = %e, "an ingest request was not committed");
+            Err(ApiError::Unavailable("the events could not be stored now; retry shortly".into()))
+        }
+    }
+}
+
+/// NDJSON when the content type says so, else one JSON object or array.
+fn body_format(headers: &HeaderMap) -> BodyFormat {
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl"));
+    if ndjson { BodyFormat::Ndjson } else { BodyFormat::Json }
+}
+
+/// The body, at most `ingest.max_body_bytes` of it: a larger declared length is refused before
+/// anything is read.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.settings.ingest.max_body_bytes;
+    let too_large =
+        || ApiError::Status(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over the limit of {limit} bytes"));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
+        } else {
+            ApiError::BadRequest(format!("the body could not be read: {e}"))
+        }
+    })
+}
+
+/// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let bytes = v.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters (no spaces)"
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// A digest of what a request asks for: its body and how the body is to be read.
+fn fingerprint(format: BodyFormat, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(if format == BodyFormat::Ndjson { &b"ndjson\n"[..] } else { &b"json\n"[..] });
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// The answer a request with the same key got when it was committed; or 422 when that request had
+/// another body (the IETF draft's answer: a key names one request, never two).
+fn replay(stored: StoredAnswer, fingerprint: &str) -> Result<Response, ApiError> {
+    if stored.fingerprint.as_deref().is_some_and(|f| f != fingerprint) {
+        return Err(ApiError::Status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used before with a different request body; a new request needs a new key".into(),
+        ));
+    }
+    let mut resp =
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], stored.answer).into_response();
+    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+fn in_progress() -> ApiError {
+    ApiError::Status(
+        StatusCode::CONFLICT,
+        "a request with this Idempotency-Key is still being committed; retry it shortly".into(),
+    )
+}
+
+fn parse_body(state: &AppState, body: &[u8], format: BodyFormat) -> Result<(Pending, IngestOut), ApiError> {
+    let limit = state.settings.ingest.max_events_per_request;
+    let items = split_body(body, format, limit).map_err(|e| match e {
+        crate::event::BodyError::TooManyEvents(_) => ApiError::Status(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        e => ApiError::BadRequest(e.to_string()),
+    })?;
+    let received = crate::clock::now_ms();
+    let origin = Origin { source: "http", ..Origin::default() };
+    let (pending, rejected) = take_events(&state.validator, &state.metrics, &items, &origin, received);
+    let mut out = IngestOut {
+        accepted: pending.accepted(),
+        rejected: rejected.len(),
+        errors: Vec::new(),
+        rejected_by_reason: Default::default(),
+    };
+    for (index, reason) in rejected {
+        *out.rejected_by_reason.entry(reason.class()).or_default() += 1;
+        if out.errors.len() < MAX_LISTED_ERRORS {
+            out.errors.push(EventError { index, reason: reason.to_string() });
+        }
+    }
+    Ok((pending, out))
+}
+
+/// Most items one page returns.
+const MAX_PAGE: u32 = 1000;
+/// Most raw blocks one raw-events request decompresses.
+const MAX_RAW_BLOCKS: u32 = 64;
+/// Most bytes of raw events in one page.
+const MAX_RAW_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParams {
+    name: Option<String>,
+    limit: Option<u32>,
+    before: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// A page size: 1 to [`MAX_PAGE`], 50 by default.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(50) {
+        0 => Err(ApiError::BadRequest("limit must be at least 1".into())),
+        n if n > MAX_PAGE => Err(ApiError::BadRequest(format!("limit must be at most {MAX_PAGE}"))),
+        n => Ok(n),
+    }
+}
+
+/// Where a page of raw events resumes: block `id`, after its first `skip` events (newest first).
+fn parse_cursor(c: &str) -> Result<(i64, usize), ApiError> {
+    let bad = || ApiError::BadRequest(format!("`cursor` must be a value of `next_cursor`, got {c:?}"));
+    let (id, skip) = c.split_once(':').ok_or_else(bad)?;
+    Ok((id.parse().map_err(|_| bad())?, skip.parse().map_err(|_| bad())?))
+}
+
+/// Raw events of one name, newest first, exactly `limit` of them (fewer at the end), each the
+/// stored line verbatim (`{"t":…,"src":…,"e":<the event as sent>}`). `next_cursor` resumes after
+/// the last one, inside its storage block if need be.
+pub async fn get_raw_events(
+    _: ReadAccess,
+    State(state): State<AppState>,
+    Query(p): Query<RawParams>,
+) -> Result<Response, ApiError> {
+    let limit = page_limit(p.limit)? as usize;
+    let name = p.name.ok_or_else(|| ApiError::BadRequest("the `name` parameter (an event name) is required".into()))?;
+    let (mut before, resume) = match (&p.cursor, p.before) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("give `cursor` or `before`, not both".into())),
+        (Some(c), None) => {
+            let (id, skip) = parse_cursor(c)?;
+            (Some(id.saturating_add(1)), Some((id, skip)))
+        }
+        (None, b) => (b, None),
+    };
+    // Written by hand from the stored lines: they are JSON already, and re-parsing them would cost
+    // time, hit serde_json's nesting limit on deeply nested events, or round numbers through f64.
+    let mut events: Vec<u8> = Vec::new();
+    let (mut taken, mut scanned, mut cursor) = (0usize, 0u32, None);
+    'blocks: while scanned < MAX_RAW_BLOCKS && taken < limit {
+        let blocks = state.store.raw_blocks(&name, before, 8).await?;
+        if blocks.is_empty() {
+            break;
+        }
+        for (id, b) in blocks {
+            scanned += 1;
+            before = Some(id);
+            let mut text = Vec::new();
+            zstd::stream::read::Decoder::new(&b.zstd[..])
+                .and_then(|mut d| d.read_to_end(&mut text))
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("raw block {id} is unreadable: {e}")))?;
+            let lines: Vec<&[u8]> = text.split(|&c| c == b'\n').filter(|l| !l.is_empty()).collect();
+            // Resuming inside this block (unless retention removed it meanwhile).
+            let start = resume.filter(|(rid, _)| *rid == id).map_or(0, |(_, k)| k);
+            for (i, line) in lines.iter().rev().enumerate().skip(start) {
+                if taken == limit || (taken > 0 && events.len() + line.len() > MAX_RAW_PAGE_BYTES) {
+                    cursor = Some(format!("{id}:{i}"));
+                    break 'blocks;
+                }
+                events.push(if taken == 0 { b'[' } else { b',' });
+                events.extend_from_slice(line);
+                taken += 1;
+            }
+            // This block is used up: the next page starts with the block before it.
+            cursor = Some(format!("{id}:{}", lines.len()));
+            if taken == limit {
+                break 'blocks;
+            }
+        }
+    }
+    if taken == 0 {
+        events.push(b'[');
+        cursor = None;
+    }
+    events.push(b']');
+    let mut body = Vec::with_capacity(events.len() + 128);
+    body.extend_from_slice(b"{\"name\":");
+    serde_json::to_writer(&mut body, &name).map_err(|e| ApiError::Internal(e.into()))?;
+    body.extend_from_slice(b",\"events\":");
+    body.extend_from_slice(&events);
+    body.extend_from_slice(b",\"next_cursor\":");
+    serde_json::to_writer(&mut body, &cursor).map_err(|e| ApiError::Internal(e.into()))?;
+    body.push(b'}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

@@ -1,0 +1,51 @@
+//! `GET /healthz` (the process answers) and `GET /readyz` (the store answers, and the Kafka
+//! consumer, when there is one, is healthy). Neither needs a token, so neither shows error text:
+//! causes are logged.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::state::AppState;
+
+/// How long `/readyz` waits for the store before saying it is not ready.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn get_health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn get_readiness(State(state): State<AppState>) -> Response {
+    let store = match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.tokens_version()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            Err("the store does not answer")
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the store did not answer within 2 s");
+            Err("the store did not answer within 2 s")
+        }
+    };
+    let h = &state.health;
+    let kafka = h.kafka_configured.load(Ordering::Relaxed).then(|| {
+        json!({
+            "ok": h.kafka_ok.load(Ordering::Relaxed),
+            "detail": h.kafka_detail.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        })
+    });
+    let kafka_ok = kafka.as_ref().is_none_or(|k| k["ok"] == true);
+    let ready = store.is_ok() && kafka_ok;
+    let body = json!({
+        "ready": ready,
+        "store": { "ok": store.is_ok(), "detail": store.err() },
+        "kafka": kafka,
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}

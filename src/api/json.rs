@@ -1,0 +1,40 @@
+//! The shapes answers share: exact decimals, RFC 3339 times, windows.
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Decimal places an average is rounded to.
+pub const AVG_DECIMALS: u32 = 6;
+
+/// A decimal written as an exact JSON number: its plain digits (no exponent, no trailing zeros),
+/// never through a float. Answers holding one must be serialised as typed structs, not through
+/// `serde_json::Value` (which would turn the number into an `f64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exact(pub Decimal);
+
+impl Serialize for Exact {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        RawValue::from_string(self.0.normalize().to_string()).expect("a decimal's text is a JSON number").serialize(s)
+    }
+}
+
+/// An RFC 3339 time for epoch seconds.
+pub fn rfc3339(t_s: i64) -> String {
+    chrono::DateTime::from_timestamp(t_s, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// A window's bounds in answers.
+#[derive(Debug, Serialize)]
+pub struct WindowOut {
+    pub from: String,
+    pub to: String,
+}
+
+impl WindowOut {
+    pub fn new(from: i64, to: i64) -> Self {
+        Self { from: rfc3339(from), to: rfc3339(to) }
+    }
+}

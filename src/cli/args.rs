@@ -1,0 +1,166 @@
+//! The command line's shape (clap): subcommands, their flags and environment variables.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::error::UsageError;
+use crate::config::Settings;
+
+pub const DEFAULT_STORE: &str = "sqlite://./data/jetstream.db";
+
+#[derive(Parser)]
+#[command(
+    name = "jetstream",
+    version,
+    about = "Real-time analytics: events in, time-bucketed rollups, dashboard API out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server: HTTP ingest and the API (and the Kafka consumer when brokers are set).
+    Serve(ServeArgs),
+    /// Run only the Kafka consumer (no HTTP API): records → rollups in the store, exactly once.
+    Consume(ConsumeArgs),
+    /// Publish JSON events to a Kafka topic: given as arguments, or as NDJSON on stdin.
+    Send(SendArgs),
+    /// Run the server with a built-in traffic simulator and print a token and curl commands.
+    Demo(DemoArgs),
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Check the configuration file and the store URL; report every problem.
+    CheckConfig(StoreArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Where data lives: sqlite://PATH.
+    #[arg(long, env = "JETSTREAM_STORE", default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// Settings file (TOML): event schemas, metrics, limits, retention.
+    #[arg(long, env = "JETSTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Kafka consumer options; each overrides the `[kafka]` section of the settings file.
+#[derive(Args, Clone, Default)]
+pub struct KafkaArgs {
+    /// Comma-separated Kafka bootstrap servers (host:port); consuming starts when set.
+    #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic to consume [default: analytics].
+    #[arg(long, env = "JETSTREAM_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// Consumer group [default: jetstream].
+    #[arg(long, env = "JETSTREAM_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+}
+
+impl KafkaArgs {
+    /// Flags (and their environment variables) override the file.
+    pub fn apply(&self, settings: &mut Settings) -> Result<(), UsageError> {
+        if let Some(b) = &self.kafka_brokers {
+            settings.kafka.brokers = b.trim().to_string();
+        }
+        if let Some(t) = &self.kafka_topic {
+            settings.kafka.topic = t.trim().to_string();
+        }
+        if let Some(g) = &self.kafka_group {
+            settings.kafka.group = g.trim().to_string();
+        }
+        let k = &settings.kafka;
+        if !k.brokers.is_empty() && (k.topic.is_empty() || k.group.is_empty()) {
+            return Err(UsageError("the Kafka topic and group must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "JETSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Serve the HTTP API (and HTTP ingest) only: no Kafka consumer, even when brokers are
+    /// configured. The role of an API instance in a fleet whose consumers run `jetstream consume`.
+    #[arg(long, env = "JETSTREAM_NO_CONSUME")]
+    pub no_consume: bool,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "JETSTREAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "JETSTREAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct SendArgs {
+    /// Comma-separated Kafka bootstrap servers (host:port).
+    #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Topic to publish to.
+    #[arg(long, env = "JETSTREAM_KAFKA_TOPIC", default_value = "analytics")]
+    pub topic: String,
+    /// Event field whose value is the record key (keeps a product's events in one partition,
+    /// in order); events without it get no key.
+    #[arg(long, default_value = "product_id")]
+    pub key_field: String,
+    /// JSON events; when none are given, NDJSON is read from stdin (one event per line).
+    pub events: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Simulated events per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (only the token, on stdout).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, ingest, admin.
+        #[arg(long, default_value = "read")]
+        scope: String,
+        /// Lifetime such as 90s, 15m, 12h, 30d; no expiry when omitted.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by name.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+    },
+}

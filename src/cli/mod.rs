@@ -1,0 +1,92 @@
+//! The command line: `serve`, `consume`, `send`, `demo`, `token …`, `check-config`.
+//!
+//! Exit codes: 0 success, 2 usage or configuration error (with what to fix), 1 anything else.
+//!
+//! - [`args`]: the commands' shape; [`usage`]: what they share;
+//! - [`demo`], [`send`], [`token`]: one command each; `serve`, `consume` and `check-config` here.
+
+mod args;
+mod demo;
+mod error;
+mod send;
+mod token;
+mod usage;
+
+use std::io::Write as _;
+
+use self::args::{Command, ConsumeArgs, ServeArgs};
+use self::error::UsageError;
+use self::usage::{announce, load_settings_with_kafka};
+use crate::app::{Application, shutdown_signal};
+use crate::config::{ConfigError, Settings};
+use crate::storage;
+
+pub use args::{Cli, DEFAULT_STORE};
+pub use usage::{describe, exit_code};
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Consume(a) => consume(a).await,
+        Command::Send(a) => send::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
+        Command::CheckConfig(a) => {
+            let mut problems = Vec::new();
+            if let Err(ConfigError(p)) = Settings::load(a.config.as_deref()) {
+                problems.extend(p);
+            }
+            if let Err(e) = storage::StoreUrl::parse(&a.store) {
+                problems.push(e.to_string());
+            }
+            if !problems.is_empty() {
+                return Err(ConfigError(problems).into());
+            }
+            println!("configuration ok");
+            Ok(())
+        }
+        Command::Token { command } => token::run(command).await,
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = load_settings_with_kafka(&a.store, &a.kafka)?;
+    if a.no_consume {
+        // The consumer starts exactly when brokers are set (see `Application::build`).
+        settings.kafka.brokers.clear();
+    }
+    storage::StoreUrl::parse(&a.store.store)?;
+    // Checked before anything starts: a bad certificate is a usage error, not a half-started server.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::load_config(cert, key).map_err(|e| UsageError(e.to_string()))?),
+        _ => None,
+    };
+    let mut app = Application::build(settings, &a.store.store, &a.listen).await?;
+    if let Some(config) = tls {
+        app = app.with_tls(config);
+    }
+    announce(&app);
+    app.run_until(shutdown_signal()).await
+}
+
+async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
+    let settings = load_settings_with_kafka(&a.store, &a.kafka)?;
+    storage::StoreUrl::parse(&a.store.store)?;
+    if settings.kafka.brokers.is_empty() {
+        return Err(UsageError(
+            "jetstream consume needs brokers: --kafka-brokers HOST:PORT (or JETSTREAM_KAFKA_BROKERS, or \
+             kafka.brokers in the config file)"
+                .into(),
+        )
+        .into());
+    }
+    let k = &settings.kafka;
+    println!(
+        "consuming topic {} from {} as group {} into {} (no HTTP API; lag is logged every 15 s; \
+         Ctrl-C or SIGTERM stops after the current batch commits)",
+        k.topic, k.brokers, k.group, a.store.store
+    );
+    let _ = std::io::stdout().flush();
+    let app = Application::build_consumer(settings, &a.store.store).await?;
+    app.run_until(shutdown_signal()).await
+}

@@ -1,0 +1,64 @@
+//! `jetstream send`: JSON events to a Kafka topic.
+
+use std::io::BufRead as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::args::SendArgs;
+use super::error::UsageError;
+
+/// `jetstream send`: each event must be a JSON object; a line that is not is reported and
+/// skipped (exit code 1 at the end), the rest are sent.
+pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
+    use crate::ingest::kafka::{EventProducer, event_key};
+    if a.brokers.trim().is_empty() || a.topic.trim().is_empty() {
+        return Err(UsageError("--brokers and --topic must not be empty".into()).into());
+    }
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let producer = EventProducer::new(a.brokers.trim(), a.topic.trim())?;
+        let mut skipped = 0u64;
+        let mut queued = 0u64;
+        let mut one = |n: usize, text: &str| -> anyhow::Result<()> {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(());
+            }
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(v) if v.is_object() => {
+                    producer.send(event_key(&v, &a.key_field).as_deref(), text.as_bytes())?;
+                    queued += 1;
+                }
+                Ok(_) => {
+                    skipped += 1;
+                    eprintln!("event {n}: not a JSON object; skipped");
+                }
+                Err(e) => {
+                    skipped += 1;
+                    eprintln!("event {n}: not JSON ({e}); skipped");
+                }
+            }
+            Ok(())
+        };
+        if a.events.is_empty() {
+            for (i, line) in std::io::stdin().lock().lines().enumerate() {
+                one(i + 1, &line.context("reading stdin")?)?;
+            }
+        } else {
+            for (i, e) in a.events.iter().enumerate() {
+                one(i + 1, e)?;
+            }
+        }
+        let d = producer.flush(Duration::from_secs(60)).context("waiting for the broker's acknowledgements")?;
+        println!("sent {} events to topic {}", d.delivered, a.topic);
+        if d.failed > 0 {
+            anyhow::bail!("{} of {queued} events were not delivered: {}", d.failed, d.first_error.unwrap_or_default());
+        }
+        if skipped > 0 {
+            anyhow::bail!("{skipped} inputs were not JSON objects and were skipped");
+        }
+        Ok(())
+    })
+    .await
+    .context("the send task")?
+}

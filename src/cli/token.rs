@@ -1,0 +1,56 @@
+//! `jetstream token …`: create, list and revoke API tokens.
+
+use super::args::TokenCommand;
+use super::error::UsageError;
+use super::usage::open_store;
+use crate::auth::{create_token, parse_scopes};
+use crate::clock::now_ms;
+use crate::config::parse_duration;
+
+pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { store, name, scope, expires_in } => {
+            let scopes = parse_scopes(&scope).map_err(UsageError)?;
+            let expires = expires_in.as_deref().map(parse_duration).transpose().map_err(UsageError)?;
+            if name.trim().is_empty() || name.len() > 128 {
+                return Err(UsageError("a token name must be 1 to 128 characters".into()).into());
+            }
+            let store = open_store(&store).await?;
+            let secret = create_token(&*store, &name, &scopes, expires, now_ms()).await?;
+            println!("{secret}");
+        }
+        TokenCommand::List { store } => {
+            let store = open_store(&store).await?;
+            let now = now_ms();
+            println!("{:<24} {:<20} {:<20} {:<20} STATUS", "NAME", "SCOPES", "CREATED", "EXPIRES");
+            for t in store.list_tokens().await? {
+                let time = |ms: i64| {
+                    chrono::DateTime::from_timestamp_millis(ms)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_default()
+                };
+                let status = match (t.revoked_ms, t.expires_ms) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= now => "expired",
+                    _ => "active",
+                };
+                let expires = t.expires_ms.map(time).unwrap_or_else(|| "never".into());
+                println!(
+                    "{:<24} {:<20} {:<20} {:<20} {status}",
+                    t.name,
+                    t.scopes.join(","),
+                    time(t.created_ms),
+                    expires
+                );
+            }
+        }
+        TokenCommand::Revoke { store, name } => {
+            let store = open_store(&store).await?;
+            if !store.revoke_token(&name, now_ms()).await? {
+                return Err(UsageError(format!("no active token named {name:?}")).into());
+            }
+            eprintln!("revoked {name}");
+        }
+    }
+    Ok(())
+}

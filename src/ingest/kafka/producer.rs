@@ -1,0 +1,134 @@
+//! Producing: `jetstream send`, the demo simulator, the dead-letter topic.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use serde_json::Value;
+
+use super::client::{BROKER_TIMEOUT, base_config};
+use crate::storage::NewDeadLetter;
+
+/// Logs failed deliveries and counts them.
+#[derive(Default)]
+pub struct LogDelivery {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for LogDelivery {}
+
+impl ProducerContext for LogDelivery {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    *self.first_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+                tracing::warn!(error = %e, "kafka delivery failed");
+            }
+        }
+    }
+}
+
+pub(super) fn produce_dead_letter(producer: &ThreadedProducer<LogDelivery>, topic: &str, d: &NewDeadLetter) {
+    let partition = d.partition.map(|p| p.to_string()).unwrap_or_default();
+    let offset = d.offset.map(|o| o.to_string()).unwrap_or_default();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "jetstream-reason", value: Some(d.reason.as_str()) })
+        .insert(Header { key: "jetstream-topic", value: d.topic.as_deref() })
+        .insert(Header { key: "jetstream-partition", value: Some(partition.as_str()) })
+        .insert(Header { key: "jetstream-offset", value: Some(offset.as_str()) });
+    let record = BaseRecord::<(), [u8]>::to(topic).payload(&d.raw[..]).headers(headers);
+    if let Err((e, _)) = producer.send(record) {
+        tracing::warn!(error = %e, "cannot copy a dead letter to the dead-letter topic");
+    }
+}
+
+/// Publishes JSON events to a topic (at least once: acks from all in-sync replicas).
+pub struct EventProducer {
+    producer: ThreadedProducer<LogDelivery>,
+    topic: String,
+}
+
+/// What a flush reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub delivered: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+}
+
+impl EventProducer {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
+        let producer = base_config(brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "false")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create_with_context(LogDelivery::default())?;
+        Ok(Self { producer, topic: topic.to_string() })
+    }
+
+    /// Queues one record, waiting while librdkafka's send queue is full.
+    pub fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), KafkaError> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until every queued record is delivered or failed.
+    pub fn flush(&self, timeout: Duration) -> Result<Delivered, KafkaError> {
+        self.producer.flush(timeout)?;
+        let c = self.producer.context();
+        Ok(Delivered {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            first_error: c.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        })
+    }
+}
+
+/// The record key for an event: the value of `field` (a string, or a number's text), so that
+/// one product's events stay in one partition, in order.
+pub fn event_key(event: &Value, field: &str) -> Option<Vec<u8>> {
+    match event.get(field)? {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Number(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists; true when it was created.
+pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<bool, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT)).request_timeout(Some(BROKER_TIMEOUT));
+    let results = admin.create_topics([&new], &opts).await?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+        Some(Err((_, code))) => Err(KafkaError::AdminOp(code)),
+    }
+}

@@ -1,0 +1,76 @@
+//! What a bucket holds (count, sum, min, max) and the keys of series and buckets.
+
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+
+use super::time::Resolution;
+use crate::config::Aggregation;
+
+/// count, sum, min and max of a set of values. Averages are `sum / count` of a whole window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agg {
+    pub count: i64,
+    pub sum: Decimal,
+    pub min: Option<Decimal>,
+    pub max: Option<Decimal>,
+}
+
+impl Agg {
+    pub fn of(v: Decimal) -> Self {
+        Self { count: 1, sum: v, min: Some(v), max: Some(v) }
+    }
+
+    pub fn merge(&mut self, o: &Agg) {
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = opt_fold(self.min, o.min, Decimal::min);
+        self.max = opt_fold(self.max, o.max, Decimal::max);
+    }
+
+    pub fn avg(&self) -> Option<Decimal> {
+        (self.count > 0).then(|| self.sum / Decimal::from(self.count))
+    }
+
+    /// The value a metric reports by default.
+    pub fn value(&self, aggregation: Aggregation) -> Option<Decimal> {
+        match aggregation {
+            Aggregation::Sum => Some(self.sum),
+            Aggregation::Count => Some(Decimal::from(self.count)),
+            Aggregation::Avg => self.avg(),
+            Aggregation::Min => self.min,
+            Aggregation::Max => self.max,
+        }
+    }
+}
+
+fn opt_fold(a: Option<Decimal>, b: Option<Decimal>, f: fn(Decimal, Decimal) -> Decimal) -> Option<Decimal> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One series: a metric, optionally narrowed to one value of one dimension (`dim == ""` is the
+/// metric's overall series).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub metric: Arc<str>,
+    pub dim: Arc<str>,
+    pub value: String,
+}
+
+impl SeriesKey {
+    pub fn new(metric: &str, dim: &str, value: &str) -> Self {
+        Self { metric: metric.into(), dim: dim.into(), value: value.into() }
+    }
+}
+
+/// One bucket of one series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketKey {
+    pub series: SeriesKey,
+    pub res: Resolution,
+    /// Start of the bucket, epoch seconds (0 for `All`).
+    pub start: i64,
+}

@@ -1,0 +1,27 @@
+//! Errors from PostgreSQL, with what the server said.
+
+use crate::storage::StoreError;
+
+/// Classifies a PostgreSQL error (see [`StoreError`]) and keeps the tokio-postgres error (for
+/// retries) under a message that says what the server said:
+/// its `Display` alone is only "db error".
+pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    let msg = match e.as_db_error() {
+        Some(db) => format!("postgres: {} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(&e) {
+            Some(cause) => format!("postgres: {e}: {cause}"),
+            None => format!("postgres: {e}"),
+        },
+    };
+    let class = e.code().map(|c| c.code()[..2].to_string());
+    let e = anyhow::Error::new(e).context(msg);
+    match class.as_deref() {
+        // A data exception or an integrity violation, raised by a statement inside the
+        // transaction: rolled back, nothing applied.
+        Some("22" | "23") => StoreError::Rejected(e),
+        // Connection exceptions, insufficient resources, operator intervention (shutdown,
+        // a statement timeout), a lock not available: worth a retry later.
+        Some("08" | "53" | "57" | "55") | None => StoreError::Unavailable(e),
+        _ => StoreError::Backend(e),
+    }
+}

@@ -1,0 +1,189 @@
+//! Reads: one statement each where it matters (a statement is one snapshot).
+
+use deadpool_postgres::Client;
+use tokio_postgres::Row;
+
+use super::error::pg_err;
+use crate::rollup::{Agg, Resolution, SeriesKey, Span};
+use crate::storage::{CommitPos, DeadLetter, NewDeadLetter, RawBlock, StoreError, StoredAnswer, TokenRecord};
+
+pub(super) fn res_code(r: Resolution) -> i32 {
+    // At most 86 400: always fits.
+    r.seconds() as i32
+}
+
+fn agg_from_row(r: &Row, at: usize) -> Result<Agg, StoreError> {
+    Ok(Agg {
+        count: r.try_get(at).map_err(pg_err)?,
+        sum: r.try_get(at + 1).map_err(pg_err)?,
+        min: r.try_get(at + 2).map_err(pg_err)?,
+        max: r.try_get(at + 3).map_err(pg_err)?,
+    })
+}
+
+/// The merged buckets of `series` covered by `spans`, and the number of this process's (`writer`)
+/// last commit that the snapshot holds.
+pub(super) async fn aggregate_at(
+    client: &Client,
+    writer: i64,
+    series: &SeriesKey,
+    spans: &[Span],
+) -> Result<(Agg, Option<CommitPos>), StoreError> {
+    let res: Vec<i32> = spans.iter().map(|s| res_code(s.res)).collect();
+    let from: Vec<i64> = spans.iter().map(|s| s.from).collect();
+    let to: Vec<i64> = spans.iter().map(|s| s.to).collect();
+    // One round trip for the whole cover; the server sums the NUMERICs exactly. One statement
+    // is one snapshot: the position read with the buckets is the one they stand at.
+    let st = client
+        .prepare_cached(
+            "SELECT COALESCE(SUM(r.count), 0)::int8, COALESCE(SUM(r.sum), 0), MIN(r.min), MAX(r.max),
+                    COALESCE((SELECT seq FROM writer_positions WHERE writer = $7), 0)
+             FROM UNNEST($4::int4[], $5::int8[], $6::int8[]) AS s(res, lo, hi)
+             JOIN rollups r ON r.metric = $1 AND r.dim = $2 AND r.val = $3
+                            AND r.res = s.res AND r.bucket >= s.lo AND r.bucket < s.hi",
+        )
+        .await
+        .map_err(pg_err)?;
+    let row = client
+        .query_one(&st, &[&&*series.metric, &&*series.dim, &series.value, &res, &from, &to, &writer])
+        .await
+        .map_err(pg_err)?;
+    let pos: i64 = row.try_get(4).map_err(pg_err)?;
+    Ok((agg_from_row(&row, 0)?, Some(pos as u64)))
+}
+
+pub(super) async fn idempotent_answer(
+    client: &Client,
+    scope: &str,
+    key: &str,
+) -> Result<Option<StoredAnswer>, StoreError> {
+    let row = client
+        .query_opt("SELECT answer, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2", &[&scope, &key])
+        .await
+        .map_err(pg_err)?;
+    Ok(row.map(|r| StoredAnswer { answer: r.get(0), fingerprint: r.get(1) }))
+}
+
+pub(super) async fn points(
+    client: &Client,
+    series: &SeriesKey,
+    res: Resolution,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, Agg)>, StoreError> {
+    let st = client
+        .prepare_cached(
+            "SELECT bucket, count, sum, min, max FROM rollups
+             WHERE metric = $1 AND dim = $2 AND val = $3 AND res = $4 AND bucket >= $5 AND bucket < $6
+             ORDER BY bucket",
+        )
+        .await
+        .map_err(pg_err)?;
+    let rows = client
+        .query(&st, &[&&*series.metric, &&*series.dim, &series.value, &res_code(res), &from, &to])
+        .await
+        .map_err(pg_err)?;
+    rows.iter().map(|r| Ok((r.try_get(0).map_err(pg_err)?, agg_from_row(r, 1)?))).collect()
+}
+
+pub(super) async fn is_known(client: &Client, dim: &str, value: &str) -> Result<bool, StoreError> {
+    let st = client
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dim_values WHERE dim = $1 AND val = $2)")
+        .await
+        .map_err(pg_err)?;
+    Ok(client.query_one(&st, &[&dim, &value]).await.map_err(pg_err)?.get(0))
+}
+
+pub(super) async fn stored_offsets(client: &Client, source: &str) -> Result<Vec<(i32, i64)>, StoreError> {
+    let st = client
+        .prepare_cached("SELECT partition, next_offset FROM offsets WHERE source = $1 ORDER BY partition")
+        .await
+        .map_err(pg_err)?;
+    let rows = client.query(&st, &[&source]).await.map_err(pg_err)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub(super) async fn dead_letters(
+    client: &Client,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let st = client
+        .prepare_cached(
+            r#"SELECT id, received_ms, source, reason, raw, topic, partition, "offset" FROM dead_letters
+               WHERE id < $1 ORDER BY id DESC LIMIT $2"#,
+        )
+        .await
+        .map_err(pg_err)?;
+    let rows = client.query(&st, &[&before.unwrap_or(i64::MAX), &i64::from(limit)]).await.map_err(pg_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeadLetter {
+                id: r.try_get(0).map_err(pg_err)?,
+                letter: NewDeadLetter {
+                    received_ms: r.try_get(1).map_err(pg_err)?,
+                    source: r.try_get(2).map_err(pg_err)?,
+                    reason: r.try_get(3).map_err(pg_err)?,
+                    raw: r.try_get(4).map_err(pg_err)?,
+                    topic: r.try_get(5).map_err(pg_err)?,
+                    partition: r.try_get(6).map_err(pg_err)?,
+                    offset: r.try_get(7).map_err(pg_err)?,
+                },
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn raw_blocks(
+    client: &Client,
+    name: &str,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<(i64, RawBlock)>, StoreError> {
+    let st = client
+        .prepare_cached(
+            "SELECT id, name, min_time_ms, max_time_ms, count, data FROM raw_blocks
+             WHERE name = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+        )
+        .await
+        .map_err(pg_err)?;
+    let rows = client.query(&st, &[&name, &before.unwrap_or(i64::MAX), &i64::from(limit)]).await.map_err(pg_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0).map_err(pg_err)?,
+                RawBlock {
+                    name: r.try_get(1).map_err(pg_err)?,
+                    min_time_ms: r.try_get(2).map_err(pg_err)?,
+                    max_time_ms: r.try_get(3).map_err(pg_err)?,
+                    count: r.try_get(4).map_err(pg_err)?,
+                    zstd: r.try_get(5).map_err(pg_err)?,
+                },
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn list_tokens(client: &Client) -> Result<Vec<TokenRecord>, StoreError> {
+    let rows = client
+        .query("SELECT name, hash, scopes, created_ms, expires_ms, revoked_ms FROM tokens ORDER BY name", &[])
+        .await
+        .map_err(pg_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(TokenRecord {
+                name: r.try_get(0).map_err(pg_err)?,
+                hash: r.try_get(1).map_err(pg_err)?,
+                scopes: r.try_get(2).map_err(pg_err)?,
+                created_ms: r.try_get(3).map_err(pg_err)?,
+                expires_ms: r.try_get(4).map_err(pg_err)?,
+                revoked_ms: r.try_get(5).map_err(pg_err)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn tokens_version(client: &Client) -> Result<i64, StoreError> {
+    let st = client.prepare_cached("SELECT value FROM meta WHERE key = 'tokens_version'").await.map_err(pg_err)?;
+    Ok(client.query_one(&st, &[]).await.map_err(pg_err)?.get(0))
+}

@@ -1,0 +1,225 @@
+//! The embedded store: SQLite in WAL mode.
+//!
+//! One writer connection (writes are already serialised by the ingest writer, so a mutex costs
+//! nothing) and a small pool of read-only connections; all calls run on tokio's blocking pool.
+//! Rollup rows are keyed by an integer series id (table `series`; the writer caches the ids it has
+//! committed). Decimals are 16-byte blobs added by the registered SQL functions `dec_add`,
+//! `dec_min` and `dec_max` inside the upsert, so they stay exact without a read-modify-write, and
+//! several processes can share one file.
+//!
+//! - [`schema`]: migrations and opening connections;
+//! - [`decimal`]: the decimal blob layout and its SQL functions;
+//! - [`write`]: a commit, table by table; token changes;
+//! - [`maintain`]: merging recent rows into `rollups`, WAL checkpoints, retention;
+//! - [`read`]: every read, in one snapshot each.
+
+mod conn;
+mod decimal;
+mod maintain;
+mod read;
+mod schema;
+mod write;
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+
+use self::conn::{WriterConn, db_err};
+use self::schema::{open_reader, open_writer};
+use super::{
+    CommitPos, DeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord, WriteBatch,
+};
+use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
+
+/// Read connections kept open.
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    path: String,
+    writer: Arc<Mutex<WriterConn>>,
+    /// The connection WAL checkpoints run on (opened by the first one).
+    checkpointer: Arc<Mutex<Option<Connection>>>,
+    /// Set while a background merge and checkpoint runs: one at a time.
+    maintaining: Arc<std::sync::atomic::AtomicBool>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str) -> Result<Self, StoreError> {
+        let path = path.to_string();
+        let p = path.clone();
+        let writer = tokio::task::spawn_blocking(move || open_writer(&p)).await.map_err(StoreError::backend)??;
+        let writer = WriterConn {
+            conn: writer,
+            series: FastMap::default(),
+            dims: FastMap::default(),
+            merged_at: std::time::Instant::now(),
+        };
+        Ok(Self {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            checkpointer: Arc::new(Mutex::new(None)),
+            maintaining: Arc::default(),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Runs `f` on the writer connection on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriterConn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-transaction; SQLite rolled it back, so go on.
+            let mut c = w.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    /// Runs `f` on a pooled read-only connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut conn = match conn {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            // One snapshot for all of `f`'s statements: a commit or a merge step between two of
+            // them would otherwise count a delta twice or not at all. Dropped: rolled back.
+            let out = conn.transaction().map_err(db_err).and_then(|tx| f(&tx));
+            let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+            if p.len() < READERS {
+                p.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, batch: WriteBatch) -> Result<Option<CommitPos>, StoreError> {
+        let (due, pos) = self
+            .write(move |w| {
+                let pos = write::commit(w, &batch)?;
+                let due = w.merged_at.elapsed() >= maintain::MERGE_EVERY;
+                if due {
+                    w.merged_at = std::time::Instant::now();
+                }
+                Ok((due, pos))
+            })
+            .await?;
+        if due && !self.maintaining.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // After the batch is acknowledged, not before: its submitters need not wait for the
+            // merge and checkpoint, and the next bodies are parsed while they run. The merge takes
+            // the writer lock a run of series at a time, so commits slip in between.
+            let (w, cp, path) = (self.writer.clone(), self.checkpointer.clone(), self.path.clone());
+            let busy = self.maintaining.clone();
+            tokio::task::spawn_blocking(move || {
+                maintain::maintain(&w, &cp, &path);
+                busy.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        Ok(Some(pos))
+    }
+
+    async fn read_aggregate(&self, series: &SeriesKey, spans: &[Span]) -> Result<Agg, StoreError> {
+        Ok(self.read_aggregate_at(series, spans).await?.0)
+    }
+
+    async fn read_aggregate_at(
+        &self,
+        series: &SeriesKey,
+        spans: &[Span],
+    ) -> Result<(Agg, Option<CommitPos>), StoreError> {
+        let (series, spans) = (series.clone(), spans.to_vec());
+        self.read(move |c| read::aggregate_at(c, &series, &spans)).await
+    }
+
+    async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
+        let (scope, key) = (scope.to_string(), key.to_string());
+        self.read(move |c| read::idempotent_answer(c, &scope, &key)).await
+    }
+
+    async fn read_points(
+        &self,
+        series: &SeriesKey,
+        res: Resolution,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Agg)>, StoreError> {
+        let series = series.clone();
+        self.read(move |c| read::points(c, &series, res, from, to)).await
+    }
+
+    async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError> {
+        let (dim, value) = (dim.to_string(), value.to_string());
+        self.read(move |c| read::is_known(c, &dim, &value)).await
+    }
+
+    async fn stored_offsets(&self, source: &str) -> Result<Vec<(i32, i64)>, StoreError> {
+        let source = source.to_string();
+        self.read(move |c| read::stored_offsets(c, &source)).await
+    }
+
+    async fn dead_letters(&self, before: Option<i64>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(move |c| read::dead_letters(c, before, limit)).await
+    }
+
+    async fn raw_blocks(
+        &self,
+        name: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, RawBlock)>, StoreError> {
+        let name = name.to_string();
+        self.read(move |c| read::raw_blocks(c, &name, before, limit)).await
+    }
+
+    async fn create_token(&self, t: TokenRecord) -> Result<(), StoreError> {
+        self.write(move |c| write::create_token(c, &t)).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(read::list_tokens).await
+    }
+
+    async fn revoke_token(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| write::revoke_token(c, &name, now_ms)).await
+    }
+
+    async fn tokens_version(&self) -> Result<i64, StoreError> {
+        self.read(read::tokens_version).await
+    }
+
+    async fn prune(&self, b: PruneBefore) -> Result<Pruned, StoreError> {
+        let w = self.writer.clone();
+        tokio::task::spawn_blocking(move || maintain::prune(&w, b)).await.map_err(StoreError::backend)?
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.write(|c| {
+            maintain::merge_deltas(c)?;
+            c.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db_err)
+        })
+        .await?;
+        self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

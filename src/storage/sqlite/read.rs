@@ -1,0 +1,216 @@
+//! Reads, each on a pooled read-only connection inside one read transaction (one snapshot).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::conn::db_err;
+use super::decimal::agg_from_row;
+use crate::rollup::{Agg, Resolution, SeriesKey, Span};
+use crate::storage::{CommitPos, DeadLetter, NewDeadLetter, RawBlock, StoreError, StoredAnswer, TokenRecord};
+
+/// A series' id in the store, if it has one.
+fn series_id(c: &Connection, s: &SeriesKey) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached("SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3")
+        .and_then(|mut st| st.query_row(params![&*s.metric, &*s.dim, s.value], |r| r.get(0)).optional())
+        .map_err(db_err)
+}
+
+/// The not-yet-merged seconds of a series (`rollup_seconds`, whose coarser buckets the merge
+/// derives) that fall in `spans`, as `(second, agg)`.
+fn recent_seconds(c: &Connection, series: i64, spans: &[Span]) -> Result<Vec<(i64, Agg)>, StoreError> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT bucket, count, sum, min, max FROM rollup_seconds
+             WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3",
+        )
+        .map_err(db_err)?;
+    // A window's spans are contiguous: one range query for all of them.
+    let mut ranges: Vec<(i64, i64)> = spans.iter().map(Span::seconds).filter(|(lo, hi)| lo < hi).collect();
+    ranges.sort_unstable();
+    ranges.dedup_by(|next, cur| {
+        let joins = next.0 <= cur.1;
+        if joins {
+            cur.1 = cur.1.max(next.1);
+        }
+        joins
+    });
+    let mut out = Vec::new();
+    for (lo, hi) in ranges {
+        let rows = s.query_map(params![series, lo, hi], |r| Ok((r.get(0)?, agg_from_row(r, 1)?))).map_err(db_err)?;
+        for row in rows {
+            out.push(row.map_err(db_err)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The merged buckets of `series` covered by `spans`, and the commit number the snapshot holds.
+pub(super) fn aggregate_at(
+    c: &Connection,
+    series: &SeriesKey,
+    spans: &[Span],
+) -> Result<(Agg, Option<CommitPos>), StoreError> {
+    let pos: i64 = c
+        .prepare_cached("SELECT value FROM meta WHERE key = 'commit_seq'")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(db_err)?;
+    let pos = Some(pos as u64);
+    let Some(id) = series_id(c, series)? else { return Ok((Agg::default(), pos)) };
+    let mut merged = c
+        .prepare_cached(
+            "SELECT count, sum, min, max FROM rollups
+             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
+             UNION ALL
+             SELECT count, sum, min, max FROM rollup_deltas
+             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+        )
+        .map_err(db_err)?;
+    let mut total = Agg::default();
+    for sp in spans {
+        let mut rows = merged.query(params![id, sp.res.seconds(), sp.from, sp.to]).map_err(db_err)?;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            total.merge(&agg_from_row(r, 0).map_err(db_err)?);
+        }
+    }
+    for (_, agg) in recent_seconds(c, id, spans)? {
+        total.merge(&agg);
+    }
+    Ok((total, pos))
+}
+
+/// The buckets of `series` at `res` starting in `[from, to)`, one point per bucket, in order.
+pub(super) fn points(
+    c: &Connection,
+    series: &SeriesKey,
+    res: Resolution,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, Agg)>, StoreError> {
+    let Some(id) = series_id(c, series)? else { return Ok(Vec::new()) };
+    let mut rows: Vec<(i64, Agg)> = c
+        .prepare_cached(
+            "SELECT bucket, count, sum, min, max FROM rollups
+             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
+             UNION ALL
+             SELECT bucket, count, sum, min, max FROM rollup_deltas
+             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![id, res.seconds(), from, to], |r| Ok((r.get(0)?, agg_from_row(r, 1)?)))?.collect()
+        })
+        .map_err(db_err)?;
+    let recent = recent_seconds(c, id, &[Span { res, from, to }])?;
+    rows.extend(recent.into_iter().map(|(t, agg)| (res.bucket_of(t), agg)));
+    rows.sort_by_key(|(bucket, _)| *bucket);
+    // A bucket can have a merged part, a recent delta and recent seconds: one point.
+    let mut points: Vec<(i64, Agg)> = Vec::new();
+    for (bucket, agg) in rows {
+        match points.last_mut() {
+            Some((b, a)) if *b == bucket => a.merge(&agg),
+            _ => points.push((bucket, agg)),
+        }
+    }
+    Ok(points)
+}
+
+pub(super) fn idempotent_answer(c: &Connection, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
+    c.prepare_cached("SELECT answer, fingerprint FROM idempotency_keys WHERE scope = ?1 AND key = ?2")
+        .and_then(|mut st| {
+            st.query_row(params![scope, key], |r| Ok(StoredAnswer { answer: r.get(0)?, fingerprint: r.get(1)? }))
+                .optional()
+        })
+        .map_err(db_err)
+}
+
+pub(super) fn is_known(c: &Connection, dim: &str, value: &str) -> Result<bool, StoreError> {
+    c.prepare_cached("SELECT 1 FROM dim_values WHERE dim = ?1 AND val = ?2")
+        .and_then(|mut s| s.exists(params![dim, value]))
+        .map_err(db_err)
+}
+
+pub(super) fn stored_offsets(c: &Connection, source: &str) -> Result<Vec<(i32, i64)>, StoreError> {
+    let mut s = c
+        .prepare_cached("SELECT partition, next_offset FROM offsets WHERE source = ?1 ORDER BY partition")
+        .map_err(db_err)?;
+    let rows = s.query_map([source], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+pub(super) fn dead_letters(c: &Connection, before: Option<i64>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT id, received_ms, source, reason, raw, topic, partition, \"offset\" FROM dead_letters
+             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .map_err(db_err)?;
+    let rows = s
+        .query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                letter: NewDeadLetter {
+                    received_ms: r.get(1)?,
+                    source: r.get(2)?,
+                    reason: r.get(3)?,
+                    raw: r.get(4)?,
+                    topic: r.get(5)?,
+                    partition: r.get(6)?,
+                    offset: r.get(7)?,
+                },
+            })
+        })
+        .map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+pub(super) fn raw_blocks(
+    c: &Connection,
+    name: &str,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<(i64, RawBlock)>, StoreError> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT id, name, min_time_ms, max_time_ms, count, data FROM raw_blocks
+             WHERE name = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+        )
+        .map_err(db_err)?;
+    let rows = s
+        .query_map(params![name, before.unwrap_or(i64::MAX), limit], |r| {
+            Ok((
+                r.get(0)?,
+                RawBlock {
+                    name: r.get(1)?,
+                    min_time_ms: r.get(2)?,
+                    max_time_ms: r.get(3)?,
+                    count: r.get(4)?,
+                    zstd: r.get(5)?,
+                },
+            ))
+        })
+        .map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+pub(super) fn list_tokens(c: &Connection) -> Result<Vec<TokenRecord>, StoreError> {
+    let mut s = c
+        .prepare_cached("SELECT name, hash, scopes, created_ms, expires_ms, revoked_ms FROM tokens ORDER BY name")
+        .map_err(db_err)?;
+    let rows = s
+        .query_map([], |r| {
+            Ok(TokenRecord {
+                name: r.get(0)?,
+                hash: r.get(1)?,
+                scopes: r.get::<_, String>(2)?.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                created_ms: r.get(3)?,
+                expires_ms: r.get(4)?,
+                revoked_ms: r.get(5)?,
+            })
+        })
+        .map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+pub(super) fn tokens_version(c: &Connection) -> Result<i64, StoreError> {
+    c.prepare_cached("SELECT value FROM meta WHERE key = 'tokens_version'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(db_err)
+}

@@ -1,0 +1,170 @@
+//! The SQLite schema and its migrations, and opening connections (writer, readers, checkpointer).
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::conn::db_err;
+use super::decimal::register_decimal_functions;
+use crate::storage::StoreError;
+
+/// Versioned migrations; `PRAGMA user_version` is the number applied.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE rollups (
+    metric TEXT NOT NULL, dim TEXT NOT NULL, val TEXT NOT NULL,
+    res INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum TEXT NOT NULL, min TEXT, max TEXT,
+    PRIMARY KEY (metric, dim, val, res, bucket)
+) WITHOUT ROWID;
+CREATE TABLE dim_values (
+    dim TEXT NOT NULL, val TEXT NOT NULL, first_seen INTEGER NOT NULL,
+    PRIMARY KEY (dim, val)
+) WITHOUT ROWID;
+CREATE TABLE raw_blocks (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+    min_time_ms INTEGER NOT NULL, max_time_ms INTEGER NOT NULL, count INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX raw_blocks_by_name ON raw_blocks (name, id);
+CREATE INDEX raw_blocks_by_time ON raw_blocks (max_time_ms);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    reason TEXT NOT NULL, raw BLOB NOT NULL, topic TEXT, partition INTEGER, "offset" INTEGER
+);
+CREATE INDEX dead_letters_by_time ON dead_letters (received_ms);
+CREATE TABLE offsets (
+    source TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (source, partition)
+) WITHOUT ROWID;
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, scopes TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, expires_ms INTEGER, revoked_ms INTEGER
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('tokens_version', 0);
+"#,
+    // 2: rollups keyed by an integer series id, with decimals as 16-byte blobs (rust_decimal's
+    // `serialize` layout): a commit's thousands of upserts compare integers instead of three text
+    // columns, and add decimals without parsing and printing text. `dec_blob` converts the old text.
+    r#"
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY, metric TEXT NOT NULL, dim TEXT NOT NULL, val TEXT NOT NULL,
+    UNIQUE (metric, dim, val)
+);
+INSERT INTO series (metric, dim, val) SELECT DISTINCT metric, dim, val FROM rollups ORDER BY 1, 2, 3;
+CREATE TABLE rollups_by_id (
+    series INTEGER NOT NULL, res INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum BLOB NOT NULL, min BLOB, max BLOB,
+    PRIMARY KEY (series, res, bucket)
+) WITHOUT ROWID;
+INSERT INTO rollups_by_id
+    SELECT s.id, r.res, r.bucket, r.count, dec_blob(r.sum), dec_blob(r.min), dec_blob(r.max)
+    FROM rollups r JOIN series s ON s.metric = r.metric AND s.dim = r.dim AND s.val = r.val;
+DROP TABLE rollups;
+ALTER TABLE rollups_by_id RENAME TO rollups;
+"#,
+    // 3: commits add to a small table of recent deltas, merged into `rollups` every second or so
+    // (see `merge_deltas`): a commit then dirties a few hundred packed pages instead of a page per
+    // active series of a big table.
+    r#"
+CREATE TABLE rollup_deltas (
+    series INTEGER NOT NULL, res INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum BLOB NOT NULL, min BLOB, max BLOB,
+    PRIMARY KEY (series, res, bucket)
+) WITHOUT ROWID;
+"#,
+    // 4: commits whose coarser buckets are derived from their seconds (every ingest commit) add
+    // the seconds only, here; `merge_deltas` derives the minute, hour, day and all-time buckets
+    // once a second. A commit then writes about one row per active series instead of five.
+    r#"
+CREATE TABLE rollup_seconds (
+    series INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, sum BLOB NOT NULL, min BLOB, max BLOB,
+    PRIMARY KEY (series, bucket)
+) WITHOUT ROWID;
+"#,
+    // 5: every commit takes the next number: a read tells the read cache which commits its
+    // snapshot holds (see `Store::read_aggregate_at`).
+    r#"
+INSERT INTO meta VALUES ('commit_seq', 0);
+"#,
+    // 6: idempotency keys of HTTP ingest requests, with the answer each got (kept for
+    // `retention.idempotency_keys`).
+    r#"
+CREATE TABLE idempotency_keys (
+    scope TEXT NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_keys_at ON idempotency_keys (at_ms);
+"#,
+    // 7: the fingerprint of the request body a key was committed with: a key reused with another
+    // body is refused (422) instead of replaying an answer that belongs to another request.
+    r#"
+ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
+"#,
+];
+
+pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(StoreError::backend)?;
+    }
+    let mut c = Connection::open(path).map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    // WAL: readers never block the writer. synchronous=FULL: a commit is on disk before we ack.
+    set_wal(&c)?;
+    c.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+    // 64 MiB of page cache (the default is 2 MiB): the hot rollup pages stay in memory.
+    c.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
+    // Checkpoints run in `maintain`, after the commit that made one due is acknowledged.
+    c.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
+    // Before migrating: migration 2 uses `dec_blob`.
+    register_decimal_functions(&c).map_err(db_err)?;
+    migrate(&mut c)?;
+    Ok(c)
+}
+
+/// Two processes switching a brand-new file to WAL at once: the loser gets SQLITE_BUSY at once
+/// (the busy timeout does not cover this switch), so it retries for up to ~5 s.
+fn set_wal(c: &Connection) -> Result<(), StoreError> {
+    for _ in 0..250 {
+        match c.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.map_err(db_err),
+        }
+    }
+    c.pragma_update(None, "journal_mode", "WAL").map_err(db_err)
+}
+
+pub(super) fn open_reader(path: &str) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    c.pragma_update(None, "cache_size", -65536).map_err(db_err)?;
+    Ok(c)
+}
+
+fn migrate(c: &mut Connection) -> Result<(), StoreError> {
+    // IMMEDIATE takes the write lock before the version is read: two processes opening a new file
+    // at once (a server and `jetstream token create`) must not both apply migration 1.
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::SchemaTooNew { found: version, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
+}
+
+pub(super) fn open_checkpointer(path: &str) -> Result<Connection, StoreError> {
+    let c = Connection::open(path).map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    c.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
+    Ok(c)
+}

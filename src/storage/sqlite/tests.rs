@@ -1,0 +1,142 @@
+//! Tests of the SQLite backend's internals: migration from version 1, and the merge of recent
+//! rows into `rollups`. The storage contract itself is tested through the trait, on every
+//! backend, in `tests/storage.rs`.
+
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+
+use super::maintain::{SERIES_PER_STEP, merge_deltas, merge_series, step_through_series};
+use super::schema::MIGRATIONS;
+use super::*;
+use crate::storage::{PruneBefore, Store, WriteBatch};
+
+/// A store written by a binary that knew only migration 1 (text keys, text decimals) opens
+/// with every bucket intact, and takes new commits on top.
+#[tokio::test]
+async fn a_version_1_store_is_migrated_with_its_rollups() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v1.db");
+    let path = path.to_str().expect("utf-8 path");
+    {
+        let c = Connection::open(path).expect("open");
+        c.execute_batch(MIGRATIONS[0]).expect("migration 1");
+        c.pragma_update(None, "user_version", 1).expect("version");
+        c.execute_batch(
+            "INSERT INTO rollups VALUES ('sales_amount', 'product_id', '3', 0, 0, 2, '1.10', '0.10', '1.00');
+             INSERT INTO rollups VALUES ('sales_amount', 'product_id', '3', 60, 120, 1, '0.10', '0.10', '0.10');
+             INSERT INTO rollups VALUES ('rating', '', '', 0, 0, 1, '4', NULL, NULL);",
+        )
+        .expect("v1 rows");
+    }
+    let store = SqliteStore::open(path).await.expect("migrates");
+    let s = SeriesKey::new("sales_amount", "product_id", "3");
+    let all = [Span { res: Resolution::All, from: 0, to: 1 }];
+    let got = store.read_aggregate(&s, &all).await.expect("read");
+    let d = |v: &str| Decimal::from_str(v).expect("decimal");
+    assert_eq!(got, Agg { count: 2, sum: d("1.10"), min: Some(d("0.10")), max: Some(d("1.00")) });
+    let minute = store.read_points(&s, Resolution::Minute, 0, 600).await.expect("points");
+    assert_eq!(minute, vec![(120, Agg::of(d("0.10")))]);
+    let rating = store.read_aggregate(&SeriesKey::new("rating", "", ""), &all).await.expect("read");
+    assert_eq!((rating.count, rating.sum, rating.min), (1, d("4"), None));
+
+    let batch = WriteBatch {
+        rollups: crate::rollup::RollupRows::from_buckets([(
+            crate::rollup::BucketKey { series: s.clone(), res: Resolution::All, start: 0 },
+            Agg::of(d("0.05")),
+        )]),
+        ..Default::default()
+    };
+    store.commit(batch).await.expect("commit");
+    let got = store.read_aggregate(&s, &all).await.expect("read");
+    assert_eq!(got, Agg { count: 3, sum: d("1.15"), min: Some(d("0.05")), max: Some(d("1.00")) });
+}
+
+/// A bucket with a merged part in `rollups` and a recent part in `rollup_deltas` reads as one.
+#[tokio::test]
+async fn merged_and_recent_parts_of_a_bucket_read_as_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("m.db");
+    let store = SqliteStore::open(path.to_str().expect("utf-8")).await.expect("open");
+    let s = SeriesKey::new("m", "d", "1");
+    let d = |v: &str| Decimal::from_str(v).expect("decimal");
+    let row = |res, start, v: &str| {
+        let key = crate::rollup::BucketKey { series: s.clone(), res, start };
+        WriteBatch { rollups: crate::rollup::RollupRows::from_buckets([(key, Agg::of(d(v)))]), ..Default::default() }
+    };
+    store.commit(row(Resolution::Minute, 60, "1.5")).await.expect("commit");
+    let merged = store.write(|w| merge_deltas(w)).await.expect("merge");
+    assert_eq!(merged, 1);
+    store.commit(row(Resolution::Minute, 60, "0.25")).await.expect("commit");
+    store.commit(row(Resolution::Minute, 120, "7")).await.expect("commit");
+    let (in_rollups, in_deltas): (i64, i64) = store
+        .read(|c| {
+            c.query_row("SELECT (SELECT count(*) FROM rollups), (SELECT count(*) FROM rollup_deltas)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db_err)
+        })
+        .await
+        .expect("counts");
+    assert_eq!((in_rollups, in_deltas), (1, 2), "one part merged, two recent");
+
+    let span = [Span { res: Resolution::Minute, from: 0, to: 180 }];
+    let all = store.read_aggregate(&s, &span).await.expect("read");
+    assert_eq!(all, Agg { count: 3, sum: d("8.75"), min: Some(d("0.25")), max: Some(d("7")) });
+    let points = store.read_points(&s, Resolution::Minute, 0, 180).await.expect("points");
+    let mut sixty = Agg::of(d("1.5"));
+    sixty.merge(&Agg::of(d("0.25")));
+    assert_eq!(points, vec![(60, sixty), (120, Agg::of(d("7")))]);
+
+    // Pruning merges first, so it counts buckets, not parts.
+    let before = PruneBefore {
+        raw_ms: 0,
+        dead_letters_ms: 0,
+        second_buckets_s: 0,
+        minute_buckets_s: 100,
+        idempotency_keys_ms: 0,
+    };
+    assert_eq!(store.prune(before).await.expect("prune").buckets, 1);
+    let left = store.read_points(&s, Resolution::Minute, 0, 180).await.expect("points");
+    assert_eq!(left, vec![(120, Agg::of(d("7")))]);
+}
+
+/// The background merge goes a run of series at a time; across several runs it still moves
+/// every recent row exactly once, and a commit can land between two runs.
+#[tokio::test]
+async fn a_merge_in_steps_moves_every_series_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("steps.db");
+    let store = SqliteStore::open(path.to_str().expect("utf-8")).await.expect("open");
+    let n = 3 * SERIES_PER_STEP + 5;
+    let key = |i: i64| SeriesKey::new("m", "product_id", &i.to_string());
+    let batch = |t: i64| WriteBatch {
+        rollups: crate::rollup::RollupRows::from_seconds((0..n).map(|i| (key(i), t, Agg::of(Decimal::from(i))))),
+        ..Default::default()
+    };
+    store.commit(batch(100)).await.expect("commit");
+    let (w, mut steps) = (store.writer.clone(), 0);
+    let moved = tokio::task::spawn_blocking(move || {
+        step_through_series(&w, |c, lo, hi| {
+            steps += 1;
+            merge_series(c, lo, hi)
+        })
+        .map(|rows| (rows, steps))
+    })
+    .await
+    .expect("join")
+    .expect("merge");
+    // Each series: its second and the minute, hour, day and all-time buckets derived from it.
+    assert_eq!(moved, (5 * n as usize, 4));
+    store.commit(batch(200)).await.expect("commit after the merge");
+    let recent: i64 = store
+        .read(|c| c.query_row("SELECT count(*) FROM rollup_seconds", [], |r| r.get(0)).map_err(db_err))
+        .await
+        .expect("count");
+    assert_eq!(recent, n, "only the second commit is still recent");
+    let all = [Span { res: Resolution::All, from: 0, to: 1 }];
+    for i in [0, SERIES_PER_STEP - 1, SERIES_PER_STEP, n - 1] {
+        let got = store.read_aggregate(&key(i), &all).await.expect("read");
+        assert_eq!((got.count, got.sum), (2, Decimal::from(2 * i)), "series {i}");
+    }
+}

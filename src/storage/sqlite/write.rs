@@ -1,0 +1,246 @@
+//! Writes: one commit is one `IMMEDIATE` transaction applying a batch table by table, then the
+//! commit's number; token changes.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::conn::{DimCache, WriterConn, db_err};
+use super::decimal::dec_blob;
+use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
+use crate::storage::{CommitPos, StoreError, TokenRecord, WriteBatch};
+
+/// The conflict clause that adds a bucket row to the one already stored.
+pub(super) const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET
+               count = count + excluded.count,
+               sum = dec_add(sum, excluded.sum),
+               min = dec_min(min, excluded.min),
+               max = dec_max(max, excluded.max)";
+
+/// Series ids the writer remembers; beyond this the cache starts over (it is only a cache).
+const SERIES_CACHE: usize = 1 << 20;
+
+/// Dimension values the writer remembers as stored; beyond this the cache starts over.
+const DIMS_CACHE: usize = 1 << 20;
+
+/// Series ids the writer has not cached yet, to cache once their transaction has committed.
+type FreshIds = Vec<(SeriesKey, i64)>;
+
+/// Dimension values a commit added to `dim_values`, to cache once it has committed.
+type FreshDims = Vec<(Arc<str>, String)>;
+
+/// Applies `batch` in one transaction and numbers the commit; the caches learn what it added
+/// only once it has committed (a rolled-back id must never be cached).
+pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch) -> Result<CommitPos, StoreError> {
+    let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    // On error the dropped transaction rolls back.
+    idempotency_keys(&tx, batch)?;
+    offsets(&tx, batch)?;
+    let (ids, fresh) = series_ids(&tx, &w.series, batch.rollups.series())?;
+    rollups(&tx, &ids, batch)?;
+    let fresh_dims = dim_values(&tx, &w.dims, batch)?;
+    raw_blocks(&tx, batch)?;
+    dead_letters(&tx, batch)?;
+    let pos: i64 = tx
+        .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'commit_seq' RETURNING value")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    if w.dims.values().map(FastMap::len).sum::<usize>() + fresh_dims.len() > DIMS_CACHE {
+        w.dims.clear();
+    }
+    for (d, v) in fresh_dims {
+        w.dims.entry(d).or_default().insert(v, ());
+    }
+    if w.series.len() + fresh.len() > SERIES_CACHE {
+        w.series.clear();
+    }
+    w.series.extend(fresh);
+    Ok(pos as u64)
+}
+
+/// Each key once per scope, ever (within retention): a key committed before refuses the batch.
+fn idempotency_keys(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    for k in &batch.idempotency {
+        let fresh = tx
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (scope, key, answer, at_ms, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut st| st.execute(params![k.scope, k.key, k.answer, k.at_ms, k.fingerprint]))
+            .map_err(db_err)?;
+        if fresh == 0 {
+            return Err(StoreError::Duplicate { scope: k.scope.clone(), key: k.key.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Fenced offset advances: each partition's stored offset must be where the batch says it starts.
+fn offsets(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    for o in &batch.offsets {
+        let stored: Option<i64> = tx
+            .prepare_cached("SELECT next_offset FROM offsets WHERE source = ?1 AND partition = ?2")
+            .and_then(|mut s| s.query_row(params![o.source, o.partition], |r| r.get(0)).optional())
+            .map_err(db_err)?;
+        if stored != o.expected {
+            return Err(StoreError::Fenced {
+                source_name: o.source.clone(),
+                partition: o.partition,
+                stored,
+                expected: o.expected,
+            });
+        }
+        tx.prepare_cached(
+            "INSERT INTO offsets (source, partition, next_offset) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source, partition) DO UPDATE SET next_offset = excluded.next_offset",
+        )
+        .and_then(|mut s| s.execute(params![o.source, o.partition, o.next]))
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// The store's id of each series (inserting new ones), and which of them are fresh.
+fn series_ids(
+    tx: &Transaction<'_>,
+    cache: &FastMap<SeriesKey, i64>,
+    series: &[SeriesKey],
+) -> Result<(Vec<i64>, FreshIds), StoreError> {
+    let mut ids = Vec::with_capacity(series.len());
+    let mut fresh = Vec::new();
+    for s in series {
+        if let Some(&id) = cache.get(s) {
+            ids.push(id);
+            continue;
+        }
+        tx.prepare_cached("INSERT INTO series (metric, dim, val) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+            .and_then(|mut st| st.execute(params![&*s.metric, &*s.dim, s.value]))
+            .map_err(db_err)?;
+        let id: i64 = tx
+            .prepare_cached("SELECT id FROM series WHERE metric = ?1 AND dim = ?2 AND val = ?3")
+            .and_then(|mut st| st.query_row(params![&*s.metric, &*s.dim, s.value], |r| r.get(0)))
+            .map_err(db_err)?;
+        ids.push(id);
+        fresh.push((s.clone(), id));
+    }
+    Ok((ids, fresh))
+}
+
+/// An ingest batch (coarser buckets derived from its seconds) adds only its seconds, to
+/// `rollup_seconds`; a batch of buckets given one by one goes to `rollup_deltas` as it is. The
+/// background merge moves both into `rollups` (see `maintain`).
+fn rollups(tx: &Transaction<'_>, ids: &[i64], batch: &WriteBatch) -> Result<(), StoreError> {
+    let rows = batch.rollups.rows();
+    if batch.rollups.coarse_derived() {
+        let mut up = tx
+            .prepare_cached(
+                "INSERT INTO rollup_seconds (series, bucket, count, sum, min, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (series, bucket) DO UPDATE SET
+                   count = count + excluded.count,
+                   sum = dec_add(sum, excluded.sum),
+                   min = dec_min(min, excluded.min),
+                   max = dec_max(max, excluded.max)",
+            )
+            .map_err(db_err)?;
+        for r in rows.iter().filter(|r| r.res == Resolution::Second) {
+            upsert(&mut up, &[ids[r.series as usize], r.start], &r.agg)?;
+        }
+    } else {
+        let mut up = tx
+            .prepare_cached(&format!(
+                "INSERT INTO rollup_deltas (series, res, bucket, count, sum, min, max)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_ROWS}"
+            ))
+            .map_err(db_err)?;
+        for r in rows {
+            upsert(&mut up, &[ids[r.series as usize], r.res.seconds(), r.start], &r.agg)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the bucket upsert `st`, whose parameters are the key columns, then count, sum, min, max.
+pub(super) fn upsert(st: &mut rusqlite::CachedStatement<'_>, key: &[i64], a: &Agg) -> Result<(), StoreError> {
+    let n = key.len();
+    for (i, k) in key.iter().enumerate() {
+        st.raw_bind_parameter(i + 1, k).map_err(db_err)?;
+    }
+    st.raw_bind_parameter(n + 1, a.count).map_err(db_err)?;
+    st.raw_bind_parameter(n + 2, &dec_blob(a.sum)[..]).map_err(db_err)?;
+    st.raw_bind_parameter(n + 3, a.min.map(dec_blob)).map_err(db_err)?;
+    st.raw_bind_parameter(n + 4, a.max.map(dec_blob)).map_err(db_err)?;
+    st.raw_execute().map(drop).map_err(db_err)
+}
+
+/// Dimension values not yet known to be stored (never deleted, so the cache only saves inserts).
+fn dim_values(tx: &Transaction<'_>, known: &DimCache, batch: &WriteBatch) -> Result<FreshDims, StoreError> {
+    let mut dims = tx
+        .prepare_cached("INSERT OR IGNORE INTO dim_values (dim, val, first_seen) VALUES (?1, ?2, ?3)")
+        .map_err(db_err)?;
+    let mut fresh = Vec::new();
+    for (d, v, t) in &batch.dims {
+        if known.get(d).is_some_and(|k| k.contains_key(v)) {
+            continue;
+        }
+        dims.execute(params![&**d, v, t]).map_err(db_err)?;
+        fresh.push((d.clone(), v.clone()));
+    }
+    Ok(fresh)
+}
+
+fn raw_blocks(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    let mut raw = tx
+        .prepare_cached(
+            "INSERT INTO raw_blocks (name, min_time_ms, max_time_ms, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(db_err)?;
+    for b in &batch.raw_blocks {
+        raw.execute(params![b.name, b.min_time_ms, b.max_time_ms, b.count, b.zstd]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn dead_letters(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    let mut dl = tx
+        .prepare_cached(
+            "INSERT INTO dead_letters (received_ms, source, reason, raw, topic, partition, \"offset\")
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db_err)?;
+    for d in &batch.dead_letters {
+        dl.execute(params![d.received_ms, d.source, d.reason, d.raw, d.topic, d.partition, d.offset])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+pub(super) fn create_token(c: &mut Connection, t: &TokenRecord) -> Result<(), StoreError> {
+    let tx = c.transaction().map_err(db_err)?;
+    let exists =
+        tx.prepare("SELECT 1 FROM tokens WHERE name = ?1").and_then(|mut s| s.exists([&t.name])).map_err(db_err)?;
+    if exists {
+        return Err(StoreError::TokenExists(t.name.clone()));
+    }
+    tx.execute(
+        "INSERT INTO tokens (name, hash, scopes, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![t.name, t.hash, t.scopes.join(","), t.created_ms, t.expires_ms],
+    )
+    .map_err(db_err)?;
+    bump_tokens_version(&tx)?;
+    tx.commit().map_err(db_err)
+}
+
+pub(super) fn revoke_token(c: &mut Connection, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+    let tx = c.transaction().map_err(db_err)?;
+    let n = tx
+        .execute("UPDATE tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL", params![name, now_ms])
+        .map_err(db_err)?;
+    bump_tokens_version(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(n > 0)
+}
+
+fn bump_tokens_version(c: &Connection) -> Result<(), StoreError> {
+    c.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_version'", []).map(drop).map_err(db_err)
+}
