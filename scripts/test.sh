@@ -3,6 +3,8 @@
 #  - the Kafka broker: tansu, installed from crates.io when missing (about 20 minutes once, reused);
 #  - PostgreSQL: the server at $DATABASE_URL or 127.0.0.1:5432, else a throwaway cluster;
 #  - nginx (Debian's nginx-light) for the fleet test, installed when missing;
+#  - the structure and style rules: `cargo fmt --check`, `cargo clippy -D warnings` and
+#    scripts/check-layers.py (no import cycle between modules, layers, room sizes);
 #  - then the fleet's failure test (scripts/cluster-test.sh, ~30 s: two consumers, two API
 #    instances behind nginx, SIGKILLs, exact totals) and every cargo test (unit, integration,
 #    both storage backends, Kafka, TLS).
@@ -18,6 +20,9 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   apt-get update -qq >&2 && apt-get install -y -qq nginx-light >&2
 fi
 
+cargo fmt --all -- --check
+python3 scripts/check-layers.py
+cargo clippy --all-targets -- -D warnings
 cargo build --all-targets
 # The fleet test runs the debug binary just built (a release build would double CI's compile time).
 SKIP_BUILD=1 JETSTREAM_BIN="$PWD/target/debug/jetstream" scripts/cluster-test.sh
