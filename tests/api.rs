@@ -305,6 +305,86 @@ async fn every_data_route_needs_a_token_with_its_scope(backend: Backend) {
     app.stop().await;
 }
 
+/// Every route the OpenAPI description lists (the router and the description are built from the
+/// same list, so a new route is covered without editing this test) is tried with no token, a bad,
+/// a revoked and an expired one, each wrong scope and the right one.
+async fn every_route_answers_each_kind_of_token_as_its_description_says(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.ingest(&sold(1, json!(1))).await;
+    let (s, doc) = app.get_as("/api/openapi.json", None).await;
+    assert_eq!(s.as_u16(), 200, "the description needs no token");
+    let mut by_scope: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    for scope in Scope::ALL {
+        by_scope.insert(scope.as_str(), app.token_with(&[scope]).await);
+    }
+    let mut routes = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            routes += 1;
+            // Path parameters get a plausible value; the query and body are the least a valid
+            // request needs.
+            let url = path.replace("{id}", "1").replace("{metric}", "sales_amount");
+            let request = |token: Option<&str>| {
+                let mut r = match method.as_str() {
+                    "get" => app.client.get(app.url(&url)),
+                    "post" => app.client.post(app.url(&url)).json(&sold(1, json!(1))),
+                    m => panic!("a {m} route: add it to this test"),
+                };
+                if let Some(t) = token {
+                    r = r.bearer_auth(t);
+                }
+                async move {
+                    let resp = r.send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    (status, resp.text().await.unwrap())
+                }
+            };
+            let scopes: Vec<&str> = op["security"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .flat_map(|req| req["bearer"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let what = format!("{method} {path}");
+            match scopes.as_slice() {
+                [] => {
+                    let (s, body) = request(None).await;
+                    assert!(s == 200 || s == 503, "{what} needs no token: {s} {body}");
+                }
+                [scope] => {
+                    let right = by_scope[scope].clone();
+                    let revoked = app.revoked_token(&[scope.parse().unwrap()]).await;
+                    let expired = app.expired_token(&[scope.parse().unwrap()]).await;
+                    for (token, why) in [
+                        (None, "no token"),
+                        (Some("js_not_a_real_token"), "a bad token"),
+                        (Some(revoked.as_str()), "a revoked token"),
+                        (Some(expired.as_str()), "an expired token"),
+                    ] {
+                        let (s, body) = request(token).await;
+                        assert_eq!(s, 401, "{what} with {why}: {body}");
+                        assert!(body.contains("\"message\""), "{what} with {why}: {body}");
+                    }
+                    for (other, token) in by_scope.iter().filter(|(s, _)| *s != scope) {
+                        let (s, body) = request(Some(token)).await;
+                        assert_eq!(s, 403, "{what} with a {other} token: {body}");
+                    }
+                    let (s, body) = request(Some(&right)).await;
+                    assert!(
+                        s != 401 && s != 403 && !body.contains("no such route"),
+                        "{what} with its scope: {s} {body}"
+                    );
+                }
+                other => panic!("{what} asks for several scopes {other:?}"),
+            }
+        }
+    }
+    assert!(routes >= 12, "only {routes} routes described");
+    app.stop().await;
+}
+
 /// Concurrent posts are committed in groups: fewer transactions than requests, every event once.
 async fn concurrent_posts_are_group_committed_and_all_counted(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -633,6 +713,7 @@ both_backends!(
     money_is_summed_exactly,
     unknown_products_are_404_on_both_endpoints,
     every_data_route_needs_a_token_with_its_scope,
+    every_route_answers_each_kind_of_token_as_its_description_says,
     concurrent_posts_are_group_committed_and_all_counted,
     answers_stay_exact_while_queries_race_commits,
     a_retried_post_with_an_idempotency_key_counts_once,

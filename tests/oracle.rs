@@ -384,8 +384,7 @@ async fn compare_everything(app: &TestApp, oracle: &Oracle, products: u64, start
     // The versioned API: every metric, overall / per product / per category, over trailing and
     // explicit (aligned and not) windows ending before the run (receipt times are after them).
     let mut rng = StdRng::seed_from_u64(seed ^ 0xfeed);
-    let mut selections: Vec<(String, Filter)> =
-        vec![(String::new(), Box::new(|t| product_of(t).is_some()))];
+    let mut selections: Vec<(String, Filter)> = vec![(String::new(), Box::new(|t| product_of(t).is_some()))];
     for _ in 0..4 {
         let p = rng.random_range(1..=products.min(8));
         selections.push((format!("dim=product_id&value={p}&"), Box::new(move |t| product_of(t) == Some(p))));

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::ErrorOut;
 use super::error::ApiError;
 use super::events::page_limit;
 use super::extract::{AdminAccess, Query};
@@ -14,14 +16,18 @@ use crate::ingest::kafka::{LagError, source_name, topic_lag};
 /// Most bytes of a dead letter's raw record shown in a page (the rest is counted, not shown).
 const MAX_DEAD_LETTER_RAW: usize = 64 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Items per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Dead letters with ids below this (the `next_before` of an earlier page).
     before: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DeadLetterOut {
     id: i64,
     received_ms: i64,
@@ -41,7 +47,7 @@ pub struct DeadLetterOut {
     raw_truncated_from: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DeadLettersOut {
     dead_letters: Vec<DeadLetterOut>,
     next_before: Option<i64>,
@@ -79,6 +85,16 @@ impl From<crate::storage::DeadLetter> for DeadLetterOut {
     }
 }
 
+/// Rejected events, newest first, with their reasons and raw bytes.
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "admin", params(PageParams),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "A page of dead letters", body = DeadLettersOut),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+    ))]
 pub async fn get_dead_letters(
     _: AdminAccess,
     State(state): State<AppState>,
@@ -91,12 +107,29 @@ pub async fn get_dead_letters(
 }
 
 /// Counters since start: the writer's (how well group commit groups) and the read cache's.
+#[utoipa::path(get, path = "/api/v1/admin/stats", tag = "admin", security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Counters since start", body = serde_json::Value),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+    ))]
 pub async fn get_stats(_: AdminAccess, State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "writer": state.writer.stats(), "cache": state.cache.stats }))
 }
 
 /// Per-partition lag of the configured topic: the broker's high watermark against the store's
 /// offsets.
+#[utoipa::path(get, path = "/api/v1/admin/kafka/lag", tag = "admin", security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Lag per partition", body = serde_json::Value),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+        (status = 404, description = "No Kafka brokers are configured", body = ErrorOut),
+    ))]
 pub async fn get_kafka_lag(_: AdminAccess, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let k = &state.settings.kafka;
     if k.brokers.is_empty() {

@@ -20,7 +20,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::ErrorOut;
 use super::error::ApiError;
 use super::extract::{IngestAccess, Query, ReadAccess};
 use super::state::AppState;
@@ -39,7 +41,8 @@ const INLINE_PARSE_BYTES: usize = 32 * 1024;
 /// Most rejected events listed one by one in an answer; the rest are counted by reason.
 const MAX_LISTED_ERRORS: usize = 100;
 
-#[derive(Debug, Serialize)]
+/// What was accepted and rejected (rejected events are kept as dead letters).
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IngestOut {
     pub accepted: usize,
     pub rejected: usize,
@@ -50,12 +53,32 @@ pub struct IngestOut {
     pub rejected_by_reason: std::collections::BTreeMap<&'static str, usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventError {
     pub index: usize,
     pub reason: String,
 }
 
+/// Sends events: one JSON object, an array of objects, or NDJSON (`Content-Type:
+/// application/x-ndjson`). Answered once the accepted events are durable. An `Idempotency-Key`
+/// header makes a retry count once.
+#[utoipa::path(post, path = "/api/v1/events", tag = "events",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters naming this request")),
+    request_body(description = "An event object, an array of them, or NDJSON lines", content(
+        (serde_json::Value = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    security(("bearer" = ["ingest"])),
+    responses(
+        (status = 200, description = "Committed (a replay carries `Idempotent-Replayed: true`)", body = IngestOut),
+        (status = 400, description = "Not JSON, or a bad header", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 409, description = "The same Idempotency-Key is still being committed", body = ErrorOut),
+        (status = 413, description = "Over the body or event-count limit", body = ErrorOut),
+        (status = 422, description = "The Idempotency-Key was used with another body, or the store refused the events", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry with the same Idempotency-Key", body = ErrorOut),
+    ))]
 pub async fn ingest_events(
     access: IngestAccess,
     State(state): State<AppState>,
@@ -220,13 +243,29 @@ const MAX_RAW_BLOCKS: u32 = 64;
 /// Most bytes of raw events in one page.
 const MAX_RAW_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RawParams {
+    /// The event name (required).
     name: Option<String>,
+    /// Events per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Storage blocks below this id (older).
     before: Option<i64>,
+    /// A `next_cursor` of an earlier page.
     cursor: Option<String>,
+}
+
+/// A page of raw events, newest first, each as stored.
+#[derive(Serialize, ToSchema)]
+pub struct RawEventsOut {
+    name: String,
+    /// `{"t": epoch ms, "src": source, ["k", "p", "o": Kafka key, partition, offset,] "e": the event as sent}`.
+    events: Vec<serde_json::Value>,
+    /// Where the next page starts (null at the end).
+    next_cursor: Option<String>,
 }
 
 /// A page size: 1 to [`MAX_PAGE`], 50 by default.
@@ -248,6 +287,15 @@ fn parse_cursor(c: &str) -> Result<(i64, usize), ApiError> {
 /// Raw events of one name, newest first, exactly `limit` of them (fewer at the end), each the
 /// stored line verbatim (`{"t":…,"src":…,"e":<the event as sent>}`). `next_cursor` resumes after
 /// the last one, inside its storage block if need be.
+#[utoipa::path(get, path = "/api/v1/events/raw", tag = "events", params(RawParams),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "A page of raw events", body = RawEventsOut),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+    ))]
 pub async fn get_raw_events(
     _: ReadAccess,
     State(state): State<AppState>,

@@ -16,10 +16,17 @@ use super::state::AppState;
 /// How long `/readyz` waits for the store before saying it is not ready.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Up", body = serde_json::Value)))]
 pub async fn get_health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The store answers (within 2 s) and, when there is one, the Kafka consumer is healthy.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Ready", body = serde_json::Value),
+    (status = 503, description = "Not ready: what is not", body = serde_json::Value),
+))]
 pub async fn get_readiness(State(state): State<AppState>) -> Response {
     let store = match tokio::time::timeout(STORE_PROBE_TIMEOUT, state.store.tokens_version()).await {
         Ok(Ok(_)) => Ok(()),

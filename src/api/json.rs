@@ -3,6 +3,9 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 /// Decimal places an average is rounded to.
 pub const AVG_DECIMALS: u32 = 6;
@@ -12,6 +15,17 @@ pub const AVG_DECIMALS: u32 = 6;
 /// `serde_json::Value` (which would turn the number into an `f64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exact(pub Decimal);
+
+impl utoipa::PartialSchema for Exact {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .description(Some("An exact decimal, written with its plain digits (no exponent, never through a float)"))
+            .into()
+    }
+}
+
+impl ToSchema for Exact {}
 
 impl Serialize for Exact {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -26,8 +40,8 @@ pub fn rfc3339(t_s: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A window's bounds in answers.
-#[derive(Debug, Serialize)]
+/// A window's bounds in answers: `[from, to)`, RFC 3339.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WindowOut {
     pub from: String,
     pub to: String,

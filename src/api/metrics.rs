@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::ErrorOut;
 use super::error::ApiError;
 use super::extract::{Path, Query, ReadAccess};
 use super::json::{AVG_DECIMALS, Exact, WindowOut, rfc3339};
@@ -14,7 +16,7 @@ use crate::rollup::{Agg, CompiledMetric, Kept, Resolution, SeriesKey, WindowQuer
 /// Most points one time-series answer returns.
 const MAX_POINTS: i64 = 10_000;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MetricOut {
     name: String,
     event: String,
@@ -23,11 +25,20 @@ pub struct MetricOut {
     dimensions: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MetricsOut {
     metrics: Vec<MetricOut>,
 }
 
+/// The declared metrics.
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "metrics", security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The declared metrics", body = MetricsOut),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+    ))]
 pub async fn list_metrics(_: ReadAccess, State(state): State<AppState>) -> Json<MetricsOut> {
     let metrics = state
         .metrics
@@ -46,14 +57,21 @@ pub async fn list_metrics(_: ReadAccess, State(state): State<AppState>) -> Json<
 
 /// Selects a series and a window: `dim`/`value` (both or neither), and either `window` (trailing,
 /// e.g. `1h`) or `from`/`to` (RFC 3339 or epoch ms). Default: the last hour.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SeriesParams {
+    /// A dimension of the metric (with `value`), e.g. `product_id`; omit both for the overall series.
     dim: Option<String>,
+    /// The dimension's value, e.g. `3`.
     value: Option<String>,
+    /// A trailing window such as `15m`, `1h`, `7d` (at most 100 years); or give `from`/`to`.
     window: Option<String>,
+    /// Start, RFC 3339 or epoch milliseconds (default: an hour before `to`).
     from: Option<String>,
+    /// End (exclusive), RFC 3339 or epoch milliseconds (default: the end of this second).
     to: Option<String>,
+    /// Series only: `second`, `minute`, `hour` or `day` (`1s`, `1m`, `1h`, `1d`).
     step: Option<String>,
 }
 
@@ -91,7 +109,7 @@ impl SeriesParams {
 }
 
 /// A window's count, sum, average, min, max and the metric's own aggregation, exact.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AggOut {
     count: i64,
     sum: Exact,
@@ -118,7 +136,7 @@ pub fn agg_out(a: &Agg, aggregation: Aggregation) -> AggOut {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AggregateOut {
     metric: String,
     dim: Option<String>,
@@ -128,6 +146,18 @@ pub struct AggregateOut {
     result: AggOut,
 }
 
+/// A metric's count, sum, average, min and max over a window, overall or for one dimension value.
+#[utoipa::path(get, path = "/api/v1/metrics/{metric}", tag = "metrics",
+    params(("metric" = String, Path, description = "A declared metric"), SeriesParams),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The aggregate", body = AggregateOut),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+        (status = 404, description = "No such metric", body = ErrorOut),
+    ))]
 pub async fn get_metric_aggregate(
     _: ReadAccess,
     State(state): State<AppState>,
@@ -151,14 +181,15 @@ pub async fn get_metric_aggregate(
     }))
 }
 
-#[derive(Serialize)]
+/// One bucket of a series.
+#[derive(Serialize, ToSchema)]
 pub struct PointOut {
     t: String,
     #[serde(flatten)]
     agg: AggOut,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SeriesOut {
     metric: String,
     aggregation: Aggregation,
@@ -167,6 +198,18 @@ pub struct SeriesOut {
     points: Vec<PointOut>,
 }
 
+/// A metric's buckets over a window, one point per bucket with data.
+#[utoipa::path(get, path = "/api/v1/metrics/{metric}/series", tag = "metrics",
+    params(("metric" = String, Path, description = "A declared metric"), SeriesParams),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The series", body = SeriesOut),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+        (status = 404, description = "No such metric", body = ErrorOut),
+    ))]
 pub async fn get_metric_series(
     _: ReadAccess,
     State(state): State<AppState>,

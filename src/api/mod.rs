@@ -12,6 +12,7 @@
 
 mod admin;
 mod cache;
+mod doc;
 mod error;
 mod events;
 mod extract;
@@ -21,28 +22,52 @@ mod metrics;
 mod product;
 mod state;
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use cache::{CacheStats, ReadCache};
 pub use error::ApiError;
 pub use state::AppState;
 
+/// The API's routes and its OpenAPI description, built together: a route is served exactly when
+/// it is described.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .routes(routes!(health::get_health))
+        .routes(routes!(health::get_readiness))
+        .routes(routes!(product::get_product_sales))
+        .routes(routes!(product::get_product_rating))
+        .routes(routes!(events::ingest_events))
+        .routes(routes!(events::get_raw_events))
+        .routes(routes!(metrics::list_metrics))
+        .routes(routes!(metrics::get_metric_aggregate))
+        .routes(routes!(metrics::get_metric_series))
+        .routes(routes!(admin::get_dead_letters))
+        .routes(routes!(admin::get_stats))
+        .routes(routes!(admin::get_kafka_lag))
+        .split_for_parts()
+}
+
+/// The OpenAPI description of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::get_health))
-        .route("/readyz", get(health::get_readiness))
-        .route("/api/product/sale/{id}", get(product::get_product_sales))
-        .route("/api/product/rating/{id}", get(product::get_product_rating))
-        .route("/api/v1/events", post(events::ingest_events))
-        .route("/api/v1/events/raw", get(events::get_raw_events))
-        .route("/api/v1/dead-letters", get(admin::get_dead_letters))
-        .route("/api/v1/metrics", get(metrics::list_metrics))
-        .route("/api/v1/admin/stats", get(admin::get_stats))
-        .route("/api/v1/admin/kafka/lag", get(admin::get_kafka_lag))
-        .route("/api/v1/metrics/{metric}", get(metrics::get_metric_aggregate))
-        .route("/api/v1/metrics/{metric}/series", get(metrics::get_metric_series))
+    let (router, doc) = routes();
+    let doc: Arc<str> = doc.to_pretty_json().expect("the OpenAPI description serialises").into();
+    router
+        .route(
+            "/api/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response() }),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::Status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())

@@ -6,7 +6,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::doc::ErrorOut;
 use super::error::ApiError;
 use super::extract::{Path, ReadAccess};
 use super::json::{AVG_DECIMALS, Exact, WindowOut};
@@ -18,14 +20,17 @@ pub const SALES_METRIC: &str = "sales_amount";
 pub const RATING_METRIC: &str = "rating";
 pub const PRODUCT_DIM: &str = "product_id";
 
-#[derive(Serialize)]
+/// Sales of a product in the last hour (`api.sales_window`).
+#[derive(Serialize, ToSchema)]
 pub struct SalesOut {
+    /// The sum of `amount`, exact.
     total: Exact,
     count: i64,
     window: WindowOut,
 }
 
-#[derive(Serialize)]
+/// A product's average rating over all time (null when never rated).
+#[derive(Serialize, ToSchema)]
 pub struct RatingOut {
     average_rating: Option<Exact>,
     count: i64,
@@ -56,6 +61,19 @@ async fn known_product(state: &AppState, id: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Total sales of a product in the last hour: the 3600 one-second buckets ending with this second.
+#[utoipa::path(get, path = "/api/product/sale/{id}", tag = "seed",
+    params(("id" = String, Path, description = "The product id (digits)")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The product's sales", body = SalesOut),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+        (status = 404, description = "No product with that id was ever seen", body = ErrorOut),
+        (status = 501, description = "The metric sales_amount by product_id is not configured", body = ErrorOut),
+    ))]
 pub async fn get_product_sales(
     _: ReadAccess,
     State(state): State<AppState>,
@@ -69,6 +87,19 @@ pub async fn get_product_sales(
     Ok(Json(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
 }
 
+/// The average rating of a product over all time.
+#[utoipa::path(get, path = "/api/product/rating/{id}", tag = "seed",
+    params(("id" = String, Path, description = "The product id (digits)")),
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "The product's average rating", body = RatingOut),
+        (status = 400, description = "A bad parameter", body = ErrorOut),
+        (status = 401, description = "No valid token", body = ErrorOut),
+        (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+        (status = 404, description = "No product with that id was ever seen", body = ErrorOut),
+        (status = 501, description = "The metric rating by product_id is not configured", body = ErrorOut),
+    ))]
 pub async fn get_product_rating(
     _: ReadAccess,
     State(state): State<AppState>,

@@ -135,6 +135,28 @@ impl TestApp {
         secret
     }
 
+    /// A token with `scopes` that has already expired.
+    pub async fn expired_token(&self, scopes: &[Scope]) -> String {
+        let name = format!("expired{}", rand_suffix());
+        let created = jetstream::clock::now_ms() - 10_000;
+        let secret = create_token(&*self.store_handle, &name, scopes, Some(Duration::from_secs(1)), created)
+            .await
+            .expect("token created");
+        self.tokens.reload(&*self.store_handle).await.expect("tokens reload");
+        secret
+    }
+
+    /// A token with `scopes` that has been revoked.
+    pub async fn revoked_token(&self, scopes: &[Scope]) -> String {
+        let name = format!("revoked{}", rand_suffix());
+        let secret = create_token(&*self.store_handle, &name, scopes, None, jetstream::clock::now_ms())
+            .await
+            .expect("token created");
+        assert!(self.store_handle.revoke_token(&name, jetstream::clock::now_ms()).await.expect("revoke"));
+        self.tokens.reload(&*self.store_handle).await.expect("tokens reload");
+        secret
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
