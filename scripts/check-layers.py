@@ -27,7 +27,7 @@ LAYERS = [
     ["rollup"],
     ["storage"],
     ["ingest", "auth"],
-    ["api", "tls"],
+    ["api", "server"],
     ["app"],
     ["cli"],
 ]

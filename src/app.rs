@@ -73,6 +73,7 @@ impl Application {
             tokio::spawn(tokens.clone().keep_fresh(store.clone())),
             tokio::spawn(prune_forever(store.clone(), settings.clone())),
         ];
+        let ingest_gate = Arc::new(tokio::sync::Semaphore::new(settings.http.max_inflight_ingest_bytes.div_ceil(1024)));
         let state = AppState {
             store,
             validator: Arc::new(Validator::new(&settings)),
@@ -82,6 +83,7 @@ impl Application {
             tokens,
             cache,
             health: Arc::new(Health::default()),
+            ingest_gate,
         };
         let kafka = if state.settings.kafka.brokers.is_empty() {
             None
@@ -107,7 +109,7 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves HTTPS (terminated by rustls, see `crate::tls`) instead of HTTP.
+    /// Serves HTTPS (terminated by rustls, see `crate::server::tls`) instead of HTTP.
     pub fn with_tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
         self.tls = Some(config);
         self
@@ -128,18 +130,7 @@ impl Application {
         match listener {
             Some(listener) => {
                 let router = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
-                match tls {
-                    Some(config) => {
-                        let listener = crate::tls::TlsListener::new(listener, config).context("TLS listener")?;
-                        axum::serve(listener, router)
-                            .with_graceful_shutdown(shutdown)
-                            .await
-                            .context("serving HTTPS")?;
-                    }
-                    None => {
-                        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
-                    }
-                }
+                crate::server::serve(listener, tls, router, &state.settings.http, shutdown).await;
             }
             None => shutdown.await,
         }
@@ -167,12 +158,16 @@ async fn prune_forever(store: Arc<dyn Store>, settings: Arc<Settings>) {
         tick.tick().await;
         let now = now_ms();
         let r = &settings.retention;
+        // Durations are at most 100 years (`Settings::check`); saturating all the same, so a
+        // duration that did not fit could never turn into a cut-off in the future.
+        let ms = |d: Duration| now.saturating_sub(crate::config::millis_i64(d));
+        let s = |d: Duration| (now / 1000).saturating_sub(crate::config::secs_i64(d));
         let before = PruneBefore {
-            raw_ms: now - r.raw_events.as_millis() as i64,
-            dead_letters_ms: now - r.dead_letters.as_millis() as i64,
-            second_buckets_s: now / 1000 - r.second_buckets.as_secs() as i64,
-            minute_buckets_s: now / 1000 - r.minute_buckets.as_secs() as i64,
-            idempotency_keys_ms: now - r.idempotency_keys.as_millis() as i64,
+            raw_ms: ms(r.raw_events),
+            dead_letters_ms: ms(r.dead_letters),
+            second_buckets_s: s(r.second_buckets),
+            minute_buckets_s: s(r.minute_buckets),
+            idempotency_keys_ms: ms(r.idempotency_keys),
         };
         let start = std::time::Instant::now();
         let result = store.prune(before).await;

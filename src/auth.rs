@@ -1,6 +1,6 @@
 //! Bearer tokens in the spirit of Laravel Sanctum's personal access tokens.
 //!
-//! A token is `js_` + 32 random bytes (base62-ish hex); only its SHA-256 is stored, with a name,
+//! A token is `js_` + 24 random bytes in hex; only its SHA-256 is stored, with a name,
 //! scopes and an optional expiry. Servers keep the token table in memory and reload it when the
 //! store's token version changes, so the CLI's create/revoke take effect within a poll interval.
 
@@ -100,7 +100,7 @@ pub async fn create_token(
             hash: hash_token(&secret),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             created_ms: now_ms,
-            expires_ms: expires_in.map(|d| now_ms + d.as_millis() as i64),
+            expires_ms: expires_in.map(|d| now_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
             revoked_ms: None,
         })
         .await?;

@@ -27,6 +27,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Kafka consumer settings (brokers may also come from flags or the environment).
     pub kafka: KafkaSettings,
+    /// The HTTP listener's limits: timeouts, connections, work in flight.
+    pub http: HttpSettings,
     /// Event schemas by event name. Events with other names are accepted unvalidated.
     pub events: BTreeMap<String, EventSchema>,
     /// Declared metrics: what is rolled up into time buckets.
@@ -100,6 +102,30 @@ pub struct KafkaSettings {
     pub max_record_bytes: usize,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Longest a client may take to send a request's headers; also how long an idle keep-alive
+    /// connection is kept (the timer starts when the server waits for the next request).
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// Time a request body may take on top of what `min_body_rate` allows for its size.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_timeout: Duration,
+    /// The slowest body upload accepted, in bytes per second (a 16 MiB body at 64 KiB/s: 256 s).
+    pub min_body_rate: u64,
+    /// Most connections open at once; beyond it a new connection is answered 503 and closed.
+    /// Lowered to leave headroom below the process's file limit.
+    pub max_connections: usize,
+    /// After SIGTERM/SIGINT, how long requests in progress may take before the process exits
+    /// anyway (nothing acknowledged is lost: an answer is sent only after its commit).
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+    /// Most bytes of ingest bodies being read, parsed or committed at once; beyond it ingest
+    /// answers 503 with Retry-After instead of queueing without bound.
+    pub max_inflight_ingest_bytes: usize,
+}
+
 /// The fields an event must (or may) carry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +189,12 @@ pub enum Aggregation {
 /// The dimension the built-in `events` metric uses: every accepted event, counted by name.
 pub const EVENT_NAME_DIMENSION: &str = "event_name";
 
+const DAY: u64 = 86_400;
+
+/// The longest duration any setting takes (100 years): times computed from settings then fit
+/// every integer type they meet.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * DAY);
+
 fn yes() -> bool {
     true
 }
@@ -170,6 +202,16 @@ fn yes() -> bool {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Whole seconds of a duration as an `i64`, saturating (never wraps).
+pub fn secs_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds of a duration as an `i64`, saturating (never wraps).
+pub fn millis_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Parses `90s`, `15m`, `12h`, `30d` (and anything `humantime` accepts).
@@ -193,7 +235,6 @@ impl Default for IngestSettings {
 
 impl Default for RetentionSettings {
     fn default() -> Self {
-        const DAY: u64 = 86_400;
         Self {
             raw_events: Duration::from_secs(30 * DAY),
             dead_letters: Duration::from_secs(30 * DAY),
@@ -207,6 +248,19 @@ impl Default for RetentionSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         Self { cache_ttl: Duration::from_secs(1), sales_window: Duration::from_secs(3600) }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            min_body_rate: 64 * 1024,
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
+            max_inflight_ingest_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -279,6 +333,7 @@ impl Settings {
             retention: RetentionSettings::default(),
             api: ApiSettings::default(),
             kafka: KafkaSettings::default(),
+            http: HttpSettings::default(),
             events: BTreeMap::new(),
             metrics: Vec::new(),
         }
@@ -359,6 +414,12 @@ impl Settings {
                 }
             }
         }
+        self.check_durations(&mut problems);
+        if self.http.max_connections == 0 || self.http.min_body_rate == 0 || self.http.max_inflight_ingest_bytes == 0 {
+            problems.push(
+                "http.max_connections, http.min_body_rate and http.max_inflight_ingest_bytes must be above 0".into(),
+            );
+        }
         if self.ingest.max_body_bytes == 0 {
             problems.push("ingest.max_body_bytes must be above 0".into());
         }
@@ -368,13 +429,39 @@ impl Settings {
         if self.ingest.max_batch_events == 0 {
             problems.push("ingest.max_batch_events must be above 0".into());
         }
-        if self.api.sales_window.as_secs() == 0 {
-            problems.push("api.sales_window must be at least 1s".into());
-        }
-        if self.retention.second_buckets < self.api.sales_window + Duration::from_secs(120) {
+        if self.retention.second_buckets < self.api.sales_window.saturating_add(Duration::from_secs(120)) {
             problems.push("retention.second_buckets must exceed api.sales_window by at least 2m".into());
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError(problems)) }
+    }
+
+    /// Every duration within bounds: arithmetic on times must never overflow or wrap (a
+    /// retention of 300000000y used to wrap and delete everything within a minute).
+    fn check_durations(&self, problems: &mut Vec<String>) {
+        let d = |s: u64| Duration::from_secs(s);
+        for (name, value, min, max) in [
+            ("ingest.max_future_skew", self.ingest.max_future_skew, d(0), d(365 * DAY)),
+            ("ingest.commit_linger", self.ingest.commit_linger, d(0), d(10)),
+            ("retention.raw_events", self.retention.raw_events, d(60), MAX_DURATION),
+            ("retention.dead_letters", self.retention.dead_letters, d(60), MAX_DURATION),
+            ("retention.second_buckets", self.retention.second_buckets, d(60), MAX_DURATION),
+            ("retention.minute_buckets", self.retention.minute_buckets, d(60), MAX_DURATION),
+            ("retention.idempotency_keys", self.retention.idempotency_keys, d(60), MAX_DURATION),
+            ("api.cache_ttl", self.api.cache_ttl, d(0), d(3600)),
+            ("api.sales_window", self.api.sales_window, d(1), d(366 * DAY)),
+            ("http.header_read_timeout", self.http.header_read_timeout, d(1), d(3600)),
+            ("http.body_timeout", self.http.body_timeout, d(1), d(3600)),
+            ("http.shutdown_timeout", self.http.shutdown_timeout, d(0), d(3600)),
+        ] {
+            if value < min || value > max {
+                problems.push(format!(
+                    "{name} = {} must lie between {} and {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ));
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@
 //! - [`auth`]: scoped bearer tokens (hash-only storage, hot reload).
 //! - [`api`]: the axum router: the original design's two endpoints, `/api/v1`, the read cache;
 //!   HTTP ingest hands bodies to `ingest`.
-//! - [`tls`]: HTTPS for `serve --tls-cert … --tls-key …` (rustls).
+//! - [`server`]: the listener (HTTP and HTTPS): connection cap, timeouts, shutdown deadline.
 //! - [`app`]: starts everything and stops it in order; [`cli`] is the binary's edge.
 
 #![forbid(unsafe_code)]
@@ -33,5 +33,5 @@ pub mod event;
 pub mod health;
 pub mod ingest;
 pub mod rollup;
+pub mod server;
 pub mod storage;
-mod tls;

@@ -13,9 +13,6 @@ use super::extract::{AdminAccess, Query};
 use super::state::AppState;
 use crate::ingest::kafka::{LagError, source_name, topic_lag};
 
-/// Most bytes of a dead letter's raw record shown in a page (the rest is counted, not shown).
-const MAX_DEAD_LETTER_RAW: usize = 64 * 1024;
-
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -37,7 +34,7 @@ pub struct DeadLetterOut {
     topic: Option<String>,
     partition: Option<i32>,
     offset: Option<i64>,
-    /// The record as text when it is UTF-8 (else `raw_hex`), cut to 64 KiB.
+    /// The record as text when it is UTF-8 (else `raw_hex`), cut to 16 KiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,8 +53,8 @@ pub struct DeadLettersOut {
 impl From<crate::storage::DeadLetter> for DeadLetterOut {
     fn from(d: crate::storage::DeadLetter) -> Self {
         let l = d.letter;
-        let full = l.raw.len();
-        let mut shown = &l.raw[..full.min(MAX_DEAD_LETTER_RAW)];
+        let full = usize::try_from(d.raw_size).unwrap_or(usize::MAX);
+        let mut shown = &l.raw[..];
         // Cut on a character boundary so a UTF-8 record stays text: a character cut in two at the
         // end is the only error (`error_len` is None) to drop.
         if let Err(e) = std::str::from_utf8(shown)

@@ -12,6 +12,7 @@
 //! being committed, a repeat gets `409`.
 
 use std::io::Read as _;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -38,6 +39,8 @@ const MAX_KEY_LEN: usize = 255;
 /// Bodies larger than this are parsed on the blocking pool, so a big batch never stalls the
 /// runtime workers that answer queries.
 const INLINE_PARSE_BYTES: usize = 32 * 1024;
+/// How long a request waits for room in the ingest budget before it is answered 503.
+const GATE_WAIT: Duration = Duration::from_millis(500);
 /// Most rejected events listed one by one in an answer; the rest are counted by reason.
 const MAX_LISTED_ERRORS: usize = 100;
 
@@ -74,6 +77,7 @@ pub struct EventError {
         (status = 400, description = "Not JSON, or a bad header", body = ErrorOut),
         (status = 401, description = "No valid token", body = ErrorOut),
         (status = 403, description = "The token lacks the scope", body = ErrorOut),
+        (status = 408, description = "The body was sent too slowly", body = ErrorOut),
         (status = 409, description = "The same Idempotency-Key is still being committed", body = ErrorOut),
         (status = 413, description = "Over the body or event-count limit", body = ErrorOut),
         (status = 422, description = "The Idempotency-Key was used with another body, or the store refused the events", body = ErrorOut),
@@ -88,7 +92,7 @@ pub async fn ingest_events(
     let token = access.token;
     let key = idempotency_key(&headers)?;
     let format = body_format(&headers);
-    let body = read_body(&state, &headers, body).await?;
+    let (body, _in_flight) = read_body(&state, &headers, body).await?;
     let fingerprint = key.as_ref().map(|_| fingerprint(format, &body));
     if let (Some(key), Some(fp)) = (&key, &fingerprint)
         && let Some(stored) = state.store.idempotent_answer(&token, key).await?
@@ -151,8 +155,14 @@ fn body_format(headers: &HeaderMap) -> BodyFormat {
 }
 
 /// The body, at most `ingest.max_body_bytes` of it: a larger declared length is refused before
-/// anything is read.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// anything is read. Reading it must keep up `http.min_body_rate` (after `http.body_timeout`),
+/// and it needs its size of the ingest budget (`http.max_inflight_ingest_bytes`), held until the
+/// request is answered: past the budget, ingest answers 503 rather than queueing without bound.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), ApiError> {
     let limit = state.settings.ingest.max_body_bytes;
     let too_large =
         || ApiError::Status(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over the limit of {limit} bytes"));
@@ -161,13 +171,29 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-            too_large()
-        } else {
-            ApiError::BadRequest(format!("the body could not be read: {e}"))
-        }
-    })
+    let size = declared.unwrap_or(limit as u64);
+    let kib = u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let gate = state.ingest_gate.clone();
+    let kib = kib.min(u32::try_from(state.settings.http.max_inflight_ingest_bytes.div_ceil(1024)).unwrap_or(u32::MAX));
+    let permit = tokio::time::timeout(GATE_WAIT, gate.acquire_many_owned(kib))
+        .await
+        .map_err(|_| ApiError::Unavailable("too much ingest in flight; retry in a moment".into()))?
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let http = &state.settings.http;
+    let deadline = http.body_timeout + Duration::from_secs_f64(size as f64 / http.min_body_rate.max(1) as f64);
+    let bytes = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::Status(StatusCode::REQUEST_TIMEOUT, format!("the body was not received within {deadline:?}"))
+        })?
+        .map_err(|e| {
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                too_large()
+            } else {
+                ApiError::BadRequest(format!("the body could not be read: {e}"))
+            }
+        })?;
+    Ok((bytes, permit))
 }
 
 /// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.

@@ -13,6 +13,9 @@ use serde_json::json;
 
 use super::state::AppState;
 
+/// A commit running longer than this makes `/readyz` say not ready.
+const WRITER_STUCK_MS: i64 = 5_000;
+
 /// How long `/readyz` waits for the store before saying it is not ready.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -39,6 +42,15 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
             Err("the store did not answer within 2 s")
         }
     };
+    // A commit running for long: the writer is stuck (a lock held elsewhere, a full disk).
+    let started = state.writer.stats().commit_started_ms.load(Ordering::Relaxed);
+    let stuck_ms = if started > 0 { crate::clock::now_ms() - started } else { 0 };
+    let writer = if stuck_ms > WRITER_STUCK_MS {
+        tracing::warn!(stuck_ms, "readiness: a commit has been running for long");
+        Err(format!("a commit has been running for {} s", stuck_ms / 1000))
+    } else {
+        Ok(())
+    };
     let h = &state.health;
     let kafka = h.kafka_configured.load(Ordering::Relaxed).then(|| {
         json!({
@@ -47,10 +59,11 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
         })
     });
     let kafka_ok = kafka.as_ref().is_none_or(|k| k["ok"] == true);
-    let ready = store.is_ok() && kafka_ok;
+    let ready = store.is_ok() && writer.is_ok() && kafka_ok;
     let body = json!({
         "ready": ready,
         "store": { "ok": store.is_ok(), "detail": store.err() },
+        "writer": { "ok": writer.is_ok(), "detail": writer.err() },
         "kafka": kafka,
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

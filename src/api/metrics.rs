@@ -100,8 +100,8 @@ impl SeriesParams {
     fn window(&self, state: &AppState) -> Result<(i64, i64), ApiError> {
         let r = &state.settings.retention;
         let kept = Kept {
-            second_buckets_s: r.second_buckets.as_secs() as i64,
-            minute_buckets_s: r.minute_buckets.as_secs() as i64,
+            second_buckets_s: crate::config::secs_i64(r.second_buckets),
+            minute_buckets_s: crate::config::secs_i64(r.minute_buckets),
         };
         let q = WindowQuery { window: self.window.as_deref(), from: self.from.as_deref(), to: self.to.as_deref() };
         query_window(q, crate::clock::now_ms(), kept).map_err(ApiError::BadRequest)

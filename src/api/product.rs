@@ -81,7 +81,7 @@ pub async fn get_product_sales(
 ) -> Result<Json<SalesOut>, ApiError> {
     configured(&state, SALES_METRIC)?;
     let id = known_product(&state, &id).await?;
-    let window_s = state.settings.api.sales_window.as_secs() as i64;
+    let window_s = crate::config::secs_i64(state.settings.api.sales_window);
     let series = SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &id);
     let (agg, (from, to)) = state.cache.trailing(&series, window_s, crate::clock::now_ms()).await?;
     Ok(Json(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))

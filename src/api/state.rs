@@ -21,4 +21,6 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub cache: Arc<ReadCache>,
     pub health: Arc<Health>,
+    /// Ingest bodies in flight, in KiB: bounds the memory requests waiting to be committed hold.
+    pub ingest_gate: Arc<tokio::sync::Semaphore>,
 }

@@ -58,7 +58,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     storage::StoreUrl::parse(&a.store.store)?;
     // Checked before anything starts: a bad certificate is a usage error, not a half-started server.
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::load_config(cert, key).map_err(|e| UsageError(e.to_string()))?),
+        (Some(cert), Some(key)) => {
+            Some(crate::server::tls::load_config(cert, key).map_err(|e| UsageError(e.to_string()))?)
+        }
         _ => None,
     };
     let mut app = Application::build(settings, &a.store.store, &a.listen).await?;

@@ -5,13 +5,18 @@ use super::error::UsageError;
 use super::usage::open_store;
 use crate::auth::{create_token, parse_scopes};
 use crate::clock::now_ms;
-use crate::config::parse_duration;
+use std::time::Duration;
+
+use crate::config::{MAX_DURATION, parse_duration};
 
 pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { store, name, scope, expires_in } => {
             let scopes = parse_scopes(&scope).map_err(UsageError)?;
             let expires = expires_in.as_deref().map(parse_duration).transpose().map_err(UsageError)?;
+            if expires.is_some_and(|d| d < Duration::from_secs(1) || d > MAX_DURATION) {
+                return Err(UsageError("--expires-in must lie between 1s and 100 years".into()).into());
+            }
             if name.trim().is_empty() || name.len() > 128 {
                 return Err(UsageError("a token name must be 1 to 128 characters".into()).into());
             }

@@ -81,7 +81,7 @@ impl Validator {
     pub fn new(settings: &Settings) -> Self {
         Self {
             schemas: settings.events.clone(),
-            max_future_skew_ms: settings.ingest.max_future_skew.as_millis() as i64,
+            max_future_skew_ms: crate::config::millis_i64(settings.ingest.max_future_skew),
             max_event_bytes: settings.ingest.max_event_bytes,
         }
     }
@@ -109,9 +109,9 @@ impl Validator {
             None | Some(FieldValue::Null) => default_time_ms,
             Some(v) => parse_timestamp(v)?,
         };
-        if time_ms - received_ms > self.max_future_skew_ms {
+        if time_ms.saturating_sub(received_ms) > self.max_future_skew_ms {
             return Err(Rejection::FutureTimestamp {
-                ahead_s: (time_ms - received_ms) / 1000,
+                ahead_s: time_ms.saturating_sub(received_ms) / 1000,
                 allowed_s: self.max_future_skew_ms / 1000,
             });
         }

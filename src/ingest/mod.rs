@@ -13,6 +13,9 @@ use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock};
 pub mod kafka;
 pub mod writer;
 
+/// How much of an oversized record its dead letter keeps.
+pub const OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
+
 /// Where a record came from, kept with its raw event and its dead letter.
 #[derive(Debug, Clone, Default)]
 pub struct Origin<'a> {
@@ -97,13 +100,19 @@ impl Pending {
         out.extend_from_slice(b"}\n");
     }
 
-    /// Keeps a rejected record as a dead letter.
+    /// Keeps a rejected record as a dead letter (an oversized one only in part: it could never
+    /// be replayed, and keeping it whole would let one request store its whole body again).
     pub fn reject(&mut self, raw: &[u8], reason: &Rejection, origin: &Origin<'_>, received_ms: i64) {
+        let kept = if matches!(reason, Rejection::TooLarge { .. }) {
+            &raw[..raw.len().min(OVERSIZED_KEEP_BYTES)]
+        } else {
+            raw
+        };
         self.dead.push(NewDeadLetter {
             received_ms,
             source: origin.source.to_string(),
             reason: reason.to_string(),
-            raw: raw.to_vec(),
+            raw: kept.to_vec(),
             topic: origin.topic.map(String::from),
             partition: origin.partition,
             offset: origin.offset,

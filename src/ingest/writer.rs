@@ -108,6 +108,9 @@ pub struct WriterStats {
     pub dead_letters: AtomicU64,
     /// Transactions that failed (fenced ones included).
     pub failed_commits: AtomicU64,
+    /// When the commit running now started (epoch ms; 0 when none runs): `/readyz` reports a
+    /// writer stuck on a commit (a lock held elsewhere, a slow disk) as not ready.
+    pub commit_started_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Writer {
@@ -218,7 +221,9 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>, observers: &[Arc<dyn Co
         let (batch, changes) = build_batch(&mut jobs);
         let (events, dead) = (batch.raw_blocks.iter().map(|b| b.count as u64).sum(), batch.dead_letters.len() as u64);
         let in_flight = InFlight::start(observers, &changes.series);
+        stats.commit_started_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
         let result = store.commit(batch).await;
+        stats.commit_started_ms.store(0, Ordering::Relaxed);
         let counter = if result.is_ok() { &stats.commits } else { &stats.failed_commits };
         counter.fetch_add(1, Ordering::Relaxed);
         jobs = match result {

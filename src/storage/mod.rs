@@ -12,8 +12,8 @@ mod store;
 mod url;
 
 pub use store::{
-    CommitPos, DeadLetter, IdempotencyRecord, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store,
-    StoreError, StoredAnswer, TokenRecord, WriteBatch,
+    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, IdempotencyRecord, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned,
+    RawBlock, Store, StoreError, StoredAnswer, TokenRecord, WriteBatch,
 };
 pub use url::{StoreUrl, redact};
 

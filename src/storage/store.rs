@@ -83,9 +83,15 @@ pub struct NewDeadLetter {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
     pub id: i64,
+    /// `raw` is the record's first [`DEAD_LETTER_PAGE_RAW`] bytes at most: a page of them stays
+    /// small whatever was rejected. The record's stored size:
+    pub raw_size: i64,
     #[serde(flatten)]
     pub letter: NewDeadLetter,
 }
+
+/// Most bytes of a dead letter's record a page reads (the rest stays stored).
+pub const DEAD_LETTER_PAGE_RAW: i64 = 16 * 1024;
 
 /// Everything one transaction writes.
 #[derive(Debug, Default)]

@@ -50,6 +50,15 @@ impl StoreUrl {
         if config.get_application_name().is_none() {
             config.application_name("jetstream");
         }
+        // A statement or a lock wait never stalls a request for long: past these it fails (and
+        // is answered 503), unless the URL's `options` say otherwise.
+        let mut options = config.get_options().unwrap_or_default().to_string();
+        for (setting, value) in [("statement_timeout", "30s"), ("lock_timeout", "5s")] {
+            if !options.contains(setting) {
+                options.push_str(&format!(" -c {setting}={value}"));
+            }
+        }
+        config.options(options.trim());
         Ok(StoreUrl::Postgres { config: Box::new(config), redacted: redact(url) })
     }
 

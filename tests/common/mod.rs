@@ -7,6 +7,7 @@
 //!   storage backend, so one test body covers every backend.
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod certs;
 pub mod pg;
 
 use std::io::{BufRead, BufReader};

@@ -27,6 +27,11 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{scheme}://{authority}/{db}{query}")
 }
 
+/// A connection to the test server's administrative database.
+pub async fn admin_client() -> tokio_postgres::Client {
+    admin().await
+}
+
 async fn admin() -> tokio_postgres::Client {
     let url = server_url();
     let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap_or_else(|e| {

@@ -20,6 +20,7 @@ use super::lag::partition_lag;
 use super::producer::{LogDelivery, produce_dead_letter};
 use crate::event::Validator;
 use crate::health::Health;
+use crate::ingest::OVERSIZED_KEEP_BYTES;
 use crate::ingest::writer::{WriteError, Writer};
 use crate::rollup::Metrics;
 use crate::storage::{NewDeadLetter, OffsetAdvance, Store};
@@ -36,8 +37,6 @@ pub(super) const MAX_IN_FLIGHT: usize = 4;
 /// How far before its stored offset a resumed fetch starts (see `Ctx::take`): more records than
 /// one producer batch holds (librdkafka's `batch.num.messages` defaults to 10,000).
 const REWIND_FIRST: i64 = 10_000;
-/// How much of an oversized record is kept in its dead letter.
-const OVERSIZED_KEEP_BYTES: usize = 64 * 1024;
 /// Broker health probes: often while unhealthy, rarely while all is well.
 pub(super) const PROBE_UNHEALTHY: Duration = Duration::from_secs(1);
 pub(super) const PROBE_HEALTHY: Duration = Duration::from_secs(5);

@@ -15,7 +15,7 @@ pub(super) struct RawRecord {
     /// The record's timestamp (the event time of events without a `timestamp`).
     pub(super) time_ms: Option<i64>,
     pub(super) key: Option<Box<[u8]>>,
-    /// The value's length (the value itself is cut to [`OVERSIZED_KEEP_BYTES`] when oversized).
+    /// The value's length (the value itself is cut to `ingest::OVERSIZED_KEEP_BYTES` when oversized).
     pub(super) size: usize,
     pub(super) payload: Box<[u8]>,
 }

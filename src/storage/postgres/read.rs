@@ -5,7 +5,9 @@ use tokio_postgres::Row;
 
 use super::error::pg_err;
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
-use crate::storage::{CommitPos, DeadLetter, NewDeadLetter, RawBlock, StoreError, StoredAnswer, TokenRecord};
+use crate::storage::{
+    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, NewDeadLetter, RawBlock, StoreError, StoredAnswer, TokenRecord,
+};
 
 pub(super) fn res_code(r: Resolution) -> i32 {
     // At most 86 400: always fits.
@@ -110,16 +112,19 @@ pub(super) async fn dead_letters(
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let st = client
         .prepare_cached(
-            r#"SELECT id, received_ms, source, reason, raw, topic, partition, "offset" FROM dead_letters
-               WHERE id < $1 ORDER BY id DESC LIMIT $2"#,
+            r#"SELECT id, received_ms, source, reason, substring(raw from 1 for $3::int4), topic, partition, "offset",
+                      octet_length(raw)::int8
+               FROM dead_letters WHERE id < $1 ORDER BY id DESC LIMIT $2"#,
         )
         .await
         .map_err(pg_err)?;
-    let rows = client.query(&st, &[&before.unwrap_or(i64::MAX), &i64::from(limit)]).await.map_err(pg_err)?;
+    let page_raw = DEAD_LETTER_PAGE_RAW as i32;
+    let rows = client.query(&st, &[&before.unwrap_or(i64::MAX), &i64::from(limit), &page_raw]).await.map_err(pg_err)?;
     rows.iter()
         .map(|r| {
             Ok(DeadLetter {
                 id: r.try_get(0).map_err(pg_err)?,
+                raw_size: r.try_get(8).map_err(pg_err)?,
                 letter: NewDeadLetter {
                     received_ms: r.try_get(1).map_err(pg_err)?,
                     source: r.try_get(2).map_err(pg_err)?,

@@ -5,7 +5,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::conn::db_err;
 use super::decimal::agg_from_row;
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
-use crate::storage::{CommitPos, DeadLetter, NewDeadLetter, RawBlock, StoreError, StoredAnswer, TokenRecord};
+use crate::storage::{
+    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, NewDeadLetter, RawBlock, StoreError, StoredAnswer, TokenRecord,
+};
 
 /// A series' id in the store, if it has one.
 fn series_id(c: &Connection, s: &SeriesKey) -> Result<Option<i64>, StoreError> {
@@ -138,14 +140,15 @@ pub(super) fn stored_offsets(c: &Connection, source: &str) -> Result<Vec<(i32, i
 pub(super) fn dead_letters(c: &Connection, before: Option<i64>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
     let mut s = c
         .prepare_cached(
-            "SELECT id, received_ms, source, reason, raw, topic, partition, \"offset\" FROM dead_letters
-             WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            "SELECT id, received_ms, source, reason, substr(raw, 1, ?3), topic, partition, \"offset\", length(raw)
+             FROM dead_letters WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
         )
         .map_err(db_err)?;
     let rows = s
-        .query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+        .query_map(params![before.unwrap_or(i64::MAX), limit, DEAD_LETTER_PAGE_RAW], |r| {
             Ok(DeadLetter {
                 id: r.get(0)?,
+                raw_size: r.get(8)?,
                 letter: NewDeadLetter {
                     received_ms: r.get(1)?,
                     source: r.get(2)?,
