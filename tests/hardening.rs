@@ -360,6 +360,36 @@ async fn postgres_unavailable_is_a_503_without_internals() {
     app.stop().await;
 }
 
+/// Finding 9: a lock held elsewhere for long (a migration, a manual `LOCK TABLE`) fails the
+/// commit waiting on it within the lock timeout (503, to be retried) instead of stalling it, and
+/// `/readyz` says not ready while a commit waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lock_held_elsewhere_is_a_503_within_the_lock_timeout() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    app.ingest(&sold(1)).await;
+    let (mut holder, conn) = tokio_postgres::connect(&app.store.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollups IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let t = Instant::now();
+    let post = {
+        let (client, url, token) = (app.client.clone(), app.url("/api/v1/events"), app.token.clone());
+        tokio::spawn(
+            async move { json_of(client.post(url).bearer_auth(token).json(&sold(2)).send().await.unwrap()).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (s, ready) = app.get_as("/readyz", None).await;
+    assert_eq!(s.as_u16(), 503, "not ready while a commit waits on a lock: {ready}");
+    let (s, out) = post.await.unwrap();
+    assert_eq!(s.as_u16(), 503, "{out}");
+    assert!(t.elapsed() < Duration::from_secs(9), "the commit waited {:?}", t.elapsed());
+    tx.rollback().await.unwrap();
+    let (s, _) = app.ingest(&sold(2)).await;
+    assert_eq!(s.as_u16(), 200, "and ingest works again once the lock is gone");
+    app.stop().await;
+}
+
 /// Finding 2 over TLS: after the handshake, a half-sent request is closed by the same timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_a_half_sent_request_is_closed_too() {

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::state::AppState;
 
 /// A commit running longer than this makes `/readyz` say not ready.
-const WRITER_STUCK_MS: i64 = 5_000;
+const WRITER_STUCK_MS: i64 = 3_000;
 
 /// How long `/readyz` waits for the store before saying it is not ready.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
