@@ -5,9 +5,9 @@
         the reference event stream, built in: the same algorithm and random draws as the shared
         reference generator (gen_events.py), so for the same arguments the output is byte-identical
         (disk.sh uses this one only when that generator is not found)
-  disk.py index FILE --lines L --out IDX
-        byte ranges of FILE's L-line bodies, and the most frequent product in the first body
-        (the hottest product, for the query check)
+  disk.py index FILE --lines L --out IDX [--ids-out IDS]
+        byte ranges of FILE's L-line bodies, the most frequent product in the first body (the
+        hottest product, for the query check) and the ids of the products that occur
   disk.py load --addr A --token T --file FILE --index IDX --pid PID --db DB --out DIR ...
         posts the bodies with P producers (one keep-alive connection each) while sampling the
         server every --interval s (RSS, store files, acknowledged events, CPU); keeps sampling
@@ -96,19 +96,29 @@ def cmd_index(a):
     frequent product_id of the first body (with a Zipf skew it stands far above the next one)."""
     bodies = []
     off = 0
+    seen = set()
+    find = re.compile(rb'"product_id":(\d+)').findall
     with open(a.file, "rb", buffering=1 << 22) as f:
         while True:
             lines = list(itertools.islice(f, a.lines))
             if not lines:
                 break
             size = sum(map(len, lines))
+            ids = find(b"".join(lines))
             if not bodies:
-                ids = re.findall(rb'"product_id":(\d+)', b"".join(lines))
                 hot = collections.Counter(ids).most_common(2)
+            seen.update(ids)
             bodies.append([off, size, len(lines)])
             off += size
     events = sum(b[2] for b in bodies)
-    meta = {"bodies": bodies, "events": events, "bytes": off,
+    if a.ids_out:
+        # the products that have events: the query check draws its random ids from these (a
+        # product never seen is a 404, and the Zipf tail leaves some of the catalogue unseen)
+        tmp = a.ids_out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(f"{i}\n" for i in sorted(int(x) for x in seen)))
+        os.replace(tmp, a.ids_out)
+    meta = {"bodies": bodies, "events": events, "bytes": off, "products_seen": len(seen),
             "hottest_product": int(hot[0][0]) if bodies else None,
             "hottest_share_first_body": round(hot[0][1] / bodies[0][2], 4) if bodies else None,
             "second_share_first_body": round(hot[1][1] / bodies[0][2], 4) if bodies and len(hot) > 1 else None}
@@ -364,6 +374,7 @@ def main():
     i.add_argument("file")
     i.add_argument("--lines", type=int, required=True)
     i.add_argument("--out", required=True)
+    i.add_argument("--ids-out", help="write the product ids that occur, one a line")
     lo = sub.add_parser("load")
     lo.add_argument("--addr", required=True)
     lo.add_argument("--token", required=True)
