@@ -271,8 +271,9 @@ def cmd_load(a):
             dt = t - last_print["t"] if last_print["t"] > -1e9 else t
             dt = dt if dt > 0 else 1e-9
             eps = (s["acked"] - last_print["acked"]) / dt
-            srv_pct = "" if srv is None else f"{100 * (srv - last_print['srv']) / dt:.0f}%"
-            cli_pct = f"{100 * (s['cli_cpu'] - last_print['cli']) / dt:.0f}%"
+            first = last_print["t"] == -1e9
+            srv_pct = "" if srv is None or first else f"{100 * (srv - last_print['srv']) / dt:.0f}%"
+            cli_pct = "" if first else f"{100 * (s['cli_cpu'] - last_print['cli']) / dt:.0f}%"
             rss_s = "gone" if rss is None else f"{rss / 1024:.0f}"
             print(f"{t:6.1f} {phase:>5} {s['acked']:>11,} {eps:>9,.0f} {rss_s:>8} {mb(s['db']):>8.1f} "
                   f"{mb(s['wal']):>9.1f} {mb(s['shm']):>7.1f} {srv_pct:>7} {cli_pct:>7}", flush=True)

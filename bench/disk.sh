@@ -70,10 +70,26 @@ exec > >(trap '' INT TERM; exec tee -a "$OUT/disk.log") 2>&1
 PIDS=()
 SERVER_PID=""
 GEN_TMP=""
+# stop_pid PID SECONDS: SIGTERM, then SIGKILL if it is still there after SECONDS
+stop_pid() {
+  local _
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 $(($2 * 10))); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$1" 2>/dev/null; then
+    echo "disk.sh: pid $1 did not stop within $2 s of SIGTERM; killing it" >&2
+    kill -KILL "$1" 2>/dev/null || true
+  fi
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  local i p
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do # the newest first: clients before the server
+    p=${PIDS[i]}
+    if kill -0 "$p" 2>/dev/null; then
+      [[ $p == "$SERVER_PID" ]] && echo "disk.sh: stopping the server (pid $p)"
+      stop_pid "$p" 30
+    fi
+  done
   [[ -n $GEN_TMP ]] && rm -f "$GEN_TMP"
   if [[ $KEEP == 1 ]]; then echo "disk.sh: kept $WORK"; else rm -rf "$WORK"; fi
   echo "disk.sh: output in $OUT"
@@ -251,13 +267,7 @@ fi
 
 # ------------------------------------------------------------------------------------------ stop
 STOP_T0=$(date +%s.%N)
-kill -TERM "$SERVER_PID" 2>/dev/null || true
-for _ in $(seq 1 $((STOP_TIMEOUT * 10))); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$SERVER_PID" 2>/dev/null; then
-  echo "disk.sh: the server did not stop within $STOP_TIMEOUT s of SIGTERM; killing it" >&2
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-fi
-wait "$SERVER_PID" 2>/dev/null || true
+stop_pid "$SERVER_PID" "$STOP_TIMEOUT"
 STOP_S=$(python3 -c "import time,sys; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$STOP_T0")
 STOPPED="db $(mb "$(fsize "$DB")"), WAL $(mb "$(fsize "$DB-wal")")$([[ -e $DB-wal ]] || echo ' (no file)'), shm $(mb "$(fsize "$DB-shm")") (shutdown took $STOP_S s)"
 
