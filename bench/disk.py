@@ -130,19 +130,22 @@ def cmd_index(a):
 
 
 # ---------------------------------------------------------------------------------------- load
-def proc_rss_kb(pid):
-    """(VmRSS, VmHWM) in KiB, or (None, None) once the process is gone."""
-    rss = hwm = None
+MEM_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+
+
+def proc_mem_kb(pid):
+    """VmRSS, VmHWM and RSS's split (RssAnon: heap and other private memory; RssFile: mapped
+    files; RssShmem: shared memory, e.g. SQLite's -shm when mapped) in KiB; {} once it is gone."""
+    out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1])
+                k = line.split(":", 1)[0]
+                if k in MEM_FIELDS:
+                    out[k] = int(line.split()[1])
     except OSError:
         pass
-    return rss, hwm
+    return out
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -244,7 +247,8 @@ def cmd_load(a):
     db, wal, shm = a.db, a.db + "-wal", a.db + "-shm"
 
     csv = open(os.path.join(a.out, "samples.csv"), "w", buffering=1)
-    csv.write("t_s,phase,acked_events,rss_kb,db_bytes,wal_bytes,shm_bytes,server_cpu_s,client_cpu_s\n")
+    csv.write("t_s,phase,acked_events,rss_kb,db_bytes,wal_bytes,shm_bytes,server_cpu_s,client_cpu_s,"
+              "rss_anon_kb,rss_file_kb,rss_shmem_kb\n")
     samples = []
     hdr = f"{'t s':>6} {'phase':>5} {'acked':>11} {'ev/s':>9} {'RSS MB':>8} {'db MB':>8} {'WAL MB':>9} {'shm MB':>7} {'srv CPU':>7} {'cli CPU':>7}"
     print(hdr, flush=True)
@@ -260,13 +264,17 @@ def cmd_load(a):
 
     def sample(phase, force_print=False):
         t = time.monotonic() - t0
-        rss, _ = proc_rss_kb(a.pid)
+        mem = proc_mem_kb(a.pid)
+        rss = mem.get("VmRSS")
         srv = proc_cpu_s(a.pid)
         s = {"t": t, "phase": phase, "acked": load.acked, "rss_kb": rss, "db": size(db), "wal": size(wal),
-             "shm": size(shm), "srv_cpu": None if srv is None else srv - srv_cpu0, "cli_cpu": client_cpu()}
+             "shm": size(shm), "srv_cpu": None if srv is None else srv - srv_cpu0, "cli_cpu": client_cpu(),
+             "anon": mem.get("RssAnon"), "file": mem.get("RssFile"), "shmem": mem.get("RssShmem")}
         samples.append(s)
-        csv.write(f"{t:.2f},{phase},{s['acked']},{rss if rss is not None else ''},{s['db']},{s['wal']},{s['shm']},"
-                  f"{'' if s['srv_cpu'] is None else round(s['srv_cpu'], 2)},{s['cli_cpu']:.2f}\n")
+        opt = lambda v: "" if v is None else v  # noqa: E731
+        csv.write(f"{t:.2f},{phase},{s['acked']},{opt(rss)},{s['db']},{s['wal']},{s['shm']},"
+                  f"{'' if s['srv_cpu'] is None else round(s['srv_cpu'], 2)},{s['cli_cpu']:.2f},"
+                  f"{opt(s['anon'])},{opt(s['file'])},{opt(s['shmem'])}\n")
         if force_print or t - last_print["t"] >= a.print_every - 1e-6:
             dt = t - last_print["t"] if last_print["t"] > -1e9 else t
             dt = dt if dt > 0 else 1e-9
@@ -311,7 +319,7 @@ def cmd_load(a):
         final = sample("after", force_print=nxt + a.interval > after_end + 1e-6)
     csv.close()
     os.close(fd)
-    _, hwm = proc_rss_kb(a.pid)
+    hwm = proc_mem_kb(a.pid).get("VmHWM")
 
     lat = sorted(load.latencies)
 
@@ -339,6 +347,10 @@ def cmd_load(a):
         "rss_hwm_kb": hwm,  # the kernel's own peak (catches a peak between two samples)
         "rss_end_of_load_kb": end_sample["rss_kb"],
         "rss_final_kb": final["rss_kb"],
+        "rss_final_anon_kb": final["anon"],
+        "rss_final_file_kb": final["file"],
+        "rss_final_shmem_kb": final["shmem"],
+        "rss_anon_peak_kb": max((s["anon"] for s in samples if s["anon"] is not None), default=None),
         "wal_peak": max(s["wal"] for s in samples),
         "wal_end_of_load": end_sample["wal"],
         "wal_final": final["wal"],

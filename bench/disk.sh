@@ -289,6 +289,7 @@ SUMMARY=$OUT/summary.txt
   echo "ingest        $(int "$(J .events_per_s)") events/s ($(int "$ACKED") in $(J .load_s) s, first send to last answer); POST p50 $(J .post_p50_ms) ms, p99 $(J .post_p99_ms) ms, max $(J .post_max_ms) ms"
   echo "CPU           server $(J .server_cpu_load_s) s during the load ($(python3 -c "print(round(100 * $(J .server_cpu_load_s) / $(J .load_s)))") % of one core), $(J .server_cpu_total_s) s with the $AFTER s after; the producers $(J .client_cpu_load_s) s"
   echo "RSS           peak $(rss_mb "$(J .rss_peak_kb)") (kernel high-water mark $(rss_mb "$(J .rss_hwm_kb)")), end of load $(rss_mb "$(J .rss_end_of_load_kb)"), final $(rss_mb "$(J .rss_final_kb)") ($AFTER s after)"
+  echo "              final = $(rss_mb "$(J .rss_final_anon_kb)") anonymous (heap; peak $(rss_mb "$(J .rss_anon_peak_kb)")) + $(rss_mb "$(J .rss_final_file_kb)") mapped files + $(rss_mb "$(J .rss_final_shmem_kb)") shared memory"
   echo "WAL           peak $(mb "$(J .wal_peak)"), end of load $(mb "$(J .wal_end_of_load)"), final $(mb "$(J .wal_final)") ($AFTER s after)"
   echo "database      final $(mb "$(J .db_final)") (peak $(mb "$(J .db_peak)")); shm $(mb "$(J .shm_final)")"
   echo "on disk       final $(mb "$DISK_FINAL") (db + WAL + shm, $AFTER s after), peak $(mb "$(J .disk_peak)"); per million events: $PER_M"
