@@ -321,6 +321,23 @@ def cmd_load(a):
     os.close(fd)
     hwm = proc_mem_kb(a.pid).get("VmHWM")
 
+    # Did the store settle? Over the last 5 s of the after-period (or all of it, if shorter):
+    # WAL and database growth and the server's CPU. Still busy means the final figures are not
+    # final yet (on the old build a merge backlog ran on for a minute after a 3M load).
+    win = min(5.0, a.after)
+    tail = [x for x in samples if x["t"] >= final["t"] - win - 1e-6] if a.after > 0 else [final]
+    first = tail[0]
+    span = final["t"] - first["t"]
+    tail_cpu = (final["srv_cpu"] - first["srv_cpu"]) if None not in (final["srv_cpu"], first["srv_cpu"]) else None
+    settle = {
+        "settle_window_s": round(span, 2),
+        "settle_wal_growth": final["wal"] - first["wal"],
+        "settle_db_growth": final["db"] - first["db"],
+        "settle_server_cpu_pct": round(100 * tail_cpu / span, 1) if tail_cpu is not None and span > 0 else None,
+    }
+    settle["settled"] = bool(span > 0 and settle["settle_wal_growth"] == 0 and settle["settle_db_growth"] == 0
+                             and (settle["settle_server_cpu_pct"] or 0) < 5)
+
     lat = sorted(load.latencies)
 
     def pct(p):
@@ -364,6 +381,7 @@ def cmd_load(a):
         "server_cpu_load_s": round(srv_cpu_load, 1),
         "server_cpu_total_s": None if final["srv_cpu"] is None else round(final["srv_cpu"], 1),
         "client_cpu_load_s": round(cli_cpu_load, 1),
+        **settle,
         "samples": len(samples),
         "load_samples": len(load_samples),
     }

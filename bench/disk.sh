@@ -293,6 +293,11 @@ SUMMARY=$OUT/summary.txt
   echo "WAL           peak $(mb "$(J .wal_peak)"), end of load $(mb "$(J .wal_end_of_load)"), final $(mb "$(J .wal_final)") ($AFTER s after)"
   echo "database      final $(mb "$(J .db_final)") (peak $(mb "$(J .db_peak)")); shm $(mb "$(J .shm_final)")"
   echo "on disk       final $(mb "$DISK_FINAL") (db + WAL + shm, $AFTER s after), peak $(mb "$(J .disk_peak)"); per million events: $PER_M"
+  if [[ $(J .settled) == true ]]; then
+    echo "settled       yes: over the last $(J .settle_window_s) s the WAL and database did not grow and the server used $(J .settle_server_cpu_pct) % of a core"
+  else
+    echo "settled       NO: over the last $(J .settle_window_s) s the WAL grew $(mb "$(J .settle_wal_growth)"), the database $(mb "$(J .settle_db_growth)"), and the server used $(J .settle_server_cpu_pct) % of a core: the final figures are not final yet (raise AFTER)"
+  fi
   echo "after stop    $STOPPED"
   for q in "${QUERY_LINES[@]}"; do echo "query         $q"; done
   echo "stream        $STREAM ($(jq -r .generator "$META"), generated $(((NOW_MS - $(jq .now_ms "$META")) / 1000)) s before this run)"
