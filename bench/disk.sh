@@ -16,7 +16,7 @@
 # CSV, logs and summary go; default a new directory under $TMPDIR or /tmp), CONFIG (a settings file
 # passed to the server as --config), GEN (the reference generator gen_events.py; default
 # ../shared/bench/gen_events.py beside the checkout when it exists, else bench/disk.py's built-in
-# copy, which writes the same bytes), SEED (20240601), SKEW (1.0), CACHE (where generated streams
+# copy, which writes the same bytes; GEN=builtin forces the copy), SEED (20240601), SKEW (1.0), CACHE (where generated streams
 # are kept between runs), STREAM_MAX_AGE (1800 s: an older cached stream is generated anew, since
 # its event times are relative to when it was generated), QUERY_DURATION (5 s per wrk run, 0 skips
 # the query check), THREADS (2) and CONNS (16) for wrk, NGINX (/usr/sbin/nginx), DBSTAT (1: show
@@ -125,13 +125,13 @@ VERSION=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --qu
 if [[ -z $GEN && -f $TOP/../shared/bench/gen_events.py ]]; then
   GEN=$(cd "$TOP/../shared/bench" && pwd)/gen_events.py
 fi
-if [[ -n $GEN ]]; then
+if [[ -n $GEN && $GEN != builtin ]]; then
   [[ -f $GEN ]] || { echo "disk.sh: GEN=$GEN does not exist" >&2; exit 1; }
   GEN_CMD=(python3 "$GEN")
   GEN_NAME="gen_events.py ($GEN)"
 else
   GEN_CMD=(python3 "$HERE/disk.py" gen)
-  GEN_NAME="bench/disk.py gen (built-in; the reference generator was not found)"
+  GEN_NAME="bench/disk.py gen (built-in copy of the reference generator)"
 fi
 KEY="events-$EVENTS-p$PRODUCTS-s$SEED-z$SKEW"
 STREAM=$CACHE/$KEY.ndjson
