@@ -202,8 +202,10 @@ def run_http(a):
             stop.set()
             for t in threads:
                 t.join()
-            first = min(acked | unacked)
             cycle_reqs = sorted(acked | unacked)
+            if not cycle_reqs:
+                raise CannotRun(f"cycle {cycle}: no request was sent before the kill")
+            first = cycle_reqs[0]
             server = Proc(a.bin, ["serve", "--store", a.store, "--listen", "127.0.0.1:0"],
                           os.path.join(work, "serve.log"), True)
             addr = server.addr
@@ -353,8 +355,10 @@ def run_kafka(a):
             before = dict(expected)
             lines, add = kafka_stream(cycle, a.events_per_cycle, rng)
             expected = {k: expected[k] + add[k] for k in expected}
-            send = subprocess.Popen([a.bin, "send", "--brokers", brokers, "--topic", topic], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "JETSTREAM_LOG": "warn"})
+            send_log = os.path.join(work, f"send-{cycle}.log")
+            with open(send_log, "wb") as f:
+                send = subprocess.Popen([a.bin, "send", "--brokers", brokers, "--topic", topic], stdin=subprocess.PIPE,
+                                        stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "JETSTREAM_LOG": "warn"})
             send_result = {}
 
             def produce():
@@ -372,8 +376,9 @@ def run_kafka(a):
                     send.stdin.close()
                 except OSError as e:
                     send_result["error"] = str(e)
-                o, e = send.communicate()
-                send_result.update(rc=send.returncode, out=o.decode(errors="replace"), err=e.decode(errors="replace"))
+                send_result["rc"] = send.wait()
+                with open(send_log, errors="replace") as f:
+                    send_result["out"] = f.read()
 
             producer = threading.Thread(target=produce)
             producer.start()

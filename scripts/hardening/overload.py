@@ -51,7 +51,10 @@ SETTINGS = {
     "JETSTREAM_BIN": ("target/release/jetstream", "the server binary (relative to the repository root)"),
     "STORE": ("", "empty: a fresh SQLite store in a temp dir; postgres://USER@HOST:PORT/DB: a fresh "
                   "database is created on that server (and dropped at the end)"),
-    "CAPACITY_SECONDS": (5, "length of the capacity measurement (closed loop), after 1 s of warm-up"),
+    "CAPACITY": (0, "ingest capacity in 1,000-event requests/s; 0: measure it (closed loop)"),
+    "CAPACITY_WARMUP": (2, "seconds of closed-loop posting before capacity is measured (a fresh store is "
+                           "slower at first: every product's series is new)"),
+    "CAPACITY_SECONDS": (5, "length of the capacity measurement (closed loop), after the warm-up"),
     "CAPACITY_CONNS": (64, "connections posting back to back while capacity is measured (throughput still "
                             "grows from 16 to 64 with group commit: 64 is nearer saturation)"),
     "OVERLOAD_FACTOR": (2, "offered load = this x measured capacity"),
@@ -676,7 +679,7 @@ def run_test(binary, store, work, run_id, children):
 
         # ---- capacity, closed loop
         cap_secs = setting("CAPACITY_SECONDS")
-        warm = 1.0
+        warm = setting("CAPACITY_WARMUP")
         log(f"measuring capacity: {int(setting('CAPACITY_CONNS'))} connections posting 1,000-event bodies back "
             f"to back for {warm + cap_secs:.0f} s")
         p, out = run_child("ingest", {
@@ -689,6 +692,9 @@ def run_test(binary, store, work, run_id, children):
             ledger[f"cap-{run_id}-{e[0]}"] = (e[1], e)
         acked_window = [e for e in cap["entries"] if e[2] == "ack" and warm <= e[7] + e[6] / 1000 <= warm + cap_secs]
         capacity = len(acked_window) / cap_secs
+        if setting("CAPACITY") > 0:
+            log(f"measured capacity {capacity:.1f} req/s; CAPACITY={setting('CAPACITY'):g} is used instead")
+            capacity = setting("CAPACITY")
         lat = [e[6] for e in cap["entries"] if e[2] == "ack"]
         if capacity <= 0:
             raise RuntimeError(f"no request was acknowledged while measuring capacity: "
@@ -696,7 +702,9 @@ def run_test(binary, store, work, run_id, children):
         log(f"capacity: {capacity:.1f} req/s = {capacity * EVENTS_PER_BODY:,.0f} events/s "
             f"(POST p50 {pct(lat, 50):.0f} ms, p99 {pct(lat, 99):.0f} ms)")
         rows.append(("capacity (closed loop)", f"{capacity:.1f} req/s = {capacity * EVENTS_PER_BODY:,.0f} events/s, "
-                     f"POST p50 {pct(lat, 50):.0f} ms p99 {pct(lat, 99):.0f} ms"))
+                     f"POST p50 {pct(lat, 50):.0f} ms p99 {pct(lat, 99):.0f} ms"
+                     + (" (set by CAPACITY)" if setting("CAPACITY") > 0 else
+                        f" ({int(setting('CAPACITY_CONNS'))} connections, {cap_secs:g} s after {warm:g} s of warm-up)")))
 
         # ---- the overload: attack + open-loop ingest + reader, at once
         rate = setting("OVERLOAD_FACTOR") * capacity
@@ -787,6 +795,9 @@ def run_test(binary, store, work, run_id, children):
         check("sent requests were answered (200/429/503)", unanswered <= setting("UNANSWERED_MAX") * max(1, sent),
               f"{unanswered} of {sent} unanswered; at most {setting('UNANSWERED_MAX'):.0%}")
         goodput = acked_in_window / load_secs
+        check("the offered load was an overload (run validity)", goodput <= 0.9 * rate,
+              f"{goodput:.1f} req/s acknowledged of {rate:.1f} offered; at most 90% (else the server took "
+              f"everything: capacity was underestimated; set CAPACITY or a higher OVERLOAD_FACTOR)", validity=True)
         check("goodput under overload", goodput >= setting("GOODPUT_MIN") * capacity,
               f"{goodput:.1f} req/s acknowledged, {goodput / capacity:.0%} of capacity; at least {setting('GOODPUT_MIN'):.0%}")
 
