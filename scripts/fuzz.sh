@@ -47,12 +47,15 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t" "$SCRATCH/$t"
   args=(-max_total_time="$SECS" -timeout=5 -rss_limit_mb=2048 -print_final_stats=1)
   [ -f "dict/$t.dict" ] && args+=(-dict="dict/$t.dict")
+  # The committed corpus, and the reproducers of bugs found so far (read, never written).
+  inputs=("corpus/$t")
+  [ -d "regressions/$t" ] && inputs+=("regressions/$t")
   log="$SCRATCH/$t.log"
   echo "fuzz.sh: $t for ${SECS}s" >&2
   status=0
   # A generous outer bound: libFuzzer stops itself after SECS; this only catches a stuck process.
   timeout --kill-after=30 "$((SECS * 2 + 120))" \
-    cargo +nightly fuzz run "${BUILD_FLAGS[@]}" "$t" "$SCRATCH/$t" "corpus/$t" -- "${args[@]}" >"$log" 2>&1 || status=$?
+    cargo +nightly fuzz run "${BUILD_FLAGS[@]}" "$t" "$SCRATCH/$t" "${inputs[@]}" -- "${args[@]}" >"$log" 2>&1 || status=$?
   runs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -n1 | grep -o '[0-9]*$' || true)"
   [ -n "$runs" ] || runs="$(grep -o '^Done [0-9]* runs' "$log" | tail -n1 | grep -o '[0-9]\+' || true)"
   runs="${runs:-0}"
