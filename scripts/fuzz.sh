@@ -61,8 +61,10 @@ for t in "${TARGETS[@]}"; do
   runs="${runs:-0}"
   if [ "$status" -ne 0 ]; then
     failed+=("$t")
-    echo "fuzz.sh: $t FAILED (exit $status); the end of its log:" >&2
-    tail -n 60 "$log" >&2
+    echo "fuzz.sh: $t FAILED (exit $status):" >&2
+    grep -m 5 -A 2 -E 'panicked at|ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)' "$log" >&2 || true
+    echo "fuzz.sh: the end of its log:" >&2
+    tail -n 40 "$log" >&2
     summary+=("$(printf '%-10s %12s executions  FAILED' "$t" "$runs")")
   else
     summary+=("$(printf '%-10s %12s executions  ok' "$t" "$runs")")
