@@ -31,8 +31,12 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked >&2
 fi
 
-# The same build flags for `build` and `run`, so `run` does not build again.
-BUILD_FLAGS=(--release --debug-assertions)
+# The same build flags for `build` and `run`, so `run` does not build again. The build lives
+# outside the checkout (FUZZ_TARGET_DIR), so that later runs, CI's clean clones included, rebuild
+# only what changed: a first build compiles SQLite, zstd and librdkafka with sanitizers.
+TARGET_DIR="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jetstream/fuzz-target}"
+mkdir -p "$TARGET_DIR"
+BUILD_FLAGS=(--release --debug-assertions --target-dir "$TARGET_DIR")
 cd fuzz
 echo "fuzz.sh: building the fuzz targets" >&2
 cargo +nightly fuzz build "${BUILD_FLAGS[@]}" >&2

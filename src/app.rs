@@ -53,8 +53,9 @@ impl Application {
 
     async fn build_with(settings: Settings, store_url: &str, listen: Option<&str>) -> anyhow::Result<Self> {
         // Redacted: a PostgreSQL URL may carry a password, and this context is printed.
-        let store =
-            storage::open(store_url).await.with_context(|| format!("opening store {}", storage::redact(store_url)))?;
+        let options = storage::StoreOptions { wal_limit_bytes: settings.storage.wal_limit_bytes };
+        let url = storage::StoreUrl::parse(store_url)?;
+        let store = storage::open_url(&url, options).await.with_context(|| format!("opening store {url}"))?;
         let listener = match listen {
             Some(l) => Some(TcpListener::bind(l).await.with_context(|| format!("binding {l}"))?),
             None => None,
@@ -67,11 +68,13 @@ impl Application {
             settings.ingest.commit_linger,
             vec![cache.clone() as Arc<dyn CommitObserver>],
         );
+        let health = Arc::new(Health::default());
         let tokens = Arc::new(Tokens::default());
         tokens.reload(&*store).await.context("loading tokens")?;
         let background = vec![
             tokio::spawn(tokens.clone().keep_fresh(store.clone())),
             tokio::spawn(prune_forever(store.clone(), settings.clone())),
+            tokio::spawn(watch_disk(store.clone(), writer.clone(), health.clone(), settings.storage.min_free_bytes)),
         ];
         let ingest_gate = Arc::new(tokio::sync::Semaphore::new(settings.http.max_inflight_ingest_bytes.div_ceil(1024)));
         let state = AppState {
@@ -82,7 +85,7 @@ impl Application {
             writer,
             tokens,
             cache,
-            health: Arc::new(Health::default()),
+            health,
             ingest_gate,
         };
         let kafka = if state.settings.kafka.brokers.is_empty() {
@@ -148,6 +151,43 @@ impl Application {
         store.close().await.context("closing the store")?;
         tracing::info!("stopped cleanly");
         Ok(())
+    }
+}
+
+/// How often the store's footprint and free space are looked at.
+const DISK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps `disk` current, and makes the writer refuse work while free space is below
+/// `min_free_bytes` (0: never).
+async fn watch_disk(store: Arc<dyn Store>, writer: Writer, health: Arc<Health>, min_free_bytes: u64) {
+    let mut tick = tokio::time::interval(DISK_EVERY);
+    let mut refusing = false;
+    loop {
+        tick.tick().await;
+        let Ok(f) = store.footprint().await else { continue };
+        health.disk.set(f.database_bytes, f.wal_bytes, f.free_bytes);
+        let low = f.free_bytes.filter(|free| min_free_bytes > 0 && *free < min_free_bytes);
+        match (low, refusing) {
+            (Some(free), _) => {
+                let why = format!(
+                    "the disk holding the store has {} MiB free, under the floor of {} MiB (storage.min_free_bytes): \
+                     ingest resumes once space is freed",
+                    free >> 20,
+                    min_free_bytes >> 20
+                );
+                if !refusing {
+                    tracing::error!(free_bytes = free, min_free_bytes, "disk nearly full: ingest is refused");
+                }
+                writer.refuse(Some(why));
+                refusing = true;
+            }
+            (None, true) => {
+                tracing::info!("disk space recovered: ingest resumes");
+                writer.refuse(None);
+                refusing = false;
+            }
+            (None, false) => {}
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// The HTTP listener's limits: timeouts, connections, work in flight.
     pub http: HttpSettings,
+    /// Disk bounds of the store.
+    pub storage: StorageSettings,
     /// Event schemas by event name. Events with other names are accepted unvalidated.
     pub events: BTreeMap<String, EventSchema>,
     /// Declared metrics: what is rolled up into time buckets.
@@ -124,6 +126,23 @@ pub struct HttpSettings {
     /// Most bytes of ingest bodies being read, parsed or committed at once; beyond it ingest
     /// answers 503 with Retry-After instead of queueing without bound.
     pub max_inflight_ingest_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// SQLite: the size the write-ahead log is kept under (checkpoints run as it grows; over
+    /// this, a truncating checkpoint empties it).
+    pub wal_limit_bytes: u64,
+    /// Below this much free space on the store's file system, ingest is refused (507, with the
+    /// reason) before a commit could fail half-way; reads keep working. 0 turns it off.
+    pub min_free_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { wal_limit_bytes: 256 * 1024 * 1024, min_free_bytes: 512 * 1024 * 1024 }
+    }
 }
 
 /// The fields an event must (or may) carry.
@@ -334,6 +353,7 @@ impl Settings {
             api: ApiSettings::default(),
             kafka: KafkaSettings::default(),
             http: HttpSettings::default(),
+            storage: StorageSettings::default(),
             events: BTreeMap::new(),
             metrics: Vec::new(),
         }

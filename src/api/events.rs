@@ -82,6 +82,7 @@ pub struct EventError {
         (status = 413, description = "Over the body or event-count limit", body = ErrorOut),
         (status = 422, description = "The Idempotency-Key was used with another body, or the store refused the events", body = ErrorOut),
         (status = 503, description = "The store is unavailable; retry with the same Idempotency-Key", body = ErrorOut),
+        (status = 507, description = "The disk holding the store is below its free-space floor", body = ErrorOut),
     ))]
 pub async fn ingest_events(
     access: IngestAccess,
@@ -130,6 +131,7 @@ pub async fn ingest_events(
             }
         }
         Err(WriteError::InProgress) => Err(in_progress()),
+        Err(WriteError::DiskLow(why)) => Err(ApiError::Status(StatusCode::INSUFFICIENT_STORAGE, why)),
         Err(WriteError::Rejected(e)) => {
             tracing::warn!(error = %e, "the store refused an ingest request's events");
             Err(ApiError::Status(

@@ -52,6 +52,9 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
         Ok(())
     };
     let h = &state.health;
+    let (database_bytes, wal_bytes, free_bytes) = h.disk.get();
+    let disk = json!({ "database_bytes": database_bytes, "wal_bytes": wal_bytes, "free_bytes": free_bytes,
+                       "min_free_bytes": state.settings.storage.min_free_bytes });
     let kafka = h.kafka_configured.load(Ordering::Relaxed).then(|| {
         json!({
             "ok": h.kafka_ok.load(Ordering::Relaxed),
@@ -64,6 +67,7 @@ pub async fn get_readiness(State(state): State<AppState>) -> Response {
         "ready": ready,
         "store": { "ok": store.is_ok(), "detail": store.err() },
         "writer": { "ok": writer.is_ok(), "detail": writer.err() },
+        "disk": disk,
         "kafka": kafka,
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -45,16 +45,20 @@ pub fn parse_decimal(v: &FieldValue<'_>) -> Option<Decimal> {
 
 pub(super) const NOT_A_NUMBER: &str = "a number or a numeric string, at most 10^18 in magnitude";
 
-/// Longest numeric text read (a longer one cannot be an exact decimal within 10^18 anyway).
-const MAX_NUMBER_TEXT: usize = 96;
+/// Longest numeric text read (it bounds the work; leading or trailing zeros are all a longer exact
+/// decimal within 10^18 could add).
+const MAX_NUMBER_TEXT: usize = 256;
 
 /// The exact value of a decimal number's text: `-?digits[.digits][(e|E)[+-]digits]` (a JSON
 /// number, or the same in a string, where leading zeros and a leading `+` are allowed too).
 /// A value is never rounded: one with more than 28 significant digits or decimal places, or
 /// beyond 10^18 in magnitude, is refused with the reason.
 pub fn exact_decimal(text: &str) -> Result<Decimal, &'static str> {
-    if text.is_empty() || text.len() > MAX_NUMBER_TEXT {
+    if text.is_empty() {
         return Err(NOT_A_NUMBER);
+    }
+    if text.len() > MAX_NUMBER_TEXT {
+        return Err("a number of at most 256 characters");
     }
     let (mantissa, exponent) = match text.find(['e', 'E']) {
         Some(i) => {

@@ -60,6 +60,10 @@ pub enum WriteError {
     InProgress,
     #[error("the writer has shut down")]
     Closed,
+    /// The disk holding the store is below its free-space floor: nothing is written until space
+    /// is freed (so no commit fails half-way on a full disk).
+    #[error("{0}")]
+    DiskLow(String),
 }
 
 struct Job {
@@ -73,6 +77,8 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
     stats: Arc<WriterStats>,
     incoming: Arc<Incoming>,
+    /// Why writes are refused now (the disk is below its floor), if they are.
+    refusing: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 /// Batches announced but not yet submitted.
@@ -130,7 +136,20 @@ impl Writer {
         let stats = Arc::new(WriterStats::default());
         let incoming = Arc::new(Incoming::default());
         let task = tokio::spawn(run(store, rx, max_batch_events, linger, observers, stats.clone(), incoming.clone()));
-        (Self { tx, stats, incoming }, task)
+        (Self { tx, stats, incoming, refusing: Arc::default() }, task)
+    }
+
+    /// Refuses every submission with `why` (or accepts them again with `None`): set by the disk
+    /// watch when free space falls below the floor, and back when it recovers.
+    pub fn refuse(&self, why: Option<String>) {
+        *self.refusing.write().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    fn check_refusing(&self) -> Result<(), WriteError> {
+        match &*self.refusing.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(WriteError::DiskLow(why.clone())),
+            None => Ok(()),
+        }
     }
 
     pub fn stats(&self) -> &WriterStats {
@@ -139,6 +158,7 @@ impl Writer {
 
     /// Submits a batch and waits until it is committed.
     pub async fn submit(&self, pending: Pending) -> Result<(), WriteError> {
+        self.check_refusing()?;
         let (ack, done) = oneshot::channel();
         self.tx.send(Job { pending, ack }).await.map_err(|_| WriteError::Closed)?;
         done.await.map_err(|_| WriteError::Closed)?
@@ -153,6 +173,7 @@ impl Writer {
 
     /// Submits an announced batch and waits until it is committed.
     pub async fn submit_announced(&self, pending: Pending, announced: Announced) -> Result<(), WriteError> {
+        self.check_refusing()?;
         let (ack, done) = oneshot::channel();
         self.tx.send(Job { pending, ack }).await.map_err(|_| WriteError::Closed)?;
         drop(announced);

@@ -28,6 +28,18 @@ impl Agg {
         self.max = opt_fold(self.max, o.max, Decimal::max);
     }
 
+    /// `merge`, or false (and `self` unchanged) when the count or the sum would overflow.
+    pub fn checked_merge(&mut self, o: &Agg) -> bool {
+        let (Some(count), Some(sum)) = (self.count.checked_add(o.count), self.sum.checked_add(o.sum)) else {
+            return false;
+        };
+        self.count = count;
+        self.sum = sum;
+        self.min = opt_fold(self.min, o.min, Decimal::min);
+        self.max = opt_fold(self.max, o.max, Decimal::max);
+        true
+    }
+
     pub fn avg(&self) -> Option<Decimal> {
         (self.count > 0).then(|| self.sum / Decimal::from(self.count))
     }

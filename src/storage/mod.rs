@@ -12,20 +12,20 @@ mod store;
 mod url;
 
 pub use store::{
-    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, IdempotencyRecord, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned,
-    RawBlock, Store, StoreError, StoredAnswer, TokenRecord, WriteBatch,
+    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, Footprint, IdempotencyRecord, NewDeadLetter, OffsetAdvance,
+    PruneBefore, Pruned, RawBlock, Store, StoreError, StoreOptions, StoredAnswer, TokenRecord, WriteBatch,
 };
 pub use url::{StoreUrl, redact};
 
 /// Opens the store named by `url`, creating and migrating it as needed.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    open_url(&StoreUrl::parse(url)?).await
+    open_url(&StoreUrl::parse(url)?, StoreOptions::default()).await
 }
 
 /// Opens a parsed store URL.
-pub async fn open_url(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open_url(url: &StoreUrl, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     match url {
-        StoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path).await?)),
+        StoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path, options).await?)),
         StoreUrl::Postgres { config, .. } => Ok(Arc::new(postgres::PgStore::open((**config).clone()).await?)),
     }
 }

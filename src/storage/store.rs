@@ -137,6 +137,31 @@ pub struct TokenRecord {
     pub revoked_ms: Option<i64>,
 }
 
+/// A store's size on disk, and the free space beside it (`None` where a backend cannot tell:
+/// PostgreSQL's disk is the server's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Footprint {
+    /// The database (for SQLite the main file; for PostgreSQL `pg_database_size`).
+    pub database_bytes: u64,
+    /// SQLite's write-ahead log.
+    pub wal_bytes: Option<u64>,
+    /// Free space on the file system holding the store (for an unprivileged user).
+    pub free_bytes: Option<u64>,
+}
+
+/// How a store is opened, beyond its URL.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// SQLite: the size the WAL is kept under (see `sqlite::wal`).
+    pub wal_limit_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { wal_limit_bytes: 256 * 1024 * 1024 }
+    }
+}
+
 /// What retention removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
@@ -202,6 +227,8 @@ pub trait Store: Send + Sync + 'static {
     /// A number that changes whenever a token is created or revoked.
     async fn tokens_version(&self) -> Result<i64, StoreError>;
     async fn prune(&self, before: PruneBefore) -> Result<Pruned, StoreError>;
+    /// How much disk the store takes, and how much is left where it lives (when it can tell).
+    async fn footprint(&self) -> Result<Footprint, StoreError>;
     /// Flushes and releases resources (checkpoints the WAL for SQLite).
     async fn close(&self) -> Result<(), StoreError>;
 }

@@ -38,7 +38,8 @@ use tokio_postgres::NoTls;
 use self::error::pg_err;
 use self::write::Position;
 use super::{
-    CommitPos, DeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord, WriteBatch,
+    CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord,
+    WriteBatch,
 };
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 
@@ -158,6 +159,13 @@ impl Store for PgStore {
 
     async fn prune(&self, b: PruneBefore) -> Result<Pruned, StoreError> {
         write::prune(&mut self.client().await?, self.writer, b).await
+    }
+
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT pg_database_size(current_database())", &[]).await.map_err(pg_err)?;
+        let size: i64 = row.try_get(0).map_err(pg_err)?;
+        Ok(Footprint { database_bytes: u64::try_from(size).unwrap_or(0), wal_bytes: None, free_bytes: None })
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -7,7 +7,6 @@ use rusqlite::{Connection, params};
 
 use super::conn::{WriterConn, db_err};
 use super::decimal::agg_from_row;
-use super::schema::open_checkpointer;
 use super::write::{ADD_ROWS, upsert};
 use crate::rollup::{Agg, Resolution, coarser_buckets};
 use crate::storage::{PruneBefore, Pruned, StoreError};
@@ -30,8 +29,8 @@ pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64) -> Result<usize
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     let mut n = tx
         .prepare_cached(&format!(
-            "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
-             SELECT series, res, bucket, count, sum, min, max FROM rollup_deltas
+            "INSERT INTO rollups (series, res, bucket, agg)
+             SELECT series, res, bucket, agg FROM rollup_deltas
              WHERE series >= ?1 AND series < ?2 {ADD_ROWS}"
         ))
         .and_then(|mut s| s.execute([lo, hi]))
@@ -42,7 +41,7 @@ pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64) -> Result<usize
     // (series, second, agg), ordered by key.
     let seconds: Vec<(i64, i64, Agg)> = tx
         .prepare_cached(
-            "SELECT series, bucket, count, sum, min, max FROM rollup_seconds
+            "SELECT series, bucket, agg FROM rollup_seconds
              WHERE series >= ?1 AND series < ?2 ORDER BY series, bucket",
         )
         .and_then(|mut s| s.query_map([lo, hi], |r| Ok((r.get(0)?, r.get(1)?, agg_from_row(r, 2)?)))?.collect())
@@ -57,8 +56,7 @@ pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64) -> Result<usize
         }
         let mut up = tx
             .prepare_cached(&format!(
-                "INSERT INTO rollups (series, res, bucket, count, sum, min, max)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_ROWS}"
+                "INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"
             ))
             .map_err(db_err)?;
         for (series, res, bucket, a) in &rows {
@@ -105,33 +103,15 @@ pub(super) fn step_through_series(
 }
 
 /// The writer's periodic work, run after the commit that made it due was acknowledged: the deltas
-/// merge, a run of series at a time, then a checkpoint of the WAL into the database on the
-/// checkpointer's own connection, which in WAL mode does not stop commits (automatic checkpoints
-/// are off on the writer, so that no commit pays for one). Both only reorganise committed data, so
-/// a failure loses nothing and is retried next time.
-pub(super) fn maintain(writer: &Mutex<WriterConn>, checkpointer: &Mutex<Option<Connection>>, path: &str) {
+/// merge, a run of series at a time. It only reorganises committed data, so a failure loses
+/// nothing and is retried next time. (Checkpoints run on their own: see `wal`.)
+pub(super) fn maintain(writer: &Mutex<WriterConn>) {
     let start = std::time::Instant::now();
     let rows = step_through_series(writer, merge_series).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "merging rollup deltas failed; will retry");
         0
     });
-    let merged = start.elapsed();
-    let mut cp = checkpointer.lock().unwrap_or_else(|e| e.into_inner());
-    if cp.is_none() {
-        *cp = open_checkpointer(path).map_err(|e| tracing::warn!(error = %e, "no checkpoint connection")).ok();
-    }
-    // PASSIVE: copies what no reader still needs, never waits for readers or the writer.
-    if let Some(c) = cp.as_ref()
-        && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-    {
-        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
-    }
-    tracing::debug!(
-        rows,
-        merge_ms = merged.as_millis() as u64,
-        checkpoint_ms = (start.elapsed() - merged).as_millis() as u64,
-        "writer maintenance"
-    );
+    tracing::debug!(rows, merge_ms = start.elapsed().as_millis() as u64, "writer maintenance");
 }
 
 /// Retention: drops raw blocks, dead letters and idempotency keys past their cut-offs, then expired

@@ -18,6 +18,7 @@ mod decimal;
 mod maintain;
 mod read;
 mod schema;
+mod wal;
 mod write;
 
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,8 @@ use rusqlite::Connection;
 use self::conn::{WriterConn, db_err};
 use self::schema::{open_reader, open_writer};
 use super::{
-    CommitPos, DeadLetter, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord, WriteBatch,
+    CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, Store, StoreError, StoreOptions, StoredAnswer,
+    TokenRecord, WriteBatch,
 };
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
 
@@ -38,15 +40,15 @@ const READERS: usize = 4;
 pub struct SqliteStore {
     path: String,
     writer: Arc<Mutex<WriterConn>>,
-    /// The connection WAL checkpoints run on (opened by the first one).
-    checkpointer: Arc<Mutex<Option<Connection>>>,
+    /// Checkpoints the WAL on its own thread and connection.
+    wal: Mutex<wal::WalKeeper>,
     /// Set while a background merge and checkpoint runs: one at a time.
     maintaining: Arc<std::sync::atomic::AtomicBool>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
 impl SqliteStore {
-    pub async fn open(path: &str) -> Result<Self, StoreError> {
+    pub async fn open(path: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let path = path.to_string();
         let p = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&p)).await.map_err(StoreError::backend)??;
@@ -56,10 +58,11 @@ impl SqliteStore {
             dims: FastMap::default(),
             merged_at: std::time::Instant::now(),
         };
+        let wal = Mutex::new(wal::WalKeeper::start(&path, options.wal_limit_bytes)?);
         Ok(Self {
             path,
             writer: Arc::new(Mutex::new(writer)),
-            checkpointer: Arc::new(Mutex::new(None)),
+            wal,
             maintaining: Arc::default(),
             readers: Arc::new(Mutex::new(Vec::new())),
         })
@@ -124,10 +127,9 @@ impl Store for SqliteStore {
             // After the batch is acknowledged, not before: its submitters need not wait for the
             // merge and checkpoint, and the next bodies are parsed while they run. The merge takes
             // the writer lock a run of series at a time, so commits slip in between.
-            let (w, cp, path) = (self.writer.clone(), self.checkpointer.clone(), self.path.clone());
-            let busy = self.maintaining.clone();
+            let (w, busy) = (self.writer.clone(), self.maintaining.clone());
             tokio::task::spawn_blocking(move || {
-                maintain::maintain(&w, &cp, &path);
+                maintain::maintain(&w);
                 busy.store(false, std::sync::atomic::Ordering::Release);
             });
         }
@@ -209,13 +211,26 @@ impl Store for SqliteStore {
         tokio::task::spawn_blocking(move || maintain::prune(&w, b)).await.map_err(StoreError::backend)?
     }
 
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        let path = std::path::PathBuf::from(&self.path);
+        let wal_bytes = self.wal.lock().unwrap_or_else(|e| e.into_inner()).wal_bytes();
+        tokio::task::spawn_blocking(move || {
+            let database_bytes = std::fs::metadata(&path).map(|m| m.len()).map_err(StoreError::backend)?;
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let free_bytes = rustix::fs::statvfs(dir).ok().map(|s| s.f_bavail.saturating_mul(s.f_frsize));
+            Ok(Footprint { database_bytes, wal_bytes: Some(wal_bytes), free_bytes })
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         self.write(|c| {
             maintain::merge_deltas(c)?;
             c.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(db_err)
         })
         .await?;
-        self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.wal.lock().unwrap_or_else(|e| e.into_inner()).close();
         self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(())
     }

@@ -20,10 +20,7 @@ fn series_id(c: &Connection, s: &SeriesKey) -> Result<Option<i64>, StoreError> {
 /// derives) that fall in `spans`, as `(second, agg)`.
 fn recent_seconds(c: &Connection, series: i64, spans: &[Span]) -> Result<Vec<(i64, Agg)>, StoreError> {
     let mut s = c
-        .prepare_cached(
-            "SELECT bucket, count, sum, min, max FROM rollup_seconds
-             WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3",
-        )
+        .prepare_cached("SELECT bucket, agg FROM rollup_seconds WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3")
         .map_err(db_err)?;
     // A window's spans are contiguous: one range query for all of them.
     let mut ranges: Vec<(i64, i64)> = spans.iter().map(Span::seconds).filter(|(lo, hi)| lo < hi).collect();
@@ -59,11 +56,9 @@ pub(super) fn aggregate_at(
     let Some(id) = series_id(c, series)? else { return Ok((Agg::default(), pos)) };
     let mut merged = c
         .prepare_cached(
-            "SELECT count, sum, min, max FROM rollups
-             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
+            "SELECT agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
              UNION ALL
-             SELECT count, sum, min, max FROM rollup_deltas
-             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+             SELECT agg FROM rollup_deltas WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
         )
         .map_err(db_err)?;
     let mut total = Agg::default();
@@ -90,11 +85,9 @@ pub(super) fn points(
     let Some(id) = series_id(c, series)? else { return Ok(Vec::new()) };
     let mut rows: Vec<(i64, Agg)> = c
         .prepare_cached(
-            "SELECT bucket, count, sum, min, max FROM rollups
-             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
+            "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
              UNION ALL
-             SELECT bucket, count, sum, min, max FROM rollup_deltas
-             WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+             SELECT bucket, agg FROM rollup_deltas WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
         )
         .and_then(|mut s| {
             s.query_map(params![id, res.seconds(), from, to], |r| Ok((r.get(0)?, agg_from_row(r, 1)?)))?.collect()

@@ -103,6 +103,32 @@ CREATE INDEX idempotency_keys_at ON idempotency_keys (at_ms);
     r#"
 ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
 "#,
+    // 8: a bucket's count, sum, min and max as one compact blob (see `decimal`): a row of one
+    // small sale shrinks from ~75 to ~20 bytes, four times more buckets fit a page, and a merge
+    // dirties (and writes to the WAL) that many fewer pages.
+    r#"
+CREATE TABLE rollups_v8 (
+    series INTEGER NOT NULL, res INTEGER NOT NULL, bucket INTEGER NOT NULL, agg BLOB NOT NULL,
+    PRIMARY KEY (series, res, bucket)
+) WITHOUT ROWID;
+INSERT INTO rollups_v8 SELECT series, res, bucket, agg_pack(count, sum, min, max) FROM rollups;
+DROP TABLE rollups;
+ALTER TABLE rollups_v8 RENAME TO rollups;
+CREATE TABLE rollup_deltas_v8 (
+    series INTEGER NOT NULL, res INTEGER NOT NULL, bucket INTEGER NOT NULL, agg BLOB NOT NULL,
+    PRIMARY KEY (series, res, bucket)
+) WITHOUT ROWID;
+INSERT INTO rollup_deltas_v8 SELECT series, res, bucket, agg_pack(count, sum, min, max) FROM rollup_deltas;
+DROP TABLE rollup_deltas;
+ALTER TABLE rollup_deltas_v8 RENAME TO rollup_deltas;
+CREATE TABLE rollup_seconds_v8 (
+    series INTEGER NOT NULL, bucket INTEGER NOT NULL, agg BLOB NOT NULL,
+    PRIMARY KEY (series, bucket)
+) WITHOUT ROWID;
+INSERT INTO rollup_seconds_v8 SELECT series, bucket, agg_pack(count, sum, min, max) FROM rollup_seconds;
+DROP TABLE rollup_seconds;
+ALTER TABLE rollup_seconds_v8 RENAME TO rollup_seconds;
+"#,
 ];
 
 pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {
@@ -160,11 +186,4 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db_err)?;
     }
     tx.commit().map_err(db_err)
-}
-
-pub(super) fn open_checkpointer(path: &str) -> Result<Connection, StoreError> {
-    let c = Connection::open(path).map_err(db_err)?;
-    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
-    c.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
-    Ok(c)
 }

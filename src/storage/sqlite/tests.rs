@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use super::maintain::{SERIES_PER_STEP, merge_deltas, merge_series, step_through_series};
 use super::schema::MIGRATIONS;
 use super::*;
-use crate::storage::{PruneBefore, Store, WriteBatch};
+use crate::storage::{PruneBefore, Store, StoreOptions, WriteBatch};
 
 /// A store written by a binary that knew only migration 1 (text keys, text decimals) opens
 /// with every bucket intact, and takes new commits on top.
@@ -29,7 +29,7 @@ async fn a_version_1_store_is_migrated_with_its_rollups() {
         )
         .expect("v1 rows");
     }
-    let store = SqliteStore::open(path).await.expect("migrates");
+    let store = SqliteStore::open(path, StoreOptions::default()).await.expect("migrates");
     let s = SeriesKey::new("sales_amount", "product_id", "3");
     let all = [Span { res: Resolution::All, from: 0, to: 1 }];
     let got = store.read_aggregate(&s, &all).await.expect("read");
@@ -57,7 +57,7 @@ async fn a_version_1_store_is_migrated_with_its_rollups() {
 async fn merged_and_recent_parts_of_a_bucket_read_as_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("m.db");
-    let store = SqliteStore::open(path.to_str().expect("utf-8")).await.expect("open");
+    let store = SqliteStore::open(path.to_str().expect("utf-8"), StoreOptions::default()).await.expect("open");
     let s = SeriesKey::new("m", "d", "1");
     let d = |v: &str| Decimal::from_str(v).expect("decimal");
     let row = |res, start, v: &str| {
@@ -107,7 +107,7 @@ async fn merged_and_recent_parts_of_a_bucket_read_as_one() {
 async fn a_merge_in_steps_moves_every_series_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("steps.db");
-    let store = SqliteStore::open(path.to_str().expect("utf-8")).await.expect("open");
+    let store = SqliteStore::open(path.to_str().expect("utf-8"), StoreOptions::default()).await.expect("open");
     let n = 3 * SERIES_PER_STEP + 5;
     let key = |i: i64| SeriesKey::new("m", "product_id", &i.to_string());
     let batch = |t: i64| WriteBatch {

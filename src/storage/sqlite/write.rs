@@ -6,16 +6,12 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::conn::{DimCache, WriterConn, db_err};
-use super::decimal::dec_blob;
+use super::decimal::encode_agg;
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
 use crate::storage::{CommitPos, StoreError, TokenRecord, WriteBatch};
 
 /// The conflict clause that adds a bucket row to the one already stored.
-pub(super) const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET
-               count = count + excluded.count,
-               sum = dec_add(sum, excluded.sum),
-               min = dec_min(min, excluded.min),
-               max = dec_max(max, excluded.max)";
+pub(super) const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = agg_merge(agg, excluded.agg)";
 
 /// Series ids the writer remembers; beyond this the cache starts over (it is only a cache).
 const SERIES_CACHE: usize = 1 << 20;
@@ -135,12 +131,8 @@ fn rollups(tx: &Transaction<'_>, ids: &[i64], batch: &WriteBatch) -> Result<(), 
     if batch.rollups.coarse_derived() {
         let mut up = tx
             .prepare_cached(
-                "INSERT INTO rollup_seconds (series, bucket, count, sum, min, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (series, bucket) DO UPDATE SET
-                   count = count + excluded.count,
-                   sum = dec_add(sum, excluded.sum),
-                   min = dec_min(min, excluded.min),
-                   max = dec_max(max, excluded.max)",
+                "INSERT INTO rollup_seconds (series, bucket, agg) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (series, bucket) DO UPDATE SET agg = agg_merge(agg, excluded.agg)",
             )
             .map_err(db_err)?;
         for r in rows.iter().filter(|r| r.res == Resolution::Second) {
@@ -149,8 +141,7 @@ fn rollups(tx: &Transaction<'_>, ids: &[i64], batch: &WriteBatch) -> Result<(), 
     } else {
         let mut up = tx
             .prepare_cached(&format!(
-                "INSERT INTO rollup_deltas (series, res, bucket, count, sum, min, max)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {ADD_ROWS}"
+                "INSERT INTO rollup_deltas (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"
             ))
             .map_err(db_err)?;
         for r in rows {
@@ -160,16 +151,12 @@ fn rollups(tx: &Transaction<'_>, ids: &[i64], batch: &WriteBatch) -> Result<(), 
     Ok(())
 }
 
-/// Runs the bucket upsert `st`, whose parameters are the key columns, then count, sum, min, max.
+/// Runs the bucket upsert `st`, whose parameters are the key columns, then the aggregate.
 pub(super) fn upsert(st: &mut rusqlite::CachedStatement<'_>, key: &[i64], a: &Agg) -> Result<(), StoreError> {
-    let n = key.len();
     for (i, k) in key.iter().enumerate() {
         st.raw_bind_parameter(i + 1, k).map_err(db_err)?;
     }
-    st.raw_bind_parameter(n + 1, a.count).map_err(db_err)?;
-    st.raw_bind_parameter(n + 2, &dec_blob(a.sum)[..]).map_err(db_err)?;
-    st.raw_bind_parameter(n + 3, a.min.map(dec_blob)).map_err(db_err)?;
-    st.raw_bind_parameter(n + 4, a.max.map(dec_blob)).map_err(db_err)?;
+    st.raw_bind_parameter(key.len() + 1, encode_agg(a)).map_err(db_err)?;
     st.raw_execute().map(drop).map_err(db_err)
 }
 
