@@ -62,11 +62,12 @@ impl Application {
         };
         let settings = Arc::new(settings);
         let cache = ReadCache::new(settings.api.cache_ttl, store.clone());
+        let commits = Arc::new(api::CommitBell::default());
         let (writer, writer_task) = Writer::spawn(
             store.clone(),
             settings.ingest.max_batch_events,
             settings.ingest.commit_linger,
-            vec![cache.clone() as Arc<dyn CommitObserver>],
+            vec![cache.clone() as Arc<dyn CommitObserver>, commits.clone() as Arc<dyn CommitObserver>],
         );
         let health = Arc::new(Health::default());
         let tokens = Arc::new(Tokens::default());
@@ -87,6 +88,9 @@ impl Application {
             cache,
             health,
             ingest_gate,
+            streams: Arc::default(),
+            commits,
+            routes: Arc::default(),
         };
         let kafka = if state.settings.kafka.brokers.is_empty() {
             None
@@ -133,6 +137,12 @@ impl Application {
         match listener {
             Some(listener) => {
                 let router = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+                let bell = state.commits.clone();
+                let shutdown = async move {
+                    shutdown.await;
+                    // Live streams end now rather than at the shutdown deadline.
+                    bell.close();
+                };
                 crate::server::serve(listener, tls, router, &state.settings.http, shutdown).await;
             }
             None => shutdown.await,

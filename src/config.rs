@@ -35,6 +35,9 @@ pub struct Settings {
     pub events: BTreeMap<String, EventSchema>,
     /// Declared metrics: what is rolled up into time buckets.
     pub metrics: Vec<MetricDef>,
+    /// Per dimension, the field that names its values (the latest seen is kept): e.g.
+    /// `product_id = "name_of_product"`, which the dimension-values endpoint shows.
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +359,7 @@ impl Settings {
             storage: StorageSettings::default(),
             events: BTreeMap::new(),
             metrics: Vec::new(),
+            labels: BTreeMap::from([("product_id".to_string(), "name_of_product".to_string())]),
         }
     }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use common::figures::{Fig, fig_and_time, fig_of, get_exact, window_of};
 use common::{Backend, Exact, TestApp, json_of};
 use jetstream::config::Settings;
 use rand::rngs::StdRng;
@@ -187,24 +188,6 @@ fn generate(n: usize, seed: u64, start_ms: i64) -> Stream {
     Stream { events, products }
 }
 
-/// count, sum, min, max of a set of values, folded one by one.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Fig {
-    count: i64,
-    sum: Decimal,
-    min: Option<Decimal>,
-    max: Option<Decimal>,
-}
-
-impl Fig {
-    fn add(&mut self, v: Decimal) {
-        self.count += 1;
-        self.sum += v;
-        self.min = Some(self.min.map_or(v, |m| m.min(v)));
-        self.max = Some(self.max.map_or(v, |m| m.max(v)));
-    }
-}
-
 /// The recomputation: every accepted event with its (possibly receipt) time.
 struct Oracle {
     accepted: Vec<Truth>,
@@ -261,37 +244,8 @@ fn category_of(t: &Truth) -> Option<&str> {
     }
 }
 
-/// GETs `path`: the status, the body as a `Value` (for shapes and text) and as [`Exact`] (for
-/// numbers, read from their text: a `Value` would round them through an f64).
 async fn get(app: &TestApp, path: &str) -> (u16, Value, Exact) {
-    let r = app.client.get(app.url(path)).bearer_auth(&app.token).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), Exact::parse(&text))
-}
-
-/// The count, sum, min and max of an answer's object, exactly.
-fn fig_of(x: &Exact) -> Fig {
-    for k in ["sum", "min", "max", "avg", "total", "average_rating"] {
-        let v = x.get(k);
-        assert!(matches!(v, Exact::Null) || v.is_plain_number(), "{k} is not a plain number: {v:?}");
-    }
-    Fig {
-        count: x.get("count").dec().unwrap().try_into().unwrap(),
-        sum: x.get("sum").dec().unwrap(),
-        min: x.get("min").dec(),
-        max: x.get("max").dec(),
-    }
-}
-
-fn fig_and_time(p: &Exact) -> (i64, Fig) {
-    let Exact::Str(t) = p.get("t") else { panic!("a point without a time: {p:?}") };
-    (chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp(), fig_of(p))
-}
-
-fn window_of(v: &Value) -> (i64, i64) {
-    let t = |k: &str| chrono::DateTime::parse_from_rfc3339(v["window"][k].as_str().unwrap()).unwrap().timestamp();
-    (t("from"), t("to"))
+    get_exact(app, path).await
 }
 
 /// Posts the stream over `clients` concurrent tasks in random batch sizes, as JSON arrays or

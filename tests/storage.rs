@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestStore};
-use jetstream::rollup::{Agg, BucketKey, Resolution, RollupRows, SeriesKey, Span, cover};
+use jetstream::rollup::{Agg, BucketKey, DimRow, Resolution, RollupRows, SeriesKey, Span, cover};
 use jetstream::storage::{
     self, IdempotencyRecord, NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, Store, StoreError,
     TokenRecord, WriteBatch,
@@ -47,6 +47,10 @@ fn block(name: &str, max_time_ms: i64, data: &[u8]) -> RawBlock {
     RawBlock { name: name.into(), min_time_ms: max_time_ms - 10, max_time_ms, count: 2, zstd: data.to_vec() }
 }
 
+fn dim_row(dim: &str, value: &str, first_seen: i64, label: Option<&str>) -> DimRow {
+    DimRow { dim: dim.into(), value: value.into(), first_seen, label: label.map(String::from) }
+}
+
 async fn open(ts: &TestStore) -> Arc<dyn Store> {
     storage::open(&ts.url).await.expect("store opens")
 }
@@ -71,7 +75,7 @@ async fn a_fenced_batch_applies_nothing(backend: Backend) {
             (k.clone(), Agg::of(dec("1000"))),
             (key("8", Resolution::All, 0), Agg::of(dec("1"))),
         ]),
-        dims: vec![("product_id".into(), "8".into(), 1)],
+        dims: vec![dim_row("product_id", "8", 1, None)],
         raw_blocks: vec![block("productSold", 5, b"raw")],
         dead_letters: vec![letter(5, "no event name")],
         offsets: vec![advance(0, Some(10), 20), advance(1, Some(50), 60)],
@@ -404,7 +408,7 @@ async fn concurrent_commits_lose_no_update(backend: Backend) {
                         rows.reverse();
                     }
                     let mut b = rollups(rows);
-                    b.dims = vec![("product_id".into(), format!("t{task}"), n)];
+                    b.dims = vec![dim_row("product_id", &format!("t{task}"), n, None)];
                     store.commit(b).await.expect("concurrent commit");
                 }
             })

@@ -10,11 +10,9 @@ use super::error::ApiError;
 use super::extract::{Path, Query, ReadAccess};
 use super::json::{AVG_DECIMALS, Exact, WindowOut, rfc3339};
 use super::state::AppState;
+use super::window::window_of;
 use crate::config::Aggregation;
-use crate::rollup::{Agg, CompiledMetric, Kept, Resolution, SeriesKey, WindowQuery, query_window};
-
-/// Most points one time-series answer returns.
-const MAX_POINTS: i64 = 10_000;
+use crate::rollup::{Agg, CompiledMetric, Resolution, SeriesKey, Step, boundaries, finest_kept, parse_tz};
 
 #[derive(Serialize, ToSchema)]
 pub struct MetricOut {
@@ -71,8 +69,12 @@ pub struct SeriesParams {
     from: Option<String>,
     /// End (exclusive), RFC 3339 or epoch milliseconds (default: the end of this second).
     to: Option<String>,
-    /// Series only: `second`, `minute`, `hour` or `day` (`1s`, `1m`, `1h`, `1d`).
+    /// Series only: `1s`, `1m` (default), `5m`, `15m`, `1h`, `1d`, `1w`, `1mo` (also `second`,
+    /// `minute`, `hour`, `day`).
     step: Option<String>,
+    /// Series only: the IANA time zone buckets are aligned in (default `UTC`), e.g.
+    /// `Europe/Berlin`; DST-correct.
+    tz: Option<String>,
 }
 
 impl SeriesParams {
@@ -98,42 +100,51 @@ impl SeriesParams {
 
     /// `[from, to)` in seconds, snapped to the buckets retention still keeps.
     fn window(&self, state: &AppState) -> Result<(i64, i64), ApiError> {
-        let r = &state.settings.retention;
-        let kept = Kept {
-            second_buckets_s: crate::config::secs_i64(r.second_buckets),
-            minute_buckets_s: crate::config::secs_i64(r.minute_buckets),
-        };
-        let q = WindowQuery { window: self.window.as_deref(), from: self.from.as_deref(), to: self.to.as_deref() };
-        query_window(q, crate::clock::now_ms(), kept).map_err(ApiError::BadRequest)
+        window_of(state, self.window.as_deref(), self.from.as_deref(), self.to.as_deref())
     }
 }
 
-/// A window's count, sum, average, min, max and the metric's own aggregation, exact.
+/// A window's count, sum, average, min and max, exact.
 #[derive(Serialize, ToSchema)]
-pub struct AggOut {
+pub struct FiguresOut {
     count: i64,
     sum: Exact,
+    /// Rounded to 6 decimal places.
     avg: Option<Exact>,
     min: Option<Exact>,
     max: Option<Exact>,
+}
+
+/// A window's figures and the metric's own aggregation, exact.
+#[derive(Serialize, ToSchema)]
+pub struct AggOut {
+    #[serde(flatten)]
+    figures: FiguresOut,
+    /// The metric's aggregation of the window (its sum, average…).
     value: Option<Exact>,
 }
 
-pub fn agg_out(a: &Agg, aggregation: Aggregation) -> AggOut {
-    let round = |d: rust_decimal::Decimal| Exact(d.round_dp(AVG_DECIMALS));
-    // A sum, min or max is exact as it is; an average (and a value that is one) is rounded.
-    let value = match aggregation {
-        Aggregation::Avg => a.avg().map(round),
-        other => a.value(other).map(Exact),
-    };
-    AggOut {
+fn round_avg(d: rust_decimal::Decimal) -> Exact {
+    Exact(d.round_dp(AVG_DECIMALS))
+}
+
+pub fn figures_out(a: &Agg) -> FiguresOut {
+    FiguresOut {
         count: a.count,
         sum: Exact(a.sum),
-        avg: a.avg().map(round),
+        avg: a.avg().map(round_avg),
         min: a.min.map(Exact),
         max: a.max.map(Exact),
-        value,
     }
+}
+
+pub fn agg_out(a: &Agg, aggregation: Aggregation) -> AggOut {
+    // A sum, min or max is exact as it is; an average (and a value that is one) is rounded.
+    let value = match aggregation {
+        Aggregation::Avg => a.avg().map(round_avg),
+        other => a.value(other).map(Exact),
+    };
+    AggOut { figures: figures_out(a), value }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -166,8 +177,8 @@ pub async fn get_metric_aggregate(
 ) -> Result<Json<AggregateOut>, ApiError> {
     let m = p.metric(&state, &metric)?;
     let series = p.series(m)?;
-    if p.step.is_some() {
-        return Err(ApiError::BadRequest("`step` belongs to /series".into()));
+    if p.step.is_some() || p.tz.is_some() {
+        return Err(ApiError::BadRequest("`step` and `tz` belong to /series".into()));
     }
     let (from, to) = p.window(&state)?;
     let agg = state.cache.aggregate(&series, Some((from, to))).await?;
@@ -193,12 +204,20 @@ pub struct PointOut {
 pub struct SeriesOut {
     metric: String,
     aggregation: Aggregation,
-    step_seconds: i64,
+    /// `1s`, `1m`, `5m`, `15m`, `1h`, `1d`, `1w` or `1mo`.
+    step: &'static str,
+    /// The step in seconds, for fixed steps (null for `1d`, `1w`, `1mo`: a local day may last
+    /// 23 or 25 hours).
+    step_seconds: Option<i64>,
+    /// The time zone buckets are aligned in.
+    tz: String,
     window: WindowOut,
+    /// Every bucket of the window, in order; a bucket without events has count 0.
     points: Vec<PointOut>,
 }
 
-/// A metric's buckets over a window, one point per bucket with data.
+/// A metric's buckets over a window: every bucket, zero-filled, in fixed or calendar steps
+/// aligned in a time zone.
 #[utoipa::path(get, path = "/api/v1/metrics/{metric}/series", tag = "metrics",
     params(("metric" = String, Path, description = "A declared metric"), SeriesParams),
     security(("bearer" = ["read"])),
@@ -218,24 +237,42 @@ pub async fn get_metric_series(
 ) -> Result<Json<SeriesOut>, ApiError> {
     let m = p.metric(&state, &metric)?;
     let series = p.series(m)?;
-    let res = match p.step.as_deref().unwrap_or("minute") {
-        "second" | "1s" => Resolution::Second,
-        "minute" | "1m" => Resolution::Minute,
-        "hour" | "1h" => Resolution::Hour,
-        "day" | "1d" => Resolution::Day,
-        s => return Err(ApiError::BadRequest(format!("step {s:?} is not one of second, minute, hour, day"))),
-    };
+    let (step, step_name) = Step::parse(p.step.as_deref().unwrap_or("1m")).map_err(ApiError::BadRequest)?;
+    let tz = parse_tz(p.tz.as_deref()).map_err(ApiError::BadRequest)?;
     let (from, to) = p.window(&state)?;
-    let (from, to) = (res.bucket_of(from), res.bucket_of(to - 1) + res.seconds());
-    if (to - from) / res.seconds() > MAX_POINTS {
-        return Err(ApiError::BadRequest(format!("more than {MAX_POINTS} points: use a coarser step")));
-    }
-    let points = state.store.read_points(&series, res, from, to).await?;
+    let bounds = boundaries(from, to, step, tz).map_err(ApiError::BadRequest)?;
+    answerable(&state, &bounds)?;
+    let aggs = state.store.read_buckets(&series, &bounds).await?;
     Ok(Json(SeriesOut {
         metric: m.name.to_string(),
         aggregation: m.aggregation,
-        step_seconds: res.seconds(),
-        window: WindowOut::new(from, to),
-        points: points.iter().map(|(t, a)| PointOut { t: rfc3339(*t), agg: agg_out(a, m.aggregation) }).collect(),
+        step: step_name,
+        step_seconds: step.seconds(),
+        tz: tz.name().to_string(),
+        window: WindowOut::new(bounds[0], *bounds.last().expect("at least two bounds")),
+        points: bounds
+            .iter()
+            .zip(&aggs)
+            .map(|(t, a)| PointOut { t: rfc3339(*t), agg: agg_out(a, m.aggregation) })
+            .collect(),
     }))
+}
+
+/// Every bucket edge must fall on a bucket retention still keeps: a 1-second step three days
+/// back would otherwise read buckets that were pruned and answer zero.
+fn answerable(state: &AppState, bounds: &[i64]) -> Result<(), ApiError> {
+    let r = &state.settings.retention;
+    let now = crate::clock::now_ms() / 1000;
+    let (sec, min) = (crate::config::secs_i64(r.second_buckets), crate::config::secs_i64(r.minute_buckets));
+    for &b in bounds {
+        let kept = finest_kept(b, now, sec, min);
+        if b.rem_euclid(kept.seconds()) != 0 {
+            return Err(ApiError::BadRequest(format!(
+                "buckets starting at {} need {}-second buckets, which retention no longer keeps: use a coarser step",
+                rfc3339(b),
+                if kept == Resolution::Minute { 1 } else { 60 }
+            )));
+        }
+    }
+    Ok(())
 }

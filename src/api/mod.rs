@@ -15,12 +15,18 @@ mod cache;
 mod doc;
 mod error;
 mod events;
+mod explore;
 mod extract;
 mod health;
+mod internal;
 mod json;
+mod live;
 mod metrics;
 mod product;
+mod query;
 mod state;
+mod stream;
+mod window;
 
 use std::sync::Arc;
 
@@ -34,6 +40,7 @@ use utoipa_axum::routes;
 
 pub use cache::{CacheStats, ReadCache};
 pub use error::ApiError;
+pub use live::{CommitBell, OpenStreams};
 pub use state::AppState;
 
 /// The API's routes and its OpenAPI description, built together: a route is served exactly when
@@ -49,6 +56,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(metrics::list_metrics))
         .routes(routes!(metrics::get_metric_aggregate))
         .routes(routes!(metrics::get_metric_series))
+        .routes(routes!(explore::get_metric_top))
+        .routes(routes!(explore::get_dimension_values))
+        .routes(routes!(query::post_query))
+        .routes(routes!(stream::get_stream))
         .routes(routes!(admin::get_dead_letters))
         .routes(routes!(admin::get_stats))
         .routes(routes!(admin::get_kafka_lag))
@@ -62,6 +73,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: AppState) -> Router {
     let (router, doc) = routes();
+    // Answers asked from inside (batch queries, live streams) go through the same routes.
+    let _ = state.routes.set(router.clone());
     let doc: Arc<str> = doc.to_pretty_json().expect("the OpenAPI description serialises").into();
     router
         .route(

@@ -1,6 +1,8 @@
 //! What every handler can reach; cheap to clone.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
 
 use super::cache::ReadCache;
 use crate::auth::Tokens;
@@ -23,4 +25,11 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Ingest bodies in flight, in KiB: bounds the memory requests waiting to be committed hold.
     pub ingest_gate: Arc<tokio::sync::Semaphore>,
+    /// Live streams open, per token.
+    pub streams: Arc<super::live::OpenStreams>,
+    /// Bumped after each local commit: what live streams wait on.
+    pub commits: Arc<super::live::CommitBell>,
+    /// The API's own routes, for answering a path from inside (batch queries, live streams);
+    /// set by `api::router`.
+    pub routes: Arc<OnceLock<Router<AppState>>>,
 }

@@ -367,8 +367,14 @@ fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Changes) {
     }
     let (rollups, mut dims) = delta.into_rows();
     // One row per value, with the earliest time: several metrics share a dimension value.
-    dims.sort_unstable();
-    dims.dedup_by(|b, a| a.0 == b.0 && a.1 == b.1);
+    dims.sort_unstable_by(|a, b| (&a.dim, &a.value, a.first_seen).cmp(&(&b.dim, &b.value, b.first_seen)));
+    dims.dedup_by(|b, a| {
+        let same = a.dim == b.dim && a.value == b.value;
+        if same && a.label.is_none() {
+            a.label = b.label.take();
+        }
+        same
+    });
     let seconds = rollups.coarse_derived().then(|| {
         rollups
             .rows()

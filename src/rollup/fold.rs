@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use rust_decimal::Decimal;
 
 use super::agg::{Agg, SeriesKey};
-use super::rows::RollupRows;
+use super::rows::{DimRow, RollupRows};
 use crate::config::{Aggregation, EVENT_NAME_DIMENSION, MetricDef, Settings};
 use crate::event::{Event, FieldValue, parse_decimal, parse_id};
 
@@ -27,6 +27,8 @@ pub struct CompiledMetric {
 pub struct Metrics {
     pub metrics: Vec<CompiledMetric>,
     series: SeriesIds,
+    /// Dimensions whose values carry a label, and the field it is read from.
+    labels: Vec<(Arc<str>, String)>,
 }
 
 impl Metrics {
@@ -41,8 +43,14 @@ impl Metrics {
                 None => names.push(d.clone()),
             }
         }
+        // The same `Arc`s: a label is taken for a dimension value the event was folded under.
+        let labels = settings
+            .labels
+            .iter()
+            .filter_map(|(dim, field)| names.iter().find(|n| ***n == **dim).map(|n| (n.clone(), field.clone())))
+            .collect();
         let names: Arc<[Arc<str>]> = metrics.iter().map(|m| m.name.clone()).collect();
-        Self { metrics, series: SeriesIds::new(names, MAX_INTERNED_SERIES) }
+        Self { metrics, series: SeriesIds::new(names, MAX_INTERNED_SERIES), labels }
     }
 
     pub fn get(&self, name: &str) -> Option<&CompiledMetric> {
@@ -92,6 +100,27 @@ impl Metrics {
                     add_second(delta.seconds.entry(series_id(mi, id)).or_default(), t, &agg);
                 }
             }
+        }
+        for (dim, field) in &self.labels {
+            let id = looked_up[..n].iter().find(|(p, _)| *p == dim.as_ptr()).and_then(|(_, id)| *id);
+            if let (Some(id), Some(FieldValue::Str(label))) = (id, event.fields.get(field)) {
+                note_label(&mut delta.labels, id, event.time_ms, label);
+            }
+        }
+    }
+}
+
+/// Keeps the latest (by event time) label of a dimension value; the same label again costs no
+/// allocation.
+fn note_label(labels: &mut FastMap<DimValueId, (i64, Box<str>)>, id: DimValueId, time_ms: i64, label: &str) {
+    if label.len() > crate::event::MAX_NAME_BYTES || label.contains('\0') {
+        return;
+    }
+    match labels.get_mut(&id) {
+        Some((t, l)) if **l == *label => *t = (*t).max(time_ms),
+        Some((t, _)) if *t > time_ms => {}
+        _ => {
+            labels.insert(id, (time_ms, label.into()));
         }
     }
 }
@@ -215,6 +244,18 @@ impl SeriesTable {
         series_id(metric, self.dim_value(&key.dim, &key.value))
     }
 
+    /// A dimension value's (dimension, value).
+    fn dim_value_key(&self, id: DimValueId) -> (Arc<str>, String) {
+        let v = &self.inner.read().unwrap_or_else(|e| e.into_inner()).values[id as usize];
+        (v.dim.clone(), v.value.clone())
+    }
+
+    /// The id here of a dimension value folded with another table.
+    fn dim_value_of(&self, other: &SeriesTable, id: DimValueId) -> DimValueId {
+        let (dim, value) = other.dim_value_key(id);
+        self.dim_value(&dim, &value)
+    }
+
     /// The keys of `ids`, under one lock.
     fn keys(&self, ids: impl Iterator<Item = SeriesId>) -> Vec<SeriesKey> {
         let r = self.inner.read().unwrap_or_else(|e| e.into_inner());
@@ -283,12 +324,18 @@ pub struct RollupDelta {
     table: Option<Arc<SeriesTable>>,
     /// Per series, its one-second buckets `(second, agg)`: unordered, possibly repeated.
     seconds: FastMap<SeriesId, Vec<(i64, Agg)>>,
+    /// Per dimension value, the latest label seen: (event time, label).
+    labels: FastMap<DimValueId, (i64, Box<str>)>,
 }
 
 impl RollupDelta {
     pub fn merge(&mut self, other: RollupDelta) {
         let Some(theirs) = other.table else { return };
         let ours = self.table.get_or_insert_with(|| theirs.clone());
+        for (id, (t, label)) in other.labels {
+            let id = if Arc::ptr_eq(ours, &theirs) { id } else { ours.dim_value_of(&theirs, id) };
+            note_label(&mut self.labels, id, t, &label);
+        }
         if self.seconds.is_empty() && Arc::ptr_eq(ours, &theirs) {
             self.seconds = other.seconds;
         } else if Arc::ptr_eq(ours, &theirs) {
@@ -312,7 +359,7 @@ impl RollupDelta {
     /// The rows one commit writes: every second bucket plus the minute, hour, day and all-time
     /// buckets derived from them, in lock order; and each dimension value seen, with the first
     /// second it was seen in (what makes a product "known").
-    pub fn into_rows(self) -> (RollupRows, Vec<(Arc<str>, String, i64)>) {
+    pub fn into_rows(self) -> (RollupRows, Vec<DimRow>) {
         let Some(table) = self.table else { return Default::default() };
         let mut entries: Vec<(SeriesId, Vec<(i64, Agg)>)> = self.seconds.into_iter().collect();
         // Series in key order: every writer then locks rows in one order (PostgreSQL).
@@ -320,7 +367,17 @@ impl RollupDelta {
         let mut keyed: Vec<(SeriesKey, Vec<(i64, Agg)>)> =
             keys.into_iter().zip(entries.drain(..)).map(|(k, (_, secs))| (k, secs)).collect();
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        RollupRows::from_keyed_seconds(keyed)
+        let (rows, mut dims) = RollupRows::from_keyed_seconds(keyed);
+        if !self.labels.is_empty() {
+            let labels: FastMap<(Arc<str>, String), Box<str>> =
+                self.labels.into_iter().map(|(id, (_, l))| (table.dim_value_key(id), l)).collect();
+            for d in &mut dims {
+                if let Some(l) = labels.get(&(d.dim.clone(), d.value.clone())) {
+                    d.label = Some(l.to_string());
+                }
+            }
+        }
+        (rows, dims)
     }
 }
 

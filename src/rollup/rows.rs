@@ -22,6 +22,16 @@ pub fn coarser_buckets(secs: &[(i64, Agg)]) -> impl Iterator<Item = (Resolution,
     })
 }
 
+/// A dimension value a commit saw: when first, and the latest label it carried (see
+/// `config::Settings::labels`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimRow {
+    pub dim: Arc<str>,
+    pub value: String,
+    pub first_seen: i64,
+    pub label: Option<String>,
+}
+
 /// One bucket row of a commit; `series` indexes [`RollupRows::series`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollupRow {
@@ -61,7 +71,7 @@ impl RollupRows {
 
     /// From each series' one-second buckets, the series in key order; with each dimension value
     /// seen and the first second it was seen in (what makes a product "known").
-    pub(super) fn from_keyed_seconds(keyed: Vec<(SeriesKey, Vec<(i64, Agg)>)>) -> (Self, Vec<(Arc<str>, String, i64)>) {
+    pub(super) fn from_keyed_seconds(keyed: Vec<(SeriesKey, Vec<(i64, Agg)>)>) -> (Self, Vec<DimRow>) {
         let mut out = Self { derived: true, ..Self::default() };
         let mut dims = Vec::new();
         out.rows.reserve(keyed.iter().map(|(_, s)| s.len() + 4).sum());
@@ -69,7 +79,7 @@ impl RollupRows {
             let first = out.push_seconds(key, secs);
             let key = out.series.last().expect("just pushed");
             if !key.dim.is_empty() {
-                dims.push((key.dim.clone(), key.value.clone(), first));
+                dims.push(DimRow { dim: key.dim.clone(), value: key.value.clone(), first_seen: first, label: None });
             }
         }
         (out, dims)

@@ -114,7 +114,7 @@ fn ten_sales_of_ten_cents_total_exactly_one() {
     assert_eq!(all.sum, Decimal::ONE);
     assert_eq!(all.sum.normalize().to_string(), "1");
     assert_eq!(all.count, 10);
-    assert!(dims.iter().any(|(d, v, _)| &**d == "product_id" && v == "3"));
+    assert!(dims.iter().any(|d| &*d.dim == "product_id" && d.value == "3"));
 }
 
 fn fold_all(metrics: &Metrics, events: &[(&str, i64)]) -> RollupDelta {
@@ -159,7 +159,11 @@ fn rows_derive_every_resolution_from_seconds_in_lock_order() {
     assert_eq!(flat(&rows), flat(&want));
     let keys: Vec<_> = rows.iter().map(|(k, r)| (k.clone(), r.res, r.start)).collect();
     assert!(keys.is_sorted(), "rows come in lock order");
-    assert_eq!(dims.iter().find(|d| &*d.0 == "product_id" && d.1 == "2").map(|d| d.2), Some(3599), "first seen");
+    assert_eq!(
+        dims.iter().find(|d| &*d.dim == "product_id" && d.value == "2").map(|d| d.first_seen),
+        Some(3599),
+        "first seen"
+    );
 }
 
 #[test]
@@ -207,5 +211,5 @@ fn out_of_order_seconds_merge_into_one_row_each() {
         (Second, 61, 1),
     ];
     assert_eq!(got, want);
-    assert!(dims.iter().any(|d| &*d.0 == "product_id" && d.1 == "1" && d.2 == 1));
+    assert!(dims.iter().any(|d| &*d.dim == "product_id" && d.value == "1" && d.first_seen == 1));
 }

@@ -1,11 +1,9 @@
 //! The storage contract: the [`Store`] trait every backend implements, and what goes through it.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::rollup::{Agg, Resolution, RollupRows, SeriesKey, Span};
+use crate::rollup::{Agg, DimRow, Resolution, RollupRows, SeriesKey, Span};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,7 +96,7 @@ pub const DEAD_LETTER_PAGE_RAW: i64 = 16 * 1024;
 pub struct WriteBatch {
     /// Bucket rows, in the lock order every writer uses.
     pub rollups: RollupRows,
-    pub dims: Vec<(Arc<str>, String, i64)>,
+    pub dims: Vec<DimRow>,
     pub raw_blocks: Vec<RawBlock>,
     pub dead_letters: Vec<NewDeadLetter>,
     pub offsets: Vec<OffsetAdvance>,
@@ -209,6 +207,28 @@ pub trait Store: Send + Sync + 'static {
         from: i64,
         to: i64,
     ) -> Result<Vec<(i64, Agg)>, StoreError>;
+    /// The aggregates of `series` over each `[bounds[i], bounds[i + 1])` (a chart's buckets, which
+    /// need not be aligned to the stored resolutions: each is covered exactly), in one snapshot.
+    async fn read_buckets(&self, series: &SeriesKey, bounds: &[i64]) -> Result<Vec<Agg>, StoreError>;
+    /// Every value of `dim` in `metric` with its aggregate over `spans` (values with no bucket
+    /// there are left out): what a top-N ranks.
+    async fn read_dim_aggregates(
+        &self,
+        metric: &str,
+        dim: &str,
+        spans: &[Span],
+    ) -> Result<Vec<(String, Agg)>, StoreError>;
+    /// The latest label of each of `values` of `dim` (`None` where there is none).
+    async fn dim_labels(&self, dim: &str, values: &[String]) -> Result<Vec<Option<String>>, StoreError>;
+    /// Values of dimension `dim` starting with `prefix` (or whose label contains `search`), in
+    /// value order, with their latest labels.
+    async fn dim_values(
+        &self,
+        dim: &str,
+        prefix: &str,
+        search: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError>;
     /// The answer stored with idempotency key `key` of `scope`, if a commit holds it.
     async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError>;
     /// Has any accepted event carried `value` for dimension `dim`?

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod certs;
+pub mod figures;
 pub mod pg;
 
 use std::io::{BufRead, BufReader};
@@ -148,6 +149,21 @@ impl TestApp {
     }
 
     /// A token with `scopes` that has been revoked.
+    /// Creates a token named `name` with `scopes`; its secret.
+    pub async fn create_named_token(&self, name: &str, scopes: &[Scope]) -> String {
+        let secret = create_token(&*self.store_handle, name, scopes, None, jetstream::clock::now_ms())
+            .await
+            .expect("token created");
+        self.tokens.reload(&*self.store_handle).await.expect("tokens reload");
+        secret
+    }
+
+    /// Revokes the token `name` and makes the server see it at once.
+    pub async fn revoke_token(&self, name: &str) {
+        assert!(self.store_handle.revoke_token(name, jetstream::clock::now_ms()).await.expect("revoke"));
+        self.tokens.reload(&*self.store_handle).await.expect("tokens reload");
+    }
+
     pub async fn revoked_token(&self, scopes: &[Scope]) -> String {
         let name = format!("revoked{}", rand_suffix());
         let secret = create_token(&*self.store_handle, &name, scopes, None, jetstream::clock::now_ms())

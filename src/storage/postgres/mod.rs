@@ -106,6 +106,33 @@ impl Store for PgStore {
         read::aggregate_at(&self.client().await?, self.writer, series, spans).await
     }
 
+    async fn read_buckets(&self, series: &SeriesKey, bounds: &[i64]) -> Result<Vec<Agg>, StoreError> {
+        read::buckets(&self.client().await?, series, bounds).await
+    }
+
+    async fn read_dim_aggregates(
+        &self,
+        metric: &str,
+        dim: &str,
+        spans: &[Span],
+    ) -> Result<Vec<(String, Agg)>, StoreError> {
+        read::dim_aggregates(&self.client().await?, metric, dim, spans).await
+    }
+
+    async fn dim_labels(&self, dim: &str, values: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        read::dim_labels(&self.client().await?, dim, values).await
+    }
+
+    async fn dim_values(
+        &self,
+        dim: &str,
+        prefix: &str,
+        search: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        read::dim_values(&self.client().await?, dim, prefix, search, limit).await
+    }
+
     async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
         read::idempotent_answer(&self.client().await?, scope, key).await
     }

@@ -54,6 +54,100 @@ pub(super) async fn aggregate_at(
     Ok((agg_from_row(&row, 0)?, Some(pos as u64)))
 }
 
+/// Each of a chart's buckets `[bounds[i], bounds[i + 1])`, covered exactly, in one statement.
+pub(super) async fn buckets(client: &Client, series: &SeriesKey, bounds: &[i64]) -> Result<Vec<Agg>, StoreError> {
+    let (mut idx, mut res, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, w) in bounds.windows(2).enumerate() {
+        for s in crate::rollup::cover(w[0], w[1]) {
+            idx.push(i as i32);
+            res.push(res_code(s.res));
+            lo.push(s.from);
+            hi.push(s.to);
+        }
+    }
+    let st = client
+        .prepare_cached(
+            "SELECT s.i, COALESCE(SUM(r.count), 0)::int8, COALESCE(SUM(r.sum), 0), MIN(r.min), MAX(r.max)
+             FROM UNNEST($4::int4[], $5::int4[], $6::int8[], $7::int8[]) AS s(i, res, lo, hi)
+             JOIN rollups r ON r.metric = $1 AND r.dim = $2 AND r.val = $3
+                            AND r.res = s.res AND r.bucket >= s.lo AND r.bucket < s.hi
+             GROUP BY s.i",
+        )
+        .await
+        .map_err(pg_err)?;
+    let rows = client
+        .query(&st, &[&&*series.metric, &&*series.dim, &series.value, &idx, &res, &lo, &hi])
+        .await
+        .map_err(pg_err)?;
+    let mut out = vec![Agg::default(); bounds.len().saturating_sub(1)];
+    for r in &rows {
+        let i: i32 = r.try_get(0).map_err(pg_err)?;
+        out[i as usize] = agg_from_row(r, 1)?;
+    }
+    Ok(out)
+}
+
+/// Every value of `dim` in `metric` with its aggregate over `spans`, in one statement.
+pub(super) async fn dim_aggregates(
+    client: &Client,
+    metric: &str,
+    dim: &str,
+    spans: &[Span],
+) -> Result<Vec<(String, Agg)>, StoreError> {
+    let res: Vec<i32> = spans.iter().map(|s| res_code(s.res)).collect();
+    let from: Vec<i64> = spans.iter().map(|s| s.from).collect();
+    let to: Vec<i64> = spans.iter().map(|s| s.to).collect();
+    let st = client
+        .prepare_cached(
+            "SELECT r.val, SUM(r.count)::int8, SUM(r.sum), MIN(r.min), MAX(r.max)
+             FROM UNNEST($3::int4[], $4::int8[], $5::int8[]) AS s(res, lo, hi)
+             JOIN rollups r ON r.metric = $1 AND r.dim = $2 AND r.res = s.res AND r.bucket >= s.lo AND r.bucket < s.hi
+             GROUP BY r.val",
+        )
+        .await
+        .map_err(pg_err)?;
+    let rows = client.query(&st, &[&metric, &dim, &res, &from, &to]).await.map_err(pg_err)?;
+    rows.iter().map(|r| Ok((r.try_get(0).map_err(pg_err)?, agg_from_row(r, 1)?))).collect()
+}
+
+pub(super) async fn dim_labels(
+    client: &Client,
+    dim: &str,
+    values: &[String],
+) -> Result<Vec<Option<String>>, StoreError> {
+    let st = client
+        .prepare_cached(
+            "SELECT v.val, d.label FROM UNNEST($2::text[]) AS v(val) LEFT JOIN dim_values d ON d.dim = $1 AND d.val = v.val",
+        )
+        .await
+        .map_err(pg_err)?;
+    let rows = client.query(&st, &[&dim, &values]).await.map_err(pg_err)?;
+    let found: std::collections::HashMap<String, Option<String>> = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<_, String>(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?)))
+        .collect::<Result<_, StoreError>>()?;
+    Ok(values.iter().map(|v| found.get(v).cloned().flatten()).collect())
+}
+
+pub(super) async fn dim_values(
+    client: &Client,
+    dim: &str,
+    prefix: &str,
+    search: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let pattern = search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    let st = client
+        .prepare_cached(
+            "SELECT val, label FROM dim_values WHERE dim = $1 AND starts_with(val, $2)
+             AND ($3::text IS NULL OR label LIKE $3) ORDER BY val LIMIT $4",
+        )
+        .await
+        .map_err(pg_err)?;
+    let rows = client.query(&st, &[&dim, &prefix, &pattern, &i64::from(limit)]).await.map_err(pg_err)?;
+    rows.iter().map(|r| Ok((r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?))).collect()
+}
+
 pub(super) async fn idempotent_answer(
     client: &Client,
     scope: &str,

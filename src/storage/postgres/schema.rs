@@ -58,6 +58,10 @@ ALTER TABLE idempotency_keys ADD COLUMN fingerprint TEXT;
     r#"
 CREATE TABLE writer_positions (writer BIGINT PRIMARY KEY, seq BIGINT NOT NULL, at_ms BIGINT NOT NULL);
 "#,
+    // 5: each dimension value's latest label (e.g. the name of a product id), for pickers.
+    r#"
+ALTER TABLE dim_values ADD COLUMN label TEXT;
+"#,
 ];
 
 /// Advisory lock key (per database): one instance migrates at a time.

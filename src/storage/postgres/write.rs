@@ -31,11 +31,12 @@ ON CONFLICT (metric, dim, val, res, bucket) DO UPDATE SET
     max = GREATEST(r.max, EXCLUDED.max)";
 
 const INSERT_DIMS: &str = "
-INSERT INTO dim_values (dim, val, first_seen)
-SELECT dim, val, first_seen FROM UNNEST($1::text[], $2::text[], $3::int8[])
-     WITH ORDINALITY AS u(dim, val, first_seen, ord)
+INSERT INTO dim_values AS d (dim, val, first_seen, label)
+SELECT dim, val, first_seen, label FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[])
+     WITH ORDINALITY AS u(dim, val, first_seen, label, ord)
 ORDER BY ord
-ON CONFLICT (dim, val) DO NOTHING";
+ON CONFLICT (dim, val) DO UPDATE SET label = EXCLUDED.label
+    WHERE EXCLUDED.label IS NOT NULL AND EXCLUDED.label IS DISTINCT FROM d.label";
 
 const INSERT_RAW: &str = "
 INSERT INTO raw_blocks (name, min_time_ms, max_time_ms, count, data)
@@ -65,8 +66,14 @@ fn normalise(batch: &mut WriteBatch) {
     // Stable: two advances of one partition in one batch stay chained in order.
     batch.offsets.sort_by(|a, b| (&a.source, a.partition).cmp(&(&b.source, b.partition)));
     // Stable, keeping the first occurrence: SQLite's `INSERT OR IGNORE` keeps the first too.
-    batch.dims.sort_by(|a, b| (&*a.0, &a.1).cmp(&(&*b.0, &b.1)));
-    batch.dims.dedup_by(|b, a| a.0 == b.0 && a.1 == b.1);
+    batch.dims.sort_by(|a, b| (&*a.dim, &a.value).cmp(&(&*b.dim, &b.value)));
+    batch.dims.dedup_by(|b, a| {
+        let same = a.dim == b.dim && a.value == b.value;
+        if same && a.label.is_none() {
+            a.label = b.label.take();
+        }
+        same
+    });
 }
 
 async fn fence(tx: &Transaction<'_>, o: &OffsetAdvance) -> Result<(), StoreError> {
@@ -227,10 +234,11 @@ async fn dim_values(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), Stor
     }
     let st = tx.prepare_cached(INSERT_DIMS).await.map_err(pg_err)?;
     for chunk in batch.dims.chunks(CHUNK) {
-        let dim: Vec<&str> = chunk.iter().map(|d| &*d.0).collect();
-        let val: Vec<&str> = chunk.iter().map(|d| d.1.as_str()).collect();
-        let first: Vec<i64> = chunk.iter().map(|d| d.2).collect();
-        tx.execute(&st, &[&dim, &val, &first]).await.map_err(pg_err)?;
+        let dim: Vec<&str> = chunk.iter().map(|d| &*d.dim).collect();
+        let val: Vec<&str> = chunk.iter().map(|d| d.value.as_str()).collect();
+        let first: Vec<i64> = chunk.iter().map(|d| d.first_seen).collect();
+        let label: Vec<Option<&str>> = chunk.iter().map(|d| d.label.as_deref()).collect();
+        tx.execute(&st, &[&dim, &val, &first, &label]).await.map_err(pg_err)?;
     }
     Ok(())
 }
@@ -338,15 +346,19 @@ pub(super) async fn prune(client: &mut Client, writer: i64, b: PruneBefore) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollup::DimRow;
 
     #[test]
     fn dimension_values_are_put_in_lock_order_each_once() {
         let mut b = WriteBatch {
-            dims: vec![("d".into(), "y".into(), 5), ("d".into(), "x".into(), 7), ("d".into(), "y".into(), 3)],
+            dims: [("y", 5), ("x", 7), ("y", 3)]
+                .into_iter()
+                .map(|(v, t)| DimRow { dim: "d".into(), value: v.into(), first_seen: t, label: None })
+                .collect(),
             ..Default::default()
         };
         normalise(&mut b);
-        let dims: Vec<_> = b.dims.iter().map(|d| (d.1.as_str(), d.2)).collect();
+        let dims: Vec<_> = b.dims.iter().map(|d| (d.value.as_str(), d.first_seen)).collect();
         assert_eq!(dims, [("x", 7), ("y", 5)], "the first occurrence of a value is kept");
     }
 

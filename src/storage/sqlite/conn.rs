@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::rollup::{FastMap, SeriesKey};
 use crate::storage::StoreError;
 
-/// Dimension values known to be in `dim_values`, per dimension.
-pub(super) type DimCache = FastMap<Arc<str>, FastMap<String, ()>>;
+/// Dimension values known to be in `dim_values` (with the label stored), per dimension.
+pub(super) type DimCache = FastMap<Arc<str>, FastMap<String, Option<String>>>;
 
 /// The writer connection, with the ids of the series it has seen committed.
 pub(super) struct WriterConn {

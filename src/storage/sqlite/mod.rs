@@ -149,6 +149,37 @@ impl Store for SqliteStore {
         self.read(move |c| read::aggregate_at(c, &series, &spans)).await
     }
 
+    async fn read_buckets(&self, series: &SeriesKey, bounds: &[i64]) -> Result<Vec<Agg>, StoreError> {
+        let (series, bounds) = (series.clone(), bounds.to_vec());
+        self.read(move |c| read::buckets(c, &series, &bounds)).await
+    }
+
+    async fn read_dim_aggregates(
+        &self,
+        metric: &str,
+        dim: &str,
+        spans: &[Span],
+    ) -> Result<Vec<(String, Agg)>, StoreError> {
+        let (metric, dim, spans) = (metric.to_string(), dim.to_string(), spans.to_vec());
+        self.read(move |c| read::dim_aggregates(c, &metric, &dim, &spans)).await
+    }
+
+    async fn dim_labels(&self, dim: &str, values: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let (dim, values) = (dim.to_string(), values.to_vec());
+        self.read(move |c| read::dim_labels(c, &dim, &values)).await
+    }
+
+    async fn dim_values(
+        &self,
+        dim: &str,
+        prefix: &str,
+        search: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let (dim, prefix, search) = (dim.to_string(), prefix.to_string(), search.map(String::from));
+        self.read(move |c| read::dim_values(c, &dim, &prefix, search.as_deref(), limit)).await
+    }
+
     async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError> {
         let (scope, key) = (scope.to_string(), key.to_string());
         self.read(move |c| read::idempotent_answer(c, &scope, &key)).await

@@ -54,6 +54,73 @@ pub(super) fn aggregate_at(
         .map_err(db_err)?;
     let pos = Some(pos as u64);
     let Some(id) = series_id(c, series)? else { return Ok((Agg::default(), pos)) };
+    Ok((aggregate_of(c, id, spans)?, pos))
+}
+
+/// Each of a chart's buckets `[bounds[i], bounds[i + 1])`, covered exactly.
+pub(super) fn buckets(c: &Connection, series: &SeriesKey, bounds: &[i64]) -> Result<Vec<Agg>, StoreError> {
+    let n = bounds.len().saturating_sub(1);
+    let Some(id) = series_id(c, series)? else { return Ok(vec![Agg::default(); n]) };
+    bounds.windows(2).map(|w| aggregate_of(c, id, &crate::rollup::cover(w[0], w[1]))).collect()
+}
+
+pub(super) fn dim_values(
+    c: &Connection,
+    dim: &str,
+    prefix: &str,
+    search: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    // `val >= prefix AND val < prefix + U+10FFFF`: the prefix's range in the primary key.
+    let upper = format!("{prefix}\u{10FFFF}");
+    let pattern = search.map(like_pattern);
+    let mut st = c
+        .prepare_cached(
+            "SELECT val, label FROM dim_values WHERE dim = ?1 AND val >= ?2 AND val < ?3
+             AND (?4 IS NULL OR label LIKE ?4 ESCAPE '\\') ORDER BY val LIMIT ?5",
+        )
+        .map_err(db_err)?;
+    let rows =
+        st.query_map(params![dim, prefix, upper, pattern, limit], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+/// Every value of `dim` in `metric` with its aggregate over `spans`.
+pub(super) fn dim_aggregates(
+    c: &Connection,
+    metric: &str,
+    dim: &str,
+    spans: &[Span],
+) -> Result<Vec<(String, Agg)>, StoreError> {
+    let ids: Vec<(i64, String)> = c
+        .prepare_cached("SELECT id, val FROM series WHERE metric = ?1 AND dim = ?2")
+        .and_then(|mut st| st.query_map(params![metric, dim], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(db_err)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, value) in ids {
+        let agg = aggregate_of(c, id, spans)?;
+        if agg.count > 0 {
+            out.push((value, agg));
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn dim_labels(c: &Connection, dim: &str, values: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+    let mut st = c.prepare_cached("SELECT label FROM dim_values WHERE dim = ?1 AND val = ?2").map_err(db_err)?;
+    values
+        .iter()
+        .map(|v| st.query_row(params![dim, v], |r| r.get(0)).optional().map(Option::flatten).map_err(db_err))
+        .collect()
+}
+
+/// A LIKE pattern matching labels that contain `s` (its wildcards escaped with `\`).
+fn like_pattern(s: &str) -> String {
+    format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+}
+
+/// The merged buckets of the series with id `id` covered by `spans`.
+fn aggregate_of(c: &Connection, id: i64, spans: &[Span]) -> Result<Agg, StoreError> {
     let mut merged = c
         .prepare_cached(
             "SELECT agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
@@ -71,7 +138,7 @@ pub(super) fn aggregate_at(
     for (_, agg) in recent_seconds(c, id, spans)? {
         total.merge(&agg);
     }
-    Ok((total, pos))
+    Ok(total)
 }
 
 /// The buckets of `series` at `res` starting in `[from, to)`, one point per bucket, in order.

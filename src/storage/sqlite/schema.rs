@@ -129,6 +129,10 @@ INSERT INTO rollup_seconds_v8 SELECT series, bucket, agg_pack(count, sum, min, m
 DROP TABLE rollup_seconds;
 ALTER TABLE rollup_seconds_v8 RENAME TO rollup_seconds;
 "#,
+    // 9: each dimension value's latest label (e.g. the name of a product id), for pickers.
+    r#"
+ALTER TABLE dim_values ADD COLUMN label TEXT;
+"#,
 ];
 
 pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {

@@ -22,8 +22,8 @@ const DIMS_CACHE: usize = 1 << 20;
 /// Series ids the writer has not cached yet, to cache once their transaction has committed.
 type FreshIds = Vec<(SeriesKey, i64)>;
 
-/// Dimension values a commit added to `dim_values`, to cache once it has committed.
-type FreshDims = Vec<(Arc<str>, String)>;
+/// Dimension values (and labels) a commit wrote to `dim_values`, to cache once it has committed.
+type FreshDims = Vec<(Arc<str>, String, Option<String>)>;
 
 /// Applies `batch` in one transaction and numbers the commit; the caches learn what it added
 /// only once it has committed (a rolled-back id must never be cached).
@@ -45,8 +45,8 @@ pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch) -> Result<CommitPos
     if w.dims.values().map(FastMap::len).sum::<usize>() + fresh_dims.len() > DIMS_CACHE {
         w.dims.clear();
     }
-    for (d, v) in fresh_dims {
-        w.dims.entry(d).or_default().insert(v, ());
+    for (d, v, label) in fresh_dims {
+        w.dims.entry(d).or_default().insert(v, label);
     }
     if w.series.len() + fresh.len() > SERIES_CACHE {
         w.series.clear();
@@ -160,18 +160,24 @@ pub(super) fn upsert(st: &mut rusqlite::CachedStatement<'_>, key: &[i64], a: &Ag
     st.raw_execute().map(drop).map_err(db_err)
 }
 
-/// Dimension values not yet known to be stored (never deleted, so the cache only saves inserts).
+/// Dimension values not yet known to be stored with their label (values are never deleted, so
+/// the cache only saves inserts and label updates).
 fn dim_values(tx: &Transaction<'_>, known: &DimCache, batch: &WriteBatch) -> Result<FreshDims, StoreError> {
     let mut dims = tx
-        .prepare_cached("INSERT OR IGNORE INTO dim_values (dim, val, first_seen) VALUES (?1, ?2, ?3)")
+        .prepare_cached(
+            "INSERT INTO dim_values (dim, val, first_seen, label) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (dim, val) DO UPDATE SET label = excluded.label
+             WHERE excluded.label IS NOT NULL AND excluded.label IS NOT label",
+        )
         .map_err(db_err)?;
     let mut fresh = Vec::new();
-    for (d, v, t) in &batch.dims {
-        if known.get(d).is_some_and(|k| k.contains_key(v)) {
+    for d in &batch.dims {
+        let stored = known.get(&d.dim).and_then(|k| k.get(&d.value));
+        if stored.is_some_and(|l| d.label.is_none() || *l == d.label) {
             continue;
         }
-        dims.execute(params![&**d, v, t]).map_err(db_err)?;
-        fresh.push((d.clone(), v.clone()));
+        dims.execute(params![&*d.dim, d.value, d.first_seen, d.label]).map_err(db_err)?;
+        fresh.push((d.dim.clone(), d.value.clone(), d.label.clone()));
     }
     Ok(fresh)
 }
