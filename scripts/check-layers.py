@@ -21,7 +21,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 
 # Lowest first: each may use only those before it.
 LAYERS = [
-    ["clock", "health"],
+    ["clock", "health", "dashboard"],
     ["config"],
     ["event"],
     ["rollup"],
