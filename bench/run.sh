@@ -41,6 +41,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 BIN=${JETSTREAM_BIN:-$ROOT/target/release/jetstream}
 PACED_BIN=${PACED_BIN:-$ROOT/target/release/examples/paced_ingest} # phase 4's ingest loader
 NGINX=${NGINX:-/usr/sbin/nginx}
+BENCH_PG=${BENCH_PG:-}               # a PostgreSQL URL: measure on a fresh database there, not SQLite
 KEEP=${KEEP:-0}                     # 1 keeps the temporary directory (store, logs, raw results)
 
 for tool in wrk python3 jq curl "$NGINX"; do
@@ -63,6 +64,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do
     wait "$p" 2>/dev/null || true
   done
+  if [[ -n ${PG_DB:-} ]]; then psql "$BENCH_PG" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >&2 || true; fi
   if [[ $KEEP == 1 ]]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -90,6 +92,13 @@ fi
 [[ -x $PACED_BIN ]] || { echo "bench: no paced loader at $PACED_BIN (cargo build --release --example paced_ingest)" >&2; exit 1; }
 
 STORE="sqlite://$WORK/bench.db"
+if [[ -n $BENCH_PG ]]; then
+  # PostgreSQL: a fresh database on that server, dropped on exit.
+  command -v psql >/dev/null || { echo "bench: BENCH_PG needs psql" >&2; exit 2; }
+  PG_DB="jetstream_bench_$$"
+  psql "$BENCH_PG" -qc "CREATE DATABASE $PG_DB" >&2
+  STORE="${BENCH_PG%/*}/$PG_DB"
+fi
 "$BIN" token create --store "$STORE" --name bench-ingest --scope ingest >"$WORK/ingest.tok"
 "$BIN" token create --store "$STORE" --name bench-read --scope read >"$WORK/read.tok"
 ING_TOKEN=$(cat "$WORK/ingest.tok")
@@ -145,7 +154,7 @@ curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" || { echo "bench
 
 # ---------------------------------------------------------------------------------------- preload
 start_server
-log "server $ADDR (pid $SERVER_PID), nginx 127.0.0.1:$NGX_PORT, store $WORK/bench.db"
+log "server $ADDR (pid $SERVER_PID), nginx 127.0.0.1:$NGX_PORT, store ${STORE//\/\/*@/\/\/}"
 log "phase 1: preload $PRELOAD_EVENTS events over the last hour, $PRODUCTS products"
 CMD_PRELOAD="loader.py preload --events $PRELOAD_EVENTS --products $PRODUCTS --conns 8"
 python3 "$HERE/loader.py" preload --addr "$ADDR" --token "$ING_TOKEN" --events "$PRELOAD_EVENTS" \
