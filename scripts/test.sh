@@ -5,9 +5,11 @@
 #  - nginx (Debian's nginx-light) for the fleet test, installed when missing;
 #  - the structure and style rules: `cargo fmt --check`, `cargo clippy -D warnings` and
 #    scripts/check-layers.py (no import cycle between modules, layers, room sizes);
+#  - the dashboard: the committed build matches web/'s sources (scripts/web-build-check.sh, npm),
+#    and the page works in Debian's Chromium (scripts/browser-test.sh, installed when missing);
 #  - then the fleet's failure test (scripts/cluster-test.sh, ~30 s: two consumers, two API
 #    instances behind nginx, SIGKILLs, exact totals) and every cargo test (unit, integration,
-#    both storage backends, Kafka, TLS).
+#    both storage backends, Kafka, TLS, the fuzz targets' corpus replayed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +24,11 @@ fi
 
 cargo fmt --all -- --check
 python3 scripts/check-layers.py
+scripts/web-build-check.sh   # the committed dashboard build (web/dist) is what web/'s sources build
 cargo clippy --all-targets -- -D warnings
 cargo build --all-targets
 # The fleet test runs the debug binary just built (a release build would double CI's compile time).
 SKIP_BUILD=1 JETSTREAM_BIN="$PWD/target/debug/jetstream" scripts/cluster-test.sh
+# The dashboard in Debian's Chromium (installed when missing), through playwright-core.
+JETSTREAM_BIN="$PWD/target/debug/jetstream" scripts/browser-test.sh
 cargo test --all-targets -- "$@"

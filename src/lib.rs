@@ -5,7 +5,8 @@
 //! only on the ones listed before it (`scripts/check-layers.py` checks that no two modules depend
 //! on each other, at any level):
 //!
-//! - [`clock`], [`health`]: the wall clock; the consumer's state that `/readyz` reports.
+//! - [`clock`], [`health`]: the wall clock; the consumer's state that `/readyz` reports;
+//!   [`dashboard`]: the built-in live dashboard page (`web/`'s build, embedded).
 //! - [`config`]: the typed settings file with defaults for the original design.
 //! - [`event`]: a body becomes events: split, named (`event_name` or `event`), timed, validated
 //!   against the configured schemas; a rejection says precisely why; numbers are read exactly.
@@ -16,8 +17,8 @@
 //!   lines, dead letters, offsets); [`ingest::kafka`] consumes a topic exactly once;
 //!   [`ingest::writer`] group-commits whatever is queued in one store transaction.
 //! - [`auth`]: scoped bearer tokens (hash-only storage, hot reload).
-//! - [`api`]: the axum router: the original design's two endpoints, `/api/v1`, the read cache;
-//!   HTTP ingest hands bodies to `ingest`.
+//! - [`api`]: the axum router: the original design's two endpoints, `/api/v1` (aggregates, series,
+//!   top-N, dimension values, batches, live push), the read cache; HTTP ingest hands bodies to `ingest`.
 //! - [`server`]: the listener (HTTP and HTTPS): connection cap, timeouts, shutdown deadline.
 //! - [`app`]: starts everything and stops it in order; [`cli`] is the binary's edge.
 
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod event;
 pub mod health;
 pub mod ingest;

@@ -64,6 +64,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     println!(
         "\nJetstream demo: simulating ~{rate} events/s ({via}) into {store_url}\n\n\
+         Live dashboard: {base}/  (sign in with the read token)\n\n\
          read token:  {read}\nadmin token: {admin}\n\n\
          Try:\n  export TOKEN={read}\n\
          \x20 curl -s -H \"Authorization: Bearer $TOKEN\" {base}/api/product/sale/3       # sales in the last hour\n\
