@@ -108,7 +108,7 @@ pub async fn get_stream(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<([(&'static str, &'static str); 1], Sse<impl Stream<Item = Result<Event, Infallible>>>), ApiError> {
     let subs = subscriptions(query.as_deref().unwrap_or(""))?;
     let slot = state.streams.take(&access.token).ok_or_else(|| {
         ApiError::Status(StatusCode::TOO_MANY_REQUESTS, format!("at most {MAX_STREAMS_PER_TOKEN} streams per token"))
@@ -153,5 +153,10 @@ pub async fn get_stream(
             tokio::time::sleep_until(evaluated + COALESCE).await;
         }
     };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+    // `X-Accel-Buffering: no`: a proxy that buffers answers (nginx by default) passes this one on
+    // as it is written, whatever its configuration.
+    Ok((
+        [("x-accel-buffering", "no")],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")),
+    ))
 }
