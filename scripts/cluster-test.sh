@@ -16,7 +16,9 @@
 #      API instance died (the ones in flight on it; nginx retries those GETs on the other
 #      instance, so normally none fail); the totals through nginx equal exactly the events
 #      produced (event count, sale count, decimal sum of amounts, rating count), and still do
-#      3 s later (nothing counted twice after the consumer's restart).
+#      3 s later (nothing counted twice after the consumer's restart); a live stream
+#      (/api/v1/stream) held through nginx all along pushed figures, reconnected when its instance
+#      died, and showed the final total (its delay after the store held it is printed).
 #
 # Exit 0 when every check passes, 1 on any mismatch (the failing check is printed).
 #
@@ -117,6 +119,41 @@ def totals():
     ra = get("/api/v1/metrics/rating?from=0")
     return {"events": ev["count"], "sold": sa["count"], "amount": Decimal(str(sa["sum"] or 0)), "ratings": ra["count"]}
 
+# ---- a live stream through nginx, from the API instances that do not consume -----------------
+# It must pass nginx unbuffered, follow the instance it lands on being killed (reconnect with
+# Last-Event-ID), and reach the final total soon after the store holds it.
+stream_seen = []    # (arrival time, events count) of each pushed figure
+stream_errors = []  # (time, what)
+STREAM_PATH = "/api/v1/stream?sub=" + __import__("urllib.parse").parse.quote("ev:/api/v1/metrics/events?from=0", safe="")
+
+def stream_loop():
+    last_id = None
+    while not stop.is_set():
+        try:
+            c = http.client.HTTPConnection(*lb.split(":"), timeout=30)
+            headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            c.request("GET", STREAM_PATH, headers=headers)
+            r = c.getresponse()
+            if r.status != 200:
+                stream_errors.append((time.time(), f"HTTP {r.status}"))
+                time.sleep(0.5)
+                continue
+            while not stop.is_set():
+                line = r.fp.readline()
+                if not line:
+                    break
+                if line.startswith(b"id:"):
+                    last_id = line[3:].strip().decode()
+                elif line.startswith(b"data:"):
+                    stream_seen.append((time.time(), json.loads(line[5:])["result"]["count"]))
+        except Exception as e:  # the instance died under the stream: reconnect
+            stream_errors.append((time.time(), f"{type(e).__name__}: {e}"))
+            time.sleep(0.2)
+
+threading.Thread(target=stream_loop, daemon=True).start()
+
 def cluster_cmd(*args):
     subprocess.run([cluster, *args], check=True, stderr=subprocess.DEVNULL)
 
@@ -174,7 +211,8 @@ while True:
     if got["events"] >= events or time.time() > deadline:
         break
     time.sleep(0.5)
-log(f"consumed in {time.time() - start:.1f} s from the first event")
+consumed_at = time.time()
+log(f"consumed in {consumed_at - start:.1f} s from the first event")
 # Each answer may be up to api.cache_ttl (1 s, the default) old, counted from the start of the
 # store read behind it, and the three totals are three answers, perhaps from both instances: the
 # events total reaching the end says nothing yet of the other two. Past the ttl, all must be exact.
@@ -182,6 +220,8 @@ time.sleep(1.5)
 got = totals()
 time.sleep(3)  # a double count after the consumer's restart would show now
 again = totals()
+# The stream has had 4.5 s since the store held the last event: it must show the total.
+stream_final = [t for t, n in stream_seen if n == events]
 stop.set()
 for t in threads:
     t.join()
@@ -204,9 +244,17 @@ for k in expected:
             problems.append(f"{label} {k}: {g[k]} through the API, {expected[k]} produced")
 if ok == 0:
     problems.append("no query succeeded: the load generator did not run")
+if len(stream_seen) < 5:
+    problems.append(f"the live stream through nginx pushed {len(stream_seen)} figures: {stream_errors[:3]}")
+if not stream_final:
+    problems.append(f"the live stream never showed the total {events}: last {stream_seen[-3:]}, errors {stream_errors[:3]}")
+else:
+    log(f"live stream through nginx: {len(stream_seen)} figures pushed, {len(stream_errors)} reconnects, "
+        f"the total {stream_final[0] - consumed_at:+.2f} s from when a query first saw it")
 print(json.dumps({"events": events, "expected": {k: str(v) for k, v in expected.items()},
                   "final": {k: str(v) for k, v in again.items()}, "queries_ok": ok,
-                  "queries_failed": len(failures), "seconds": round(elapsed, 1)}))
+                  "queries_failed": len(failures), "seconds": round(elapsed, 1),
+                  "stream_figures": len(stream_seen), "stream_reconnects": len(stream_errors)}))
 if problems:
     for p in problems:
         log("FAIL: " + p)

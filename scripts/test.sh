@@ -8,7 +8,8 @@
 #  - the dashboard: the committed build matches web/'s sources (scripts/web-build-check.sh, npm),
 #    and the page works in Debian's Chromium (scripts/browser-test.sh, installed when missing);
 #  - then the fleet's failure test (scripts/cluster-test.sh, ~30 s: two consumers, two API
-#    instances behind nginx, SIGKILLs, exact totals) and every cargo test (unit, integration,
+#    instances behind nginx, SIGKILLs, exact totals, a live stream through nginx), the short crash
+#    loops (scripts/hardening/crash-loop.sh --short) and every cargo test (unit, integration,
 #    both storage backends, Kafka, TLS, the fuzz targets' corpus replayed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,9 @@ cargo clippy --all-targets -- -D warnings
 cargo build --all-targets
 # The fleet test runs the debug binary just built (a release build would double CI's compile time).
 SKIP_BUILD=1 JETSTREAM_BIN="$PWD/target/debug/jetstream" scripts/cluster-test.sh
+# SIGKILLs during HTTP ingest (both stores, Idempotency-Key retries) and Kafka ingest: exact totals
+# after each (~25 s; the full 100-cycle loops are run by hand, scripts/hardening/README.md).
+JETSTREAM_BIN="$PWD/target/debug/jetstream" scripts/hardening/crash-loop.sh --short
 # The dashboard in Debian's Chromium (installed when missing), through playwright-core.
 JETSTREAM_BIN="$PWD/target/debug/jetstream" scripts/browser-test.sh
 cargo test --all-targets -- "$@"
