@@ -90,6 +90,11 @@ pub struct ApiSettings {
     /// Window of `GET /api/product/sale/{id}`.
     #[serde(deserialize_with = "de_duration")]
     pub sales_window: Duration,
+    /// Shortest time between two evaluations of a live stream's subscriptions: a commit is
+    /// pushed within about this (plus the evaluation), and a subscription gets at most one event
+    /// per this much time. Lower costs CPU per open subscription.
+    #[serde(deserialize_with = "de_duration")]
+    pub stream_coalesce: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,7 +274,11 @@ impl Default for RetentionSettings {
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { cache_ttl: Duration::from_secs(1), sales_window: Duration::from_secs(3600) }
+        Self {
+            cache_ttl: Duration::from_secs(1),
+            sales_window: Duration::from_secs(3600),
+            stream_coalesce: Duration::from_millis(100),
+        }
     }
 }
 
@@ -473,6 +482,7 @@ impl Settings {
             ("retention.idempotency_keys", self.retention.idempotency_keys, d(60), MAX_DURATION),
             ("api.cache_ttl", self.api.cache_ttl, d(0), d(3600)),
             ("api.sales_window", self.api.sales_window, d(1), d(366 * DAY)),
+            ("api.stream_coalesce", self.api.stream_coalesce, Duration::from_millis(10), d(60)),
             ("http.header_read_timeout", self.http.header_read_timeout, d(1), d(3600)),
             ("http.body_timeout", self.http.body_timeout, d(1), d(3600)),
             ("http.shutdown_timeout", self.http.shutdown_timeout, d(0), d(3600)),

@@ -3,9 +3,9 @@
 //! A stream holds subscriptions, each a GET path of the API (`sub=NAME:PATH`, URL-encoded, up to
 //! [`MAX_SUBS`]); or one aggregate given as `metric`, `dim`, `value`, `window`. It sends each
 //! subscription's answer at once, then again whenever it changes: re-evaluated after a local
-//! commit (coalesced: evaluations at least [`COALESCE`] apart, so at most 10 events a second per
-//! subscription) and when each second starts (trailing windows slide), an event sent only when
-//! the answer differs from the last one sent. So a slow reader is never
+//! commit (coalesced: evaluations at least `api.stream_coalesce`, 100 ms, apart, so at most 10
+//! events a second per subscription) and when each second starts (trailing windows slide), an
+//! event sent only when the answer differs from the last one sent. So a slow reader is never
 //! queued for: when it reads again it gets the latest figures. `id:` counts events; a client
 //! resuming with `Last-Event-ID` continues the count and gets the current figures.
 //!
@@ -28,8 +28,6 @@ use super::state::AppState;
 
 /// Most subscriptions on one stream.
 pub const MAX_SUBS: usize = 32;
-/// Shortest time between two evaluations of a stream's subscriptions.
-const COALESCE: Duration = Duration::from_millis(100);
 /// How often a comment keeps an idle stream (and the proxies on its way) alive.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -117,6 +115,7 @@ pub async fn get_stream(
     let mut id: u64 =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let mut commits = state.commits.subscribe();
+    let coalesce = state.settings.api.stream_coalesce;
     let stream = async_stream::stream! {
         let _slot = slot;
         let mut last: Vec<Option<String>> = vec![None; subs.len()];
@@ -149,8 +148,8 @@ pub async fn get_stream(
             if state.commits.closing() {
                 return;
             }
-            // …but not sooner than COALESCE after this one.
-            tokio::time::sleep_until(evaluated + COALESCE).await;
+            // …but not sooner than `api.stream_coalesce` after this one.
+            tokio::time::sleep_until(evaluated + coalesce).await;
         }
     };
     // `X-Accel-Buffering: no`: a proxy that buffers answers (nginx by default) passes this one on
