@@ -35,3 +35,4 @@ pub mod ingest;
 pub mod rollup;
 pub mod server;
 pub mod storage;
+pub mod telemetry;

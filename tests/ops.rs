@@ -1,0 +1,215 @@
+//! Operating it, through the front door: Prometheus metrics (read with a Prometheus text parser),
+//! the ops listener of `serve` and `consume`, request ids and the access log, error reports to a
+//! stand-in collector, CORS and gzip.
+
+mod common;
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Backend, TestApp, TestStore, jetstream_bin};
+use jetstream::app::Application;
+use jetstream::auth::Scope;
+use jetstream::config::Settings;
+use prometheus_parse::{Scrape, Value};
+use serde_json::{Value as Json, json};
+
+/// The metrics recorder is one per process: the tests that read figures from it do not run at
+/// the same time as the ones that move them.
+static FIGURES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn sold(product: u64) -> Json {
+    json!({"event_name": "productSold", "product_id": product, "no_of_units": 1, "amount": "1.25"})
+}
+
+/// `/metrics` read with a Prometheus text parser.
+struct Figures(Scrape);
+
+impl Figures {
+    fn parse(text: &str) -> Self {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        Self(Scrape::parse(lines).expect("the Prometheus text parser reads /metrics"))
+    }
+
+    /// The sample of `metric` whose labels include `labels` (0 when absent): a counter's or
+    /// gauge's value, a histogram's count.
+    fn get(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        let matches = |s: &prometheus_parse::Sample| {
+            s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        };
+        self.0
+            .samples
+            .iter()
+            .filter(|s| matches(s))
+            .map(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                Value::Histogram(b) => b.iter().map(|c| c.count).fold(0.0, f64::max),
+                Value::Summary(_) => panic!("{metric} is a summary; histograms were configured"),
+            })
+            .sum()
+    }
+
+    fn has_help(&self, metric: &str) -> bool {
+        self.0.docs.contains_key(metric)
+    }
+}
+
+async fn figures(app: &TestApp, token: &str) -> Figures {
+    let r = app.client.get(app.url("/metrics")).bearer_auth(token).send().await.expect("GET /metrics");
+    assert_eq!(r.status().as_u16(), 200);
+    let ct = r.headers()["content-type"].to_str().expect("ascii").to_string();
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    let text = r.text().await.expect("body");
+    Figures::parse(&text)
+}
+
+/// The figure the issue asks for: accepted += 1,000 after an ingest of 1,000 (and the rejected,
+/// commits, HTTP, freshness and process families move or show as they should).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_their_scope_and_count_a_known_ingest() {
+    let _figures = FIGURES.lock().await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let metrics = app.token_with(&[Scope::Metrics]).await;
+    let read = app.token_with(&[Scope::Read]).await;
+    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(app.client.get(app.url("/metrics")).bearer_auth(&read).send().await.unwrap().status().as_u16(), 403);
+
+    let before = figures(&app, &metrics).await;
+    let accepted = [("source", "http"), ("event", "productSold")];
+    let mut body: Vec<Json> = (0..1000).map(sold).collect();
+    body.push(json!({"event_name": "productSold", "product_id": 1, "no_of_units": 1})); // no amount
+    body.push(json!({"event_name": "productSold", "product_id": 2, "no_of_units": 1}));
+    body.push(json!({"no_name": true}));
+    body.push(json!({"event_name": "somethingUndeclared", "x": 1}));
+    let (s, out) = app.ingest(&Json::Array(body)).await;
+    assert_eq!((s.as_u16(), &out["accepted"], &out["rejected"]), (200, &json!(1001), &json!(3)), "{out}");
+    let after = figures(&app, &metrics).await;
+
+    let moved = |metric: &str, labels: &[(&str, &str)]| after.get(metric, labels) - before.get(metric, labels);
+    assert_eq!(moved("jetstream_events_accepted_total", &accepted), 1000.0);
+    // An undeclared name is never a label of its own.
+    assert_eq!(moved("jetstream_events_accepted_total", &[("source", "http"), ("event", "other")]), 1.0);
+    assert!(after.0.samples.iter().all(|s| s.labels.get("event") != Some("somethingUndeclared")));
+    let missing = [("source", "http"), ("event", "productSold"), ("reason", "missing_field")];
+    assert_eq!(moved("jetstream_events_rejected_total", &missing), 2.0);
+    assert_eq!(moved("jetstream_events_rejected_total", &[("reason", "no_name"), ("event", "unknown")]), 1.0);
+    assert!(moved("jetstream_commits_total", &[("outcome", "ok")]) >= 1.0);
+    assert!(moved("jetstream_commit_duration_seconds", &[]) >= 1.0, "the commit latency histogram counts commits");
+    assert!(moved("jetstream_commit_events", &[]) >= 1.0);
+    assert_eq!(moved("jetstream_freshness_seconds", &[("source", "http")]), 1001.0, "one freshness per accepted event");
+    let ingest = [("method", "POST"), ("route", "/api/v1/events"), ("status", "2xx")];
+    assert_eq!(moved("jetstream_http_requests_total", &ingest), 1.0);
+    assert!(moved("jetstream_http_request_duration_seconds", &[("route", "/api/v1/events")]) >= 1.0);
+    // The 401 and 403 above, by route template and status class.
+    assert!(after.get("jetstream_http_requests_total", &[("route", "/metrics"), ("status", "4xx")]) >= 2.0);
+    assert!(after.get("jetstream_writer_queue_depth", &[]) >= 0.0);
+    assert_eq!(after.get("jetstream_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert!(after.get("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(after.get("process_open_fds", &[]) > 3.0);
+    assert!(after.get("jetstream_uptime_seconds", &[]) > 0.0);
+
+    // A read through the cache: the second identical read is a hit.
+    let hits = after.get("jetstream_read_cache_hits_total", &[]);
+    for _ in 0..2 {
+        assert_eq!(app.get("/api/product/sale/1").await.0.as_u16(), 200);
+    }
+    let text = app.client.get(app.url("/metrics")).bearer_auth(&metrics).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("# TYPE jetstream_events_accepted_total counter"));
+    assert!(text.contains("# TYPE jetstream_freshness_seconds histogram"));
+    let last = Figures::parse(&text);
+    assert!(last.get("jetstream_read_cache_hits_total", &[]) > hits);
+    for family in [
+        "jetstream_events_accepted_total",
+        "jetstream_events_rejected_total",
+        "jetstream_commits_total",
+        "jetstream_commit_duration_seconds",
+        "jetstream_commit_events",
+        "jetstream_writer_queue_depth",
+        "jetstream_freshness_seconds",
+        "jetstream_http_requests_total",
+        "jetstream_http_request_duration_seconds",
+        "jetstream_read_cache_hits_total",
+        "jetstream_store_reads_total",
+        "jetstream_build_info",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(last.has_help(family), "{family} has no # HELP");
+    }
+    app.stop().await;
+}
+
+/// `serve --ops-listen`: metrics and health with no token, on their own port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_listener_answers_without_a_token() {
+    let store = TestStore::fresh(Backend::Sqlite).await;
+    let app = Application::build(Settings::default(), &store.url, "127.0.0.1:0")
+        .await
+        .expect("starts")
+        .with_ops_listener("127.0.0.1:0")
+        .await
+        .expect("ops listener");
+    let ops = app.ops_addr().expect("an ops address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    for (path, status) in [("/metrics", 200), ("/healthz", 200), ("/readyz", 200), ("/api/v1/metrics", 404)] {
+        let r = client.get(format!("http://{ops}{path}")).send().await.expect("GET");
+        assert_eq!(r.status().as_u16(), status, "{path}");
+    }
+    let text = client.get(format!("http://{ops}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(Figures::parse(&text).get("jetstream_build_info", &[]) == 1.0);
+    let _ = stop.send(());
+    task.await.expect("task").expect("stopped cleanly");
+}
+
+/// `consume --ops-listen`: a consumer (here of a broker that is not there) has metrics, and its
+/// readiness says what is wrong.
+#[test]
+fn consume_has_an_ops_listener() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite://{}/c.db", dir.path().display());
+    let mut child = Command::new(jetstream_bin())
+        .args(["consume", "--store", &store, "--kafka-brokers", "127.0.0.1:1", "--ops-listen", "127.0.0.1:0"])
+        .env("JETSTREAM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("jetstream consume starts");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines.next().expect("printed the ops address").expect("a line");
+        if let Some(a) = line.strip_prefix("ops listening on http://") {
+            break a.to_string();
+        }
+    };
+    let get = |path: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let r = reqwest::get(format!("http://{addr}{path}")).await.expect("GET");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        })
+    };
+    let (s, text) = get("/metrics");
+    assert_eq!(s, 200);
+    let f = Figures::parse(&text);
+    assert_eq!(f.get("jetstream_build_info", &[]), 1.0);
+    assert!(f.has_help("jetstream_kafka_records_consumed_total") || text.contains("jetstream_uptime_seconds"));
+    assert_eq!(get("/healthz").0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, body) = get("/readyz");
+        if s == 503 {
+            let v: Json = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(v["kafka"]["ok"], json!(false), "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "readyz never said the broker is missing: {s} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
