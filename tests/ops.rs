@@ -213,3 +213,123 @@ fn consume_has_an_ops_listener() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A request id given by the client is echoed; without one, one is made up and returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let r = app.client.get(app.url("/healthz")).header("x-request-id", "req-42").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    let r = app.client.get(app.url("/api/v1/nowhere")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let made = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    let again = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_ne!(again.headers()["x-request-id"].to_str().unwrap(), made, "each request gets its own");
+    app.stop().await;
+}
+
+/// Runs `jetstream token create` on `store`; the secret.
+fn create_token(store: &str, name: &str, scope: &str) -> String {
+    let (code, out, err) = common::run_cli(&["token", "create", "--store", store, "--name", name, "--scope", scope]);
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_string()
+}
+
+/// The binary with stdout and stderr piped; its address, once it printed it.
+fn start(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut child = Command::new(jetstream_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jetstream starts");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines.next().expect("printed its address").expect("a line");
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// Stops the child and returns what it wrote on stderr.
+fn stop(child: std::process::Child) -> String {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().expect("exits");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn blocking_get(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut r = reqwest::Client::new().get(url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.expect("GET").status().as_u16()
+    })
+}
+
+/// `--log-format json`: every line is a JSON object; the access line has the fields an operator
+/// filters on; the startup line says what runs; a `/readyz` 503 is no ERROR; and text logs have
+/// no colour codes when stderr is not a terminal.
+#[test]
+fn json_logs_have_an_access_line_per_request_and_no_error_for_an_expected_503() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite://{}/l.db", dir.path().display());
+    let token = create_token(&store, "dashboard", "read");
+    // A broker that is not there: /readyz answers 503, as it should.
+    let args = ["serve", "--store", &store, "--listen", "127.0.0.1:0", "--kafka-brokers", "127.0.0.1:1"];
+    let (child, addr) = start(&args, &[("JETSTREAM_LOG_FORMAT", "json"), ("JETSTREAM_LOG", "info")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while blocking_get(&format!("http://{addr}/readyz"), &[("x-request-id", "ready-1")]) != 503 {
+        assert!(std::time::Instant::now() < deadline, "readyz never said not ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let auth = format!("Bearer {token}");
+    let headers = [("x-request-id", "sale-1"), ("authorization", auth.as_str()), ("x-forwarded-for", "6.6.6.6")];
+    assert_eq!(blocking_get(&format!("http://{addr}/api/product/sale/7"), &headers), 404);
+    let stderr = stop(child);
+
+    let lines: Vec<Json> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let startup = lines.iter().find(|l| l["message"] == "jetstream started").expect("a startup line");
+    assert_eq!(startup["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(startup["kafka"].as_str().map(|k| k.starts_with("127.0.0.1:1 ")), Some(true), "{startup}");
+    assert!(startup["store"].as_str().is_some_and(|s| s.starts_with("sqlite://")), "{startup}");
+    assert_eq!(startup["listen"], addr.as_str());
+
+    let access = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["target"] == "jetstream::access" && l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}: {stderr}"))
+    };
+    let sale = access("sale-1");
+    assert_eq!(sale["level"], "INFO");
+    assert_eq!(
+        (&sale["method"], &sale["route"], &sale["status"]),
+        (&json!("GET"), &json!("/api/product/sale/{id}"), &json!(404))
+    );
+    assert_eq!(sale["token"], "dashboard", "the token's name, never its secret");
+    assert_eq!(sale["client"], "127.0.0.1", "X-Forwarded-For is not believed from a peer that is no trusted proxy");
+    assert!(sale["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{sale}");
+    assert!(sale["bytes"].as_u64().is_some_and(|b| b > 0), "{sale}");
+    assert!(!stderr.contains(&token), "a token secret was logged");
+    let ready = access("ready-1");
+    assert_eq!((&ready["level"], &ready["status"]), (&json!("INFO"), &json!(503)));
+    let errors: Vec<&Json> =
+        lines.iter().filter(|l| l["level"] == "ERROR" && l["span"]["request_id"].as_str().is_some()).collect();
+    assert!(errors.is_empty(), "a request logged an ERROR: {errors:?}");
+
+    // Text, to a pipe: no colour codes.
+    let (child, _) = start(&["serve", "--store", &store, "--listen", "127.0.0.1:0"], &[("JETSTREAM_LOG", "info")]);
+    let stderr = stop(child);
+    assert!(stderr.contains("jetstream started") && !stderr.contains('\u{1b}'), "{stderr}");
+}
