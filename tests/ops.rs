@@ -333,3 +333,109 @@ fn json_logs_have_an_access_line_per_request_and_no_error_for_an_expected_503() 
     let stderr = stop(child);
     assert!(stderr.contains("jetstream started") && !stderr.contains('\u{1b}'), "{stderr}");
 }
+
+/// A stand-in for a Sentry-protocol collector: accepts HTTP requests on loopback and keeps each
+/// body (decompressed when gzip), answering 200.
+struct Collector {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || Self::serve(stream, &kept));
+            }
+        });
+        Self { addr, bodies }
+    }
+
+    fn serve(stream: std::net::TcpStream, kept: &std::sync::Mutex<Vec<String>>) {
+        use std::io::{Read as _, Write as _};
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let mut stream = stream;
+        loop {
+            let (mut length, mut gzip, mut line) = (0usize, false, String::new());
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                gzip |= lower.starts_with("content-encoding:") && lower.contains("gzip");
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            if gzip {
+                let mut out = Vec::new();
+                let _ = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out);
+                body = out;
+            }
+            kept.lock().expect("lock").push(String::from_utf8_lossy(&body).into_owned());
+            let _ =
+                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}");
+        }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().expect("lock").clone()
+    }
+}
+
+/// Error tracking through the front door: a 4xx reports nothing; a store failure that makes a
+/// request fail reaches the collector with the route, the request id, the release and the
+/// environment, and without the token.
+#[test]
+fn a_store_failure_reaches_the_error_collector_and_a_4xx_does_not() {
+    let collector = Collector::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let store = format!("sqlite://{}", path.display());
+    let token = create_token(&store, "dashboard", "read");
+    let dsn = format!("http://public@{}/1", collector.addr);
+    let args = ["serve", "--store", &store, "--listen", "127.0.0.1:0", "--sentry-environment", "ops-test"];
+    let (child, addr) = start(&args, &[("JETSTREAM_SENTRY_DSN", dsn.as_str()), ("JETSTREAM_LOG", "warn")]);
+    let auth = format!("Bearer {token}");
+    let url = |p: &str| format!("http://{addr}{p}");
+
+    assert_eq!(blocking_get(&url("/api/product/sale/1"), &[]), 401);
+    assert_eq!(blocking_get(&url("/api/product/sale/1"), &[("authorization", &auth)]), 404);
+    assert_eq!(blocking_get(&url("/api/v1/metrics/nope/aggregate"), &[("authorization", &auth)]), 404);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(collector.bodies().is_empty(), "a 4xx was reported: {:?}", collector.bodies());
+
+    // The store breaks under the server: a table a read needs is gone.
+    let db = rusqlite::Connection::open(&path).expect("open the store file");
+    db.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    db.execute_batch("DROP TABLE dim_values").expect("drop");
+    let headers = [("authorization", auth.as_str()), ("x-request-id", "boom-1")];
+    assert_eq!(blocking_get(&url("/api/product/sale/8"), &headers), 500);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let report = loop {
+        if let Some(b) = collector.bodies().into_iter().find(|b| b.contains("boom-1")) {
+            break b;
+        }
+        assert!(std::time::Instant::now() < deadline, "no report reached the collector: {:?}", collector.bodies());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    stop(child);
+    assert!(report.contains(r#""route":"/api/product/sale/{id}""#), "{report}");
+    assert!(report.contains(r#""request_id":"boom-1""#), "{report}");
+    assert!(report.contains(&format!(r#""release":"jetstream@{}""#, env!("CARGO_PKG_VERSION"))), "{report}");
+    assert!(report.contains(r#""environment":"ops-test""#), "{report}");
+    assert!(!report.contains(&token) && !report.contains("Bearer"), "the token was reported: {report}");
+}
