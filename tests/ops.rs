@@ -439,3 +439,90 @@ fn a_store_failure_reaches_the_error_collector_and_a_4xx_does_not() {
     assert!(report.contains(r#""environment":"ops-test""#), "{report}");
     assert!(!report.contains(&token) && !report.contains("Bearer"), "the token was reported: {report}");
 }
+
+/// CORS is off unless origins are configured; then a configured origin gets its preflight and
+/// can read the request id, and any other origin gets no CORS headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_the_configured_origins() {
+    let preflight = |app: &TestApp, origin: &str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/v1/events"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-encoding")
+            .send()
+    };
+    let off = TestApp::spawn(Backend::Sqlite).await;
+    let r = preflight(&off, "https://dash.example.com").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "CORS is off by default");
+    off.stop().await;
+
+    let mut settings = Settings::default();
+    settings.http.cors_origins = vec!["https://dash.example.com".into()];
+    let app = TestApp::spawn_with(Backend::Sqlite, settings).await;
+    let r = preflight(&app, "https://dash.example.com").await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://dash.example.com");
+    let allowed = r.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-encoding"), "{allowed}");
+    let r = app.client.get(app.url("/healthz")).header("origin", "https://dash.example.com").send().await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://dash.example.com");
+    assert!(r.headers()["access-control-expose-headers"].to_str().unwrap().contains("x-request-id"));
+    let r = app.client.get(app.url("/healthz")).header("origin", "https://elsewhere.example").send().await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "another origin is not allowed");
+    app.stop().await;
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).expect("compress");
+    e.finish().expect("compress")
+}
+
+/// Answers are gzipped for a client that asks; ingest takes a gzip body, and the body limit
+/// holds for what it decompresses to (a small bomb is refused, not inflated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_both_ways_within_the_body_limit() {
+    let _figures = FIGURES.lock().await;
+    let mut settings = Settings::default();
+    settings.ingest.max_body_bytes = 256 * 1024;
+    let app = TestApp::spawn_with(Backend::Sqlite, settings).await;
+    let r = app.client.get(app.url("/api/openapi.json")).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let packed = r.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text).expect("gzip");
+    let doc: Json = serde_json::from_str(&text).expect("the description, gzipped");
+    assert!(doc["paths"]["/metrics"].is_object(), "/metrics is described");
+    let plain = app.client.get(app.url("/api/openapi.json")).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none(), "only for a client that asks");
+
+    let body = serde_json::to_vec(&Json::Array((0..100).map(sold).collect())).unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/v1/events"))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(&body))
+        .send()
+        .await
+        .unwrap();
+    let (s, out) = common::json_of(r).await;
+    assert_eq!((s.as_u16(), &out["accepted"]), (200, &json!(100)), "{out}");
+
+    let bomb = gzip(&vec![b' '; 4 * 1024 * 1024]);
+    assert!(bomb.len() < 64 * 1024);
+    let r = app
+        .client
+        .post(app.url("/api/v1/events"))
+        .bearer_auth(&app.token)
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413, "the limit holds for the decompressed body");
+    app.stop().await;
+}
