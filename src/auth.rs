@@ -62,7 +62,7 @@ pub fn parse_scopes(s: &str) -> Result<Vec<Scope>, String> {
         s.split(',').filter(|p| !p.trim().is_empty()).map(Scope::from_str).collect::<Result<_, _>>()?;
     v.dedup();
     if v.is_empty() {
-        return Err("at least one scope is needed: read, ingest or admin".into());
+        return Err("at least one scope is needed: read, ingest, admin or metrics".into());
     }
     Ok(v)
 }

@@ -6,6 +6,8 @@
 //! on each other, at any level):
 //!
 //! - [`clock`], [`health`]: the wall clock; the consumer's state that `/readyz` reports.
+//! - [`telemetry`]: metric names and the Prometheus recorder, the log format, error tracking;
+//!   every layer reports through it, and it names no other module.
 //! - [`config`]: the typed settings file with defaults for the original design.
 //! - [`event`]: a body becomes events: split, named (`event_name` or `event`), timed, validated
 //!   against the configured schemas; a rejection says precisely why; numbers are read exactly.
