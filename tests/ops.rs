@@ -3,6 +3,8 @@
 //! stand-in collector, CORS and gzip.
 
 mod common;
+#[path = "common/kafka.rs"]
+mod kafka_harness;
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
@@ -524,5 +526,55 @@ async fn gzip_both_ways_within_the_body_limit() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413, "the limit holds for the decompressed body");
+    app.stop().await;
+}
+
+/// The Kafka families move with a real broker: records consumed, accepted and rejected by
+/// source, freshness from the record timestamps, an assignment, and each partition's lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_figures_move_with_a_real_broker() {
+    let _figures = FIGURES.lock().await;
+    let broker = kafka_harness::Broker::start();
+    let topic = kafka_harness::topic_name("ops");
+    broker.create_topic(&topic, 2).await;
+    let mut settings = Settings::default();
+    settings.kafka.brokers = broker.addr.clone();
+    settings.kafka.topic = topic.clone();
+    settings.kafka.group = format!("group-{topic}");
+    let app = TestApp::spawn_with(Backend::Sqlite, settings).await;
+    let metrics = app.token_with(&[Scope::Metrics]).await;
+    let before = figures(&app, &metrics).await;
+    let producer = broker.producer();
+    for i in 0..50 {
+        let key = (i % 5).to_string();
+        kafka_harness::produce(&producer, &topic, Some(&key), sold(i % 5).to_string().as_bytes()).await;
+    }
+    for bad in [&b"not json"[..], br#"{"event_name":"productSold","product_id":1}"#] {
+        kafka_harness::produce(&producer, &topic, None, bad).await;
+    }
+    let kafka = [("source", "kafka"), ("event", "productSold")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let f = figures(&app, &metrics).await;
+        let lag_seen = f.0.samples.iter().any(|s| s.metric == "jetstream_kafka_partition_lag");
+        if f.get("jetstream_events_accepted_total", &kafka) - before.get("jetstream_events_accepted_total", &kafka)
+            >= 50.0
+            && lag_seen
+        {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "the Kafka figures did not move");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let moved = |metric: &str, labels: &[(&str, &str)]| after.get(metric, labels) - before.get(metric, labels);
+    assert_eq!(moved("jetstream_events_accepted_total", &kafka), 50.0);
+    assert_eq!(moved("jetstream_events_rejected_total", &[("source", "kafka")]), 2.0);
+    assert!(moved("jetstream_kafka_records_consumed_total", &[]) >= 52.0);
+    assert_eq!(moved("jetstream_freshness_seconds", &[("source", "kafka")]), 50.0);
+    assert!(after.get("jetstream_kafka_rebalances_total", &[("kind", "assign")]) >= 1.0);
+    for p in ["0", "1"] {
+        let lag = after.get("jetstream_kafka_partition_lag", &[("partition", p)]);
+        assert!(lag >= 0.0, "partition {p}: {lag}");
+    }
     app.stop().await;
 }
