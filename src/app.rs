@@ -151,7 +151,6 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops in order and flushes everything.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        self.log_startup();
         let Self { listener, state, writer_task, background, kafka, tls, ops, store_label: _ } = self;
         let (ops_stop, ops_stopped) = tokio::sync::watch::channel(());
         let ops_task = ops.map(|l| {
@@ -200,8 +199,9 @@ impl Application {
 }
 
 impl Application {
-    /// One line saying what runs: version, store (password masked), Kafka, listen addresses.
-    fn log_startup(&self) {
+    /// One line saying what runs: version, store (password masked), Kafka, listen addresses
+    /// (the commands log it once everything is configured, before they announce the address).
+    pub fn log_startup(&self) {
         let k = &self.state.settings.kafka;
         let kafka = if k.brokers.is_empty() {
             "off".to_string()

@@ -57,6 +57,26 @@ impl Figures {
     }
 }
 
+/// Prometheus's own checker (`promtool check metrics`: parse and lint) accepts `text`, when
+/// promtool is installed (Debian's `prometheus` package); skipped otherwise.
+fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: skipping its check");
+        return;
+    };
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
+}
+
 async fn figures(app: &TestApp, token: &str) -> Figures {
     let r = app.client.get(app.url("/metrics")).bearer_auth(token).send().await.expect("GET /metrics");
     assert_eq!(r.status().as_u16(), 200);
@@ -120,6 +140,7 @@ async fn metrics_need_their_scope_and_count_a_known_ingest() {
     assert!(text.contains("# TYPE jetstream_events_accepted_total counter"));
     assert!(text.contains("# TYPE jetstream_freshness_seconds histogram"));
     let last = Figures::parse(&text);
+    promtool_accepts(&text);
     assert!(last.get("jetstream_read_cache_hits_total", &[]) > hits);
     for family in [
         "jetstream_events_accepted_total",

@@ -100,5 +100,6 @@ async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
             let _ = std::io::stdout().flush();
         }
     }
+    app.log_startup();
     app.run_until(shutdown_signal()).await
 }

@@ -158,10 +158,10 @@ impl Writer {
     }
 
     /// Submits a batch and waits until it is committed.
-    pub async fn submit(&self, pending: Pending) -> Result<(), WriteError> {
+    pub async fn submit(&self, mut pending: Pending) -> Result<(), WriteError> {
         self.check_refusing()?;
         let (ack, done) = oneshot::channel();
-        let report = Report::of(&pending);
+        let report = Report::of(&mut pending);
         self.tx.send(Job { pending, ack }).await.map_err(|_| WriteError::Closed)?;
         report.after(done.await.map_err(|_| WriteError::Closed)?)
     }
@@ -174,10 +174,10 @@ impl Writer {
     }
 
     /// Submits an announced batch and waits until it is committed.
-    pub async fn submit_announced(&self, pending: Pending, announced: Announced) -> Result<(), WriteError> {
+    pub async fn submit_announced(&self, mut pending: Pending, announced: Announced) -> Result<(), WriteError> {
         self.check_refusing()?;
         let (ack, done) = oneshot::channel();
-        let report = Report::of(&pending);
+        let report = Report::of(&mut pending);
         self.tx.send(Job { pending, ack }).await.map_err(|_| WriteError::Closed)?;
         drop(announced);
         report.after(done.await.map_err(|_| WriteError::Closed)?)
@@ -192,8 +192,9 @@ struct Report {
 }
 
 impl Report {
-    fn of(pending: &Pending) -> Self {
-        Self { tally: pending.tally.clone(), accepted_by_name: pending.accepted_by_name() }
+    /// Takes the batch's tally (the writer has no use for it).
+    fn of(pending: &mut Pending) -> Self {
+        Self { tally: std::mem::take(&mut pending.tally), accepted_by_name: pending.accepted_by_name() }
     }
 
     fn after(self, result: Result<(), WriteError>) -> Result<(), WriteError> {
