@@ -6,6 +6,7 @@
 #   consumer-1, consumer-2   jetstream consume            (one consumer group)
 #   api-1, api-2             jetstream serve --no-consume 127.0.0.1:<free ports>
 #   nginx                    deploy/nginx.conf over api-1/api-2, HTTP and HTTPS (self-signed)
+#   prometheus               deploy/prometheus.yml over every ops port, only when installed
 #
 # Usage:
 #   deploy/local-cluster.sh start      starts everything in the background, prints the URLs, the
@@ -18,13 +19,15 @@
 #
 # After `start`, "$JETSTREAM_CLUSTER_DIR/env" holds shell assignments for scripts:
 #   LB_URL, LB_TLS_URL, API_1_URL, API_2_URL, BROKERS, TOPIC, DATABASE_URL, READ_TOKEN,
-#   INGEST_TOKEN, ADMIN_TOKEN, CA_CERT. Logs are in "$JETSTREAM_CLUSTER_DIR/logs".
+#   INGEST_TOKEN, ADMIN_TOKEN, CA_CERT, OPS_URLS (each process's /metrics), PROMETHEUS_URL.
+#   Logs are in "$JETSTREAM_CLUSTER_DIR/logs".
 #
 # Environment:
 #   JETSTREAM_CLUSTER_DIR  state directory (default ${TMPDIR:-/tmp}/jetstream-cluster)
 #   JETSTREAM_BIN          the jetstream binary (default target/release/jetstream, built with
 #                          `cargo build --release` unless SKIP_BUILD=1)
-#   TOPIC (analytics), PARTITIONS (4), KEEP_DB=1 (stop keeps the database), NGINX (/usr/sbin/nginx)
+#   TOPIC (analytics), PARTITIONS (4), KEEP_DB=1 (stop keeps the database), NGINX (/usr/sbin/nginx),
+#   PROMETHEUS (a prometheus binary; default: the one on PATH, none: no Prometheus)
 #   CLUSTER_STORE=sqlite   every process shares one SQLite file instead of a PostgreSQL database
 # Needs: python3, psql, nginx (Debian's nginx-light), openssl for the HTTPS listener (skipped
 # without it); tansu and PostgreSQL are installed/started by scripts/ensure-*.sh when missing.
@@ -156,18 +159,24 @@ p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2
     ingest=$("$BIN" token create --store "$url" --name cluster-ingest --scope ingest)
     admin=$("$BIN" token create --store "$url" --name cluster-admin --scope admin)
 
-    # Two consumers in one group: the topic's partitions are split between them.
+    # Two consumers in one group: the topic's partitions are split between them. Each process
+    # also serves /metrics, /healthz and /readyz on a loopback ops port (no token).
+    local consumer_ops=() api_ops=()
     for i in 1 2; do
+        consumer_ops+=("127.0.0.1:$(free_port)")
         define "consumer-$i" "consume --store $url" "$BIN" consume --store "$url" --kafka-brokers "$brokers" \
-            --kafka-topic "$TOPIC" --kafka-group "$GROUP"
+            --kafka-topic "$TOPIC" --kafka-group "$GROUP" --ops-listen "${consumer_ops[$((i - 1))]}"
     done
 
     # Two API-only instances.
     local p1 p2
     p1=$(free_port)
     p2=$(free_port)
-    define api-1 "--listen 127.0.0.1:$p1" "$BIN" serve --no-consume --store "$url" --listen "127.0.0.1:$p1"
-    define api-2 "--listen 127.0.0.1:$p2" "$BIN" serve --no-consume --store "$url" --listen "127.0.0.1:$p2"
+    api_ops=("127.0.0.1:$(free_port)" "127.0.0.1:$(free_port)")
+    define api-1 "--listen 127.0.0.1:$p1" "$BIN" serve --no-consume --store "$url" --listen "127.0.0.1:$p1" \
+        --ops-listen "${api_ops[0]}"
+    define api-2 "--listen 127.0.0.1:$p2" "$BIN" serve --no-consume --store "$url" --listen "127.0.0.1:$p2" \
+        --ops-listen "${api_ops[1]}"
     wait_http "http://127.0.0.1:$p1/readyz" 30 api-1
     wait_http "http://127.0.0.1:$p2/readyz" 30 api-2
     log "api-1 on 127.0.0.1:$p1, api-2 on 127.0.0.1:$p2"
@@ -199,6 +208,24 @@ p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2
     wait_assigned consumer-1 60
     wait_assigned consumer-2 60
 
+    # Prometheus, only when it is installed: deploy/prometheus.yml with this cluster's ops ports.
+    local prom_url=""
+    local prom=${PROMETHEUS:-$(command -v prometheus || true)}
+    if [ -n "$prom" ] && [ -x "$prom" ]; then
+        local pport quote='"' sep='", "'
+        pport=$(free_port)
+        mkdir -p "$DIR/prometheus/data"
+        sed -e "s|\[.*\] # @targets|[$quote${api_ops[0]}$sep${api_ops[1]}$quote]|" \
+            -e "s|\[.*\] # @consumer-targets|[$quote${consumer_ops[0]}$sep${consumer_ops[1]}$quote]|" \
+            "$ROOT/deploy/prometheus.yml" >"$DIR/prometheus/prometheus.yml"
+        define prometheus "--web.listen-address=127.0.0.1:$pport" "$prom" \
+            --config.file="$DIR/prometheus/prometheus.yml" --storage.tsdb.path="$DIR/prometheus/data" \
+            --web.listen-address="127.0.0.1:$pport"
+        wait_http "http://127.0.0.1:$pport/-/ready" 30 prometheus
+        prom_url=http://127.0.0.1:$pport
+        log "prometheus on $prom_url (dashboard: deploy/grafana-dashboard.json)"
+    fi
+
     cat >"$DIR/env" <<EOF
 LB_URL=http://127.0.0.1:$lport
 LB_TLS_URL=$tls_url
@@ -211,12 +238,15 @@ DATABASE_URL=$url
 READ_TOKEN=$read
 INGEST_TOKEN=$ingest
 ADMIN_TOKEN=$admin
+OPS_URLS="${api_ops[*]} ${consumer_ops[*]}"
+PROMETHEUS_URL=$prom_url
 EOF
     cat <<EOF
 Jetstream local cluster is up (state and logs in $DIR)
   load balancer   http://127.0.0.1:$lport${tls_url:+   $tls_url (self-signed: curl --cacert $ca)}
   API instances   http://127.0.0.1:$p1 (api-1)   http://127.0.0.1:$p2 (api-2)
   consumers       consumer-1, consumer-2 (group $GROUP)
+  metrics         ${api_ops[*]} ${consumer_ops[*]} (/metrics, no token)${prom_url:+   prometheus $prom_url}
   broker          $brokers (topic $TOPIC, $PARTITIONS partitions)
   store           $url
   read token      $read
@@ -245,7 +275,7 @@ stop_one() { # NAME: SIGTERM, then SIGKILL after 15 s
 stop() {
     [ -d "$DIR/cmd" ] || { log "no cluster in $DIR"; return 0; }
     # Front to back: the load balancer, the API, the consumers (their last batches commit), the broker.
-    for n in nginx api-1 api-2 consumer-1 consumer-2 tansu; do stop_one "$n"; done
+    for n in prometheus nginx api-1 api-2 consumer-1 consumer-2 tansu; do stop_one "$n"; done
     for n in $(ls "$DIR/cmd"); do stop_one "$n"; done
     if [ -f "$DIR/pg_database" ] && [ "${KEEP_DB:-0}" != 1 ]; then
         psql "$(cat "$DIR/pg_server")" -qAt -c "DROP DATABASE IF EXISTS $(cat "$DIR/pg_database") WITH (FORCE)" \

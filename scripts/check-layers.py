@@ -21,7 +21,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 
 # Lowest first: each may use only those before it.
 LAYERS = [
-    ["clock", "health", "dashboard"],
+    ["clock", "health", "dashboard", "telemetry"],
     ["config"],
     ["event"],
     ["rollup"],

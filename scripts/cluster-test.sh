@@ -261,3 +261,11 @@ if problems:
     sys.exit(1)
 log("PASS: totals exact after a consumer and an API instance were SIGKILLed; no query lost")
 EOF
+
+# Every process, the restarted ones included, serves Prometheus metrics on its ops port.
+for u in $OPS_URLS; do
+    body=$(curl -fsS --max-time 5 "http://$u/metrics") || body=""
+    grep -q '^jetstream_build_info' <<<"$body" \
+        || { echo "[cluster-test] FAIL: no metrics on the ops port $u" >&2; exit 1; }
+done
+echo "[cluster-test] PASS: metrics on every ops port ($OPS_URLS)" >&2

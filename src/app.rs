@@ -35,6 +35,10 @@ pub struct Application {
     kafka: Option<KafkaConsumer>,
     /// Serve HTTPS with this configuration instead of HTTP (see `with_tls`).
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The ops listener (`/metrics`, `/healthz`, `/readyz` without a token), if asked for.
+    ops: Option<TcpListener>,
+    /// The store's URL with any password masked, for the startup line.
+    store_label: String,
 }
 
 impl Application {
@@ -60,6 +64,8 @@ impl Application {
             Some(l) => Some(TcpListener::bind(l).await.with_context(|| format!("binding {l}"))?),
             None => None,
         };
+        crate::telemetry::metrics::install();
+        crate::telemetry::metrics::declare_events(settings.events.keys().map(String::as_str));
         let settings = Arc::new(settings);
         let cache = ReadCache::new(settings.api.cache_ttl, store.clone());
         let commits = Arc::new(api::CommitBell::default());
@@ -104,7 +110,7 @@ impl Application {
             };
             Some(KafkaConsumer::start(&state.settings.kafka, parts).context("starting the Kafka consumer")?)
         };
-        Ok(Self { listener, state, writer_task, background, kafka, tls: None })
+        Ok(Self { listener, state, writer_task, background, kafka, tls: None, ops: None, store_label: url.to_string() })
     }
 
     /// The HTTP API's address. Only `build` applications have one (`build_consumer` has no API).
@@ -122,6 +128,18 @@ impl Application {
         self
     }
 
+    /// Also serves `/metrics`, `/healthz` and `/readyz`, without a token, on `listen` (meant for
+    /// a loopback or private address: the scraper's side of the fleet).
+    pub async fn with_ops_listener(mut self, listen: &str) -> anyhow::Result<Self> {
+        self.ops = Some(TcpListener::bind(listen).await.with_context(|| format!("binding the ops listener {listen}"))?);
+        Ok(self)
+    }
+
+    /// The ops listener's address, if there is one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// `https` when serving TLS, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
@@ -133,10 +151,21 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops in order and flushes everything.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, state, writer_task, background, kafka, tls } = self;
+        let Self { listener, state, writer_task, background, kafka, tls, ops, store_label: _ } = self;
+        let (ops_stop, ops_stopped) = tokio::sync::watch::channel(());
+        let ops_task = ops.map(|l| {
+            let (router, http) = (api::ops_router(state.clone()), state.settings.http.clone());
+            let mut stopped = ops_stopped;
+            tokio::spawn(async move {
+                crate::server::serve(l, None, router, &http, async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+            })
+        });
         match listener {
             Some(listener) => {
-                let router = api::router(state.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+                let router = api::router(state.clone());
                 let bell = state.commits.clone();
                 let shutdown = async move {
                     shutdown.await;
@@ -146,6 +175,11 @@ impl Application {
                 crate::server::serve(listener, tls, router, &state.settings.http, shutdown).await;
             }
             None => shutdown.await,
+        }
+        // The ops router holds the state too: it must be gone before the writer can drain.
+        drop(ops_stop);
+        if let Some(t) = ops_task {
+            let _ = t.await;
         }
         // The consumer submits to the writer: it must stop (and its batches commit) first.
         if let Some(k) = kafka {
@@ -161,6 +195,31 @@ impl Application {
         store.close().await.context("closing the store")?;
         tracing::info!("stopped cleanly");
         Ok(())
+    }
+}
+
+impl Application {
+    /// One line saying what runs: version, store (password masked), Kafka, listen addresses
+    /// (the commands log it once everything is configured, before they announce the address).
+    pub fn log_startup(&self) {
+        let k = &self.state.settings.kafka;
+        let kafka = if k.brokers.is_empty() {
+            "off".to_string()
+        } else {
+            format!("{} topic {} group {}", k.brokers, k.topic, k.group)
+        };
+        let addr = |l: &Option<TcpListener>| {
+            l.as_ref().and_then(|l| l.local_addr().ok()).map_or_else(|| "none".to_string(), |a| a.to_string())
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            store = %self.store_label,
+            kafka = %kafka,
+            listen = %addr(&self.listener),
+            scheme = self.scheme(),
+            ops_listen = %addr(&self.ops),
+            "jetstream started"
+        );
     }
 }
 

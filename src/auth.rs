@@ -23,16 +23,19 @@ pub enum Scope {
     Read,
     Ingest,
     Admin,
+    /// `GET /metrics` only: what a Prometheus scraper is given.
+    Metrics,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Ingest, Scope::Admin];
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Ingest, Scope::Admin, Scope::Metrics];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Ingest => "ingest",
             Scope::Admin => "admin",
+            Scope::Metrics => "metrics",
         }
     }
 }
@@ -49,7 +52,7 @@ impl FromStr for Scope {
         Scope::ALL
             .into_iter()
             .find(|x| x.as_str() == s.trim())
-            .ok_or_else(|| format!("unknown scope {s:?}: use read, ingest or admin"))
+            .ok_or_else(|| format!("unknown scope {s:?}: use read, ingest, admin or metrics"))
     }
 }
 
@@ -59,7 +62,7 @@ pub fn parse_scopes(s: &str) -> Result<Vec<Scope>, String> {
         s.split(',').filter(|p| !p.trim().is_empty()).map(Scope::from_str).collect::<Result<_, _>>()?;
     v.dedup();
     if v.is_empty() {
-        return Err("at least one scope is needed: read, ingest or admin".into());
+        return Err("at least one scope is needed: read, ingest, admin or metrics".into());
     }
     Ok(v)
 }

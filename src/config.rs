@@ -134,6 +134,12 @@ pub struct HttpSettings {
     /// Most bytes of ingest bodies being read, parsed or committed at once; beyond it ingest
     /// answers 503 with Retry-After instead of queueing without bound.
     pub max_inflight_ingest_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` is believed for the access log's client address (their
+    /// IP addresses); empty: the connection's peer is the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Origins allowed to call the API from a browser (CORS), such as `https://dash.example.com`,
+    /// or `*` for any; empty (the default): no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +297,8 @@ impl Default for HttpSettings {
             max_connections: 10_000,
             shutdown_timeout: Duration::from_secs(10),
             max_inflight_ingest_bytes: 256 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }

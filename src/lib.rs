@@ -7,6 +7,8 @@
 //!
 //! - [`clock`], [`health`]: the wall clock; the consumer's state that `/readyz` reports;
 //!   [`dashboard`]: the built-in live dashboard page (`web/`'s build, embedded).
+//! - [`telemetry`]: metric names and the Prometheus recorder, the log format, error tracking;
+//!   every layer reports through it, and it names no other module.
 //! - [`config`]: the typed settings file with defaults for the original design.
 //! - [`event`]: a body becomes events: split, named (`event_name` or `event`), timed, validated
 //!   against the configured schemas; a rejection says precisely why; numbers are read exactly.
@@ -37,3 +39,4 @@ pub mod ingest;
 pub mod rollup;
 pub mod server;
 pub mod storage;
+pub mod telemetry;

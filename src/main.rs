@@ -2,17 +2,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use jetstream::cli::{self, Cli};
+use jetstream::telemetry::{errors, logs};
 
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help/--version.
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JETSTREAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // Before the runtime starts, so that its threads report panics too; kept until exit, which
+    // flushes reports still queued.
+    let _sentry = match errors::init(cli.telemetry.sentry_dsn.as_deref(), &cli.telemetry.sentry_environment) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logs::init(cli.telemetry.log_format, _sentry.is_some().then(errors::tracing_layer));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -19,7 +19,7 @@ pub struct ErrorOut {
         title = "Jetstream",
         description = "Real-time analytics: events in over HTTP or Kafka, time-bucketed rollups, dashboard API out. \
                        Every route but /healthz, /readyz and /api/openapi.json needs `Authorization: Bearer <token>` \
-                       with the route's scope (read, ingest or admin; listed as the bearer requirement's scopes). \
+                       with the route's scope (read, ingest, admin or metrics; listed as the bearer requirement's scopes). \
                        Decimals are exact JSON numbers (plain digits, no exponent)."
     ),
     modifiers(&BearerTokens),

@@ -247,7 +247,7 @@ fn parse_body(state: &AppState, body: &[u8], format: BodyFormat) -> Result<(Pend
         e => ApiError::BadRequest(e.to_string()),
     })?;
     let received = crate::clock::now_ms();
-    let origin = Origin { source: "http", ..Origin::default() };
+    let origin = Origin { source: "http", source_ms: Some(received), ..Origin::default() };
     let (pending, rejected) = take_events(&state.validator, &state.metrics, &items, &origin, received);
     let mut out = IngestOut {
         accepted: pending.accepted(),

@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::access::TokenName;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::auth::Scope;
@@ -40,7 +41,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 /// Checks the request's bearer token for `scope`; the token's name.
 fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<String, ApiError> {
     let h = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    Ok(state.tokens.authorize(h, scope, crate::clock::now_ms())?)
+    let name = state.tokens.authorize(h, scope, crate::clock::now_ms())?;
+    if let Some(slot) = parts.extensions.get::<TokenName>() {
+        slot.set(&name);
+    }
+    Ok(name)
 }
 
 macro_rules! access {
@@ -77,4 +82,9 @@ access!(
     /// A token with the `admin` scope.
     AdminAccess,
     Scope::Admin
+);
+access!(
+    /// A token with the `metrics` scope.
+    MetricsAccess,
+    Scope::Metrics
 );

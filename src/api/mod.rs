@@ -10,8 +10,10 @@
 //! - [`cache`]: answers kept exact by the local commits; [`state`], [`error`], [`extract`],
 //!   [`json`]: what the handlers share.
 
+mod access;
 mod admin;
 mod cache;
+mod cors;
 mod doc;
 mod error;
 mod events;
@@ -22,6 +24,7 @@ mod internal;
 mod json;
 mod live;
 mod metrics;
+mod ops;
 mod product;
 mod query;
 mod state;
@@ -34,6 +37,11 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use sentry::integrations::tower as sentry_tower;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -41,6 +49,7 @@ use utoipa_axum::routes;
 pub use cache::{CacheStats, ReadCache};
 pub use error::ApiError;
 pub use live::{CommitBell, OpenStreams};
+pub use ops::ops_router;
 pub use state::AppState;
 
 /// The API's routes and its OpenAPI description, built together: a route is served exactly when
@@ -63,6 +72,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::get_dead_letters))
         .routes(routes!(admin::get_stats))
         .routes(routes!(admin::get_kafka_lag))
+        .routes(routes!(ops::get_metrics))
         .split_for_parts()
 }
 
@@ -76,7 +86,7 @@ pub fn router(state: AppState) -> Router {
     // Answers asked from inside (batch queries, live streams) go through the same routes.
     let _ = state.routes.set(router.clone());
     let doc: Arc<str> = doc.to_pretty_json().expect("the OpenAPI description serialises").into();
-    router
+    let router = router
         .route(
             "/api/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response() }),
@@ -86,5 +96,28 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::Status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
         })
-        .with_state(state)
+        .with_state(state.clone());
+    with_http_layers(router, &state)
+}
+
+/// What every answer goes through, outermost first: error tracking's per-request scope (when a
+/// DSN is configured), the request id (taken or generated, and returned), CORS (when origins
+/// are configured), gzip answers, the access log and HTTP metrics (inside compression, so they
+/// see the route's own answer and its size), and gzip request bodies (decompressed inside the
+/// body limit: `ingest.max_body_bytes` bounds the decompressed size).
+fn with_http_layers(router: Router, state: &AppState) -> Router {
+    let http = &state.settings.http;
+    let access = access::AccessConfig { trusted_proxies: http.trusted_proxies.clone().into() };
+    let sentry = sentry::Hub::main().client().is_some_and(|c| c.is_enabled());
+    router.layer(
+        ServiceBuilder::new()
+            .option_layer(sentry.then(sentry_tower::NewSentryLayer::<axum::extract::Request>::new_from_top))
+            .option_layer(sentry.then(sentry_tower::SentryHttpLayer::new))
+            .layer(SetRequestIdLayer::new(header::HeaderName::from_static(access::REQUEST_ID), MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(header::HeaderName::from_static(access::REQUEST_ID)))
+            .option_layer(cors::layer(&http.cors_origins))
+            .layer(CompressionLayer::new())
+            .layer(axum::middleware::from_fn_with_state(access, access::log_access))
+            .layer(RequestDecompressionLayer::new()),
+    )
 }

@@ -18,6 +18,22 @@ pub const DEFAULT_STORE: &str = "sqlite://./data/jetstream.db";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Logs and error tracking (every command).
+#[derive(Args, Clone)]
+pub struct TelemetryArgs {
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, env = crate::telemetry::logs::FORMAT_ENV, default_value = "text")]
+    pub log_format: crate::telemetry::logs::LogFormat,
+    /// Report errors and panics to this Sentry-protocol DSN (Sentry, GlitchTip, self-hosted).
+    #[arg(long, global = true, env = "JETSTREAM_SENTRY_DSN", hide_env_values = true)]
+    pub sentry_dsn: Option<String>,
+    /// The environment error reports are filed under.
+    #[arg(long, global = true, env = "JETSTREAM_SENTRY_ENVIRONMENT", default_value = "production")]
+    pub sentry_environment: String,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +118,10 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "JETSTREAM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Also serve /metrics, /healthz and /readyz without a token on this address (loopback or
+    /// a private network: the scraper's side).
+    #[arg(long, env = "JETSTREAM_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -110,6 +130,10 @@ pub struct ConsumeArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Serve /metrics, /healthz and /readyz without a token on this address (loopback or a
+    /// private network: the scraper's side).
+    #[arg(long, env = "JETSTREAM_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -145,7 +169,7 @@ pub enum TokenCommand {
         store: StoreArgs,
         #[arg(long)]
         name: String,
-        /// Comma-separated: read, ingest, admin.
+        /// Comma-separated: read, ingest, admin, metrics.
         #[arg(long, default_value = "read")]
         scope: String,
         /// Lifetime such as 90s, 15m, 12h, 30d; no expiry when omitted.

@@ -21,7 +21,7 @@ use crate::app::{Application, shutdown_signal};
 use crate::config::{ConfigError, Settings};
 use crate::storage;
 
-pub use args::{Cli, DEFAULT_STORE};
+pub use args::{Cli, DEFAULT_STORE, TelemetryArgs};
 pub use usage::{describe, exit_code};
 
 /// Runs a parsed command line.
@@ -67,6 +67,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(config) = tls {
         app = app.with_tls(config);
     }
+    if let Some(ops) = &a.ops_listen {
+        app = app.with_ops_listener(ops).await?;
+    }
     announce(&app);
     app.run_until(shutdown_signal()).await
 }
@@ -89,6 +92,14 @@ async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
         k.topic, k.brokers, k.group, a.store.store
     );
     let _ = std::io::stdout().flush();
-    let app = Application::build_consumer(settings, &a.store.store).await?;
+    let mut app = Application::build_consumer(settings, &a.store.store).await?;
+    if let Some(ops) = &a.ops_listen {
+        app = app.with_ops_listener(ops).await?;
+        if let Some(addr) = app.ops_addr() {
+            println!("ops listening on http://{addr}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    app.log_startup();
     app.run_until(shutdown_signal()).await
 }

@@ -27,7 +27,11 @@ pub(super) async fn open_store(args: &StoreArgs) -> anyhow::Result<std::sync::Ar
 
 /// Prints the address line that scripts and tests wait for.
 pub fn announce(app: &Application) {
+    app.log_startup();
     println!("listening on {}://{}", app.scheme(), app.local_addr());
+    if let Some(ops) = app.ops_addr() {
+        println!("ops listening on http://{ops}");
+    }
     let _ = std::io::stdout().flush();
 }
 

@@ -51,6 +51,16 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The event's name, when the event got far enough to have one.
+    pub fn event_name(&self) -> Option<&str> {
+        match self {
+            Rejection::MissingField { event, .. }
+            | Rejection::BadField { event, .. }
+            | Rejection::OutOfRange { event, .. } => Some(event),
+            _ => None,
+        }
+    }
+
     /// The kind of reason, as a short stable name (for counts by reason and metric labels).
     pub fn class(&self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@ use std::io::Write as _;
 use crate::event::{Event, Rejection, Validator};
 use crate::rollup::{Metrics, RollupDelta};
 use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock};
+use crate::telemetry::metrics as telemetry;
 
 pub mod kafka;
 pub mod writer;
@@ -24,6 +25,9 @@ pub struct Origin<'a> {
     pub partition: Option<i32>,
     pub offset: Option<i64>,
     pub key: Option<&'a [u8]>,
+    /// The source's time for the record (receipt for HTTP, the record timestamp for Kafka):
+    /// where freshness (source time → commit) is measured from.
+    pub source_ms: Option<i64>,
 }
 
 /// Raw events of one name for the raw store, as NDJSON lines
@@ -52,12 +56,57 @@ pub struct Pending {
     pub offsets: Vec<OffsetAdvance>,
     /// The request's idempotency key and answer (HTTP with an `Idempotency-Key` header).
     pub idempotency: Option<IdempotencyRecord>,
+    /// What the metrics report once the batch is committed.
+    pub tally: Tally,
+}
+
+/// A batch's figures for the metrics, reported by the writer's handle once it is committed.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// `telemetry::metrics::SOURCE_HTTP` or `SOURCE_KAFKA`.
+    pub source: &'static str,
+    /// Runs of (source time in ms, accepted events): one run for an HTTP request; a Kafka batch
+    /// has one per distinct record timestamp in a row.
+    pub source_times: Vec<(i64, u64)>,
+    /// Rejected events: (reason class, event name when it had one).
+    pub rejected: Vec<(&'static str, Option<String>)>,
+}
+
+impl Tally {
+    fn source_of(origin: &Origin<'_>) -> &'static str {
+        if origin.topic.is_some() { telemetry::SOURCE_KAFKA } else { telemetry::SOURCE_HTTP }
+    }
+
+    fn accepted(&mut self, origin: &Origin<'_>) {
+        self.source = Self::source_of(origin);
+        let Some(t) = origin.source_ms else { return };
+        match self.source_times.last_mut() {
+            Some((last, n)) if *last == t => *n += 1,
+            _ => self.source_times.push((t, 1)),
+        }
+    }
+
+    /// Reports the committed batch's figures (`now_ms`: when it was committed).
+    pub fn committed(&self, accepted_by_name: &[(String, i64)], now_ms: i64) {
+        let source = if self.source.is_empty() { telemetry::SOURCE_HTTP } else { self.source };
+        for (name, count) in accepted_by_name {
+            telemetry::events_accepted(source, name, u64::try_from(*count).unwrap_or(0));
+        }
+        for (reason, name) in &self.rejected {
+            telemetry::events_rejected(source, name.as_deref(), reason, 1);
+        }
+        for &(t, n) in &self.source_times {
+            let age = std::time::Duration::from_millis(u64::try_from(now_ms - t).unwrap_or(0));
+            telemetry::freshness(source, age, n);
+        }
+    }
 }
 
 impl Pending {
     /// Folds an accepted event and keeps its raw bytes with its origin.
     pub fn accept(&mut self, metrics: &Metrics, event: Event<'_>, origin: &Origin<'_>) {
         metrics.fold(&event, &mut self.delta);
+        self.tally.accepted(origin);
         let at = match self.raw_index.get(&*event.name) {
             Some(&i) => i,
             None => {
@@ -103,6 +152,8 @@ impl Pending {
     /// Keeps a rejected record as a dead letter (an oversized one only in part: it could never
     /// be replayed, and keeping it whole would let one request store its whole body again).
     pub fn reject(&mut self, raw: &[u8], reason: &Rejection, origin: &Origin<'_>, received_ms: i64) {
+        self.tally.source = Tally::source_of(origin);
+        self.tally.rejected.push((reason.class(), reason.event_name().map(String::from)));
         let kept = if matches!(reason, Rejection::TooLarge { .. }) {
             &raw[..raw.len().min(OVERSIZED_KEEP_BYTES)]
         } else {
@@ -134,6 +185,12 @@ impl Pending {
                 zstd,
             });
         }
+    }
+
+    /// Accepted events by name.
+    pub fn accepted_by_name(&self) -> Vec<(String, i64)> {
+        let raw = self.raw.iter().map(|r| (r.name.clone(), r.count));
+        raw.chain(self.blocks.iter().map(|b| (b.name.clone(), b.count))).collect()
     }
 
     /// Events accepted.

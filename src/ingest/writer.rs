@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::Pending;
 use crate::rollup::{Agg, Resolution, SeriesKey};
 use crate::storage::{CommitPos, Store, StoreError, WriteBatch};
+use crate::telemetry::metrics;
 
 /// Submissions waiting for the writer; beyond this, submitters wait (backpressure).
 const QUEUE: usize = 1024;
@@ -157,11 +158,12 @@ impl Writer {
     }
 
     /// Submits a batch and waits until it is committed.
-    pub async fn submit(&self, pending: Pending) -> Result<(), WriteError> {
+    pub async fn submit(&self, mut pending: Pending) -> Result<(), WriteError> {
         self.check_refusing()?;
         let (ack, done) = oneshot::channel();
+        let report = Report::of(&mut pending);
         self.tx.send(Job { pending, ack }).await.map_err(|_| WriteError::Closed)?;
-        done.await.map_err(|_| WriteError::Closed)?
+        report.after(done.await.map_err(|_| WriteError::Closed)?)
     }
 
     /// Tells the writer a batch is being prepared (a request body being parsed), so that a commit
@@ -172,12 +174,34 @@ impl Writer {
     }
 
     /// Submits an announced batch and waits until it is committed.
-    pub async fn submit_announced(&self, pending: Pending, announced: Announced) -> Result<(), WriteError> {
+    pub async fn submit_announced(&self, mut pending: Pending, announced: Announced) -> Result<(), WriteError> {
         self.check_refusing()?;
         let (ack, done) = oneshot::channel();
+        let report = Report::of(&mut pending);
         self.tx.send(Job { pending, ack }).await.map_err(|_| WriteError::Closed)?;
         drop(announced);
-        done.await.map_err(|_| WriteError::Closed)?
+        report.after(done.await.map_err(|_| WriteError::Closed)?)
+    }
+}
+
+/// A submission's figures, reported to the metrics once it is committed (so "accepted" counts
+/// only acknowledged events, and freshness ends at the commit).
+struct Report {
+    tally: super::Tally,
+    accepted_by_name: Vec<(String, i64)>,
+}
+
+impl Report {
+    /// Takes the batch's tally (the writer has no use for it).
+    fn of(pending: &mut Pending) -> Self {
+        Self { tally: std::mem::take(&mut pending.tally), accepted_by_name: pending.accepted_by_name() }
+    }
+
+    fn after(self, result: Result<(), WriteError>) -> Result<(), WriteError> {
+        if result.is_ok() {
+            self.tally.committed(&self.accepted_by_name, crate::clock::now_ms());
+        }
+        result
     }
 }
 
@@ -219,6 +243,7 @@ async fn run(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+        metrics::writer_queue(rx.len());
         commit_group(&*store, jobs, &observers, &stats).await;
     }
 }
@@ -243,8 +268,10 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>, observers: &[Arc<dyn Co
         let (events, dead) = (batch.raw_blocks.iter().map(|b| b.count as u64).sum(), batch.dead_letters.len() as u64);
         let in_flight = InFlight::start(observers, &changes.series);
         stats.commit_started_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let result = store.commit(batch).await;
         stats.commit_started_ms.store(0, Ordering::Relaxed);
+        metrics::commit(commit_outcome(&result), started.elapsed(), events + dead);
         let counter = if result.is_ok() { &stats.commits } else { &stats.failed_commits };
         counter.fetch_add(1, Ordering::Relaxed);
         jobs = match result {
@@ -289,6 +316,17 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>, observers: &[Arc<dyn Co
         if jobs.is_empty() {
             return;
         }
+    }
+}
+
+/// A commit's outcome, as a metric label.
+fn commit_outcome<T>(result: &Result<T, StoreError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(StoreError::Duplicate { .. }) => "duplicate",
+        Err(StoreError::Fenced { .. }) => "fenced",
+        Err(StoreError::Rejected(_)) => "rejected",
+        Err(_) => "failed",
     }
 }
 

@@ -151,6 +151,7 @@ fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
             }
             Err(e) => {
                 if matches!(e, WriteError::Fenced(_)) {
+                    crate::telemetry::metrics::kafka_fenced();
                     tracing::warn!(error = %e, "a batch was fenced; resuming from the stored offsets");
                 } else {
                     tracing::error!(error = %e, ?backoff, "a batch failed to commit; retrying from the stored offsets");

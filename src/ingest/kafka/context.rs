@@ -156,6 +156,7 @@ impl ConsumerContext for Ctx {
         drop(state);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                crate::telemetry::metrics::kafka_rebalance("assign");
                 let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
                 let positions = self.stored_positions(&partitions);
                 for (&p, pos) in &positions {
@@ -178,6 +179,7 @@ impl ConsumerContext for Ctx {
                 self.report_healthy(total);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                crate::telemetry::metrics::kafka_rebalance("revoke");
                 tracing::info!(topic = %self.topic, "partitions revoked");
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "kafka unassign failed");
@@ -468,6 +470,9 @@ impl Ctx {
             Ok(lag) => {
                 let total: i64 = lag.iter().map(|l| l.lag).sum();
                 let per: Vec<(i32, i64)> = lag.iter().map(|l| (l.partition, l.lag)).collect();
+                for &(partition, lag) in &per {
+                    crate::telemetry::metrics::kafka_lag(partition, lag);
+                }
                 tracing::info!(topic = %self.topic, total, partitions = ?per, "kafka consumer lag");
             }
             Err(e) => tracing::warn!(error = %e, "cannot fetch watermarks for the lag"),

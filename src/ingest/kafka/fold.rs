@@ -32,6 +32,7 @@ pub(super) struct Folder {
 impl Folder {
     pub(super) fn fold(&self, records: Vec<RawRecord>) -> Pending {
         let received = now_ms();
+        crate::telemetry::metrics::kafka_records(records.len() as u64);
         let mut pending = Pending::default();
         for r in &records {
             let origin = Origin {
@@ -40,6 +41,7 @@ impl Folder {
                 partition: Some(r.partition),
                 offset: Some(r.offset),
                 key: r.key.as_deref(),
+                source_ms: Some(r.time_ms.unwrap_or(received)),
             };
             if r.size > self.max_record_bytes {
                 let reason = Rejection::TooLarge { size: r.size, limit: self.max_record_bytes };

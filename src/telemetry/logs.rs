@@ -1,0 +1,49 @@
+//! The log format: `text` (colour only when stderr is a terminal) or `json` (one object per
+//! line, fields as fields), and the filter from `JETSTREAM_LOG` (default `info`).
+
+use std::io::IsTerminal as _;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The environment variable that sets the format when `--log-format` is not given.
+pub const FORMAT_ENV: &str = "JETSTREAM_LOG_FORMAT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?}: use text or json")),
+        }
+    }
+}
+
+/// Installs the process's subscriber (logs go to stderr). `extra` is a layer that sees every
+/// event too (error tracking), if any.
+pub fn init<L>(format: LogFormat, extra: Option<L>)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let filter = EnvFilter::try_from_env("JETSTREAM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+    };
+    // The filter is global, so that a level it leaves out costs nothing in any layer.
+    tracing_subscriber::registry().with(filter).with(extra).with(fmt).init();
+}

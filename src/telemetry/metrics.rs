@@ -1,0 +1,223 @@
+//! Prometheus metrics through the `metrics` facade and `metrics-exporter-prometheus` (no HTTP
+//! listener of its own: the API renders [`render`] at `GET /metrics`).
+//!
+//! Every family is a constant here with its help text ([`describe`]), and each thing that
+//! happens is reported by one function, so a call site cannot misspell a name or a label.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_ACCEPTED: &str = "jetstream_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "jetstream_events_rejected_total";
+pub const COMMITS: &str = "jetstream_commits_total";
+pub const COMMIT_SECONDS: &str = "jetstream_commit_duration_seconds";
+pub const COMMIT_EVENTS: &str = "jetstream_commit_events";
+pub const WRITER_QUEUE: &str = "jetstream_writer_queue_depth";
+pub const FRESHNESS: &str = "jetstream_freshness_seconds";
+pub const HTTP_REQUESTS: &str = "jetstream_http_requests_total";
+pub const HTTP_SECONDS: &str = "jetstream_http_request_duration_seconds";
+pub const CACHE_HITS: &str = "jetstream_read_cache_hits_total";
+pub const STORE_READS: &str = "jetstream_store_reads_total";
+pub const KAFKA_RECORDS: &str = "jetstream_kafka_records_consumed_total";
+pub const KAFKA_REBALANCES: &str = "jetstream_kafka_rebalances_total";
+pub const KAFKA_FENCED: &str = "jetstream_kafka_fenced_batches_total";
+pub const KAFKA_LAG: &str = "jetstream_kafka_partition_lag";
+pub const BUILD_INFO: &str = "jetstream_build_info";
+pub const UPTIME: &str = "jetstream_uptime_seconds";
+pub const RSS: &str = "process_resident_memory_bytes";
+pub const OPEN_FDS: &str = "process_open_fds";
+
+/// Sources, as label values.
+pub const SOURCE_HTTP: &str = "http";
+pub const SOURCE_KAFKA: &str = "kafka";
+
+/// The label of an event name the configuration does not declare.
+const OTHER_EVENT: &str = "other";
+
+/// Seconds: from half a millisecond (a commit on a fast disk) to a minute (a Kafka backlog).
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Events in one commit: one request of one event up to `ingest.max_batch_events`.
+const EVENTS_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0];
+
+struct Recorder {
+    handle: PrometheusHandle,
+    started: Instant,
+}
+
+static RECORDER: OnceLock<Recorder> = OnceLock::new();
+static DECLARED_EVENTS: OnceLock<BTreeSet<String>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls find it) and describes every family.
+pub fn install() {
+    RECORDER.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(SECONDS_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_EVENTS.into()), EVENTS_BUCKETS))
+            .expect("the bucket lists are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only build and process figures");
+        }
+        describe();
+        gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        Recorder { handle, started: Instant::now() }
+    });
+}
+
+/// The event names that may be labels (those the configuration declares); the first call wins.
+pub fn declare_events<'a>(names: impl IntoIterator<Item = &'a str>) {
+    let _ = DECLARED_EVENTS.set(names.into_iter().map(String::from).collect());
+}
+
+/// `name` if the configuration declares it, else `other`: a label never takes a value from the wire.
+fn event_label(name: &str) -> String {
+    match DECLARED_EVENTS.get() {
+        Some(d) if d.contains(name) => name.to_string(),
+        _ => OTHER_EVENT.to_string(),
+    }
+}
+
+/// The text exposition of every family, with the process figures read now.
+pub fn render() -> String {
+    install();
+    let r = RECORDER.get().expect("installed above");
+    gauge!(UPTIME).set(r.started.elapsed().as_secs_f64());
+    if let Some(rss) = resident_bytes() {
+        gauge!(RSS).set(rss as f64);
+    }
+    if let Some(fds) = open_fds() {
+        gauge!(OPEN_FDS).set(fds as f64);
+    }
+    r.handle.render()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(EVENTS_ACCEPTED, "Events committed, by source and (declared) event name.");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Events rejected and kept as dead letters, by source, event name and reason class."
+    );
+    describe_counter!(
+        COMMITS,
+        "Store transactions of the writer, by outcome (ok, fenced, duplicate, rejected, failed)."
+    );
+    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "How long one store transaction took.");
+    describe_histogram!(COMMIT_EVENTS, "Events (accepted and rejected) in one committed transaction.");
+    describe_gauge!(WRITER_QUEUE, "Batches waiting for the writer when it last started a commit.");
+    describe_histogram!(
+        FRESHNESS,
+        Unit::Seconds,
+        "From an event's receipt (HTTP) or record timestamp (Kafka) to its commit, per event."
+    );
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by method, route template and status class.");
+    describe_histogram!(
+        HTTP_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency (to the answer's head), by method and route template."
+    );
+    describe_counter!(CACHE_HITS, "Aggregate answers served from the read cache.");
+    describe_counter!(
+        STORE_READS,
+        "Aggregate store reads, by path (request: on a request's path; background: ahead of it)."
+    );
+    describe_counter!(KAFKA_RECORDS, "Kafka records fetched and handed to validation.");
+    describe_counter!(KAFKA_REBALANCES, "Kafka group rebalances seen by this consumer, by kind (assign, revoke).");
+    describe_counter!(
+        KAFKA_FENCED,
+        "Kafka batches refused by the store's offset fence (another consumer advanced the partition)."
+    );
+    describe_gauge!(
+        KAFKA_LAG,
+        "High watermark minus the store's next offset, per owned partition (refreshed every 15 s)."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+    describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the metrics were installed (process start).");
+    describe_gauge!(RSS, Unit::Bytes, "Resident memory, from /proc/self/status.");
+    describe_gauge!(OPEN_FDS, "Open file descriptors, from /proc/self/fd.");
+}
+
+/// A committed batch of `source`: `count` events named `name`.
+pub fn events_accepted(source: &'static str, name: &str, count: u64) {
+    counter!(EVENTS_ACCEPTED, "source" => source, "event" => event_label(name)).increment(count);
+}
+
+/// A rejected event of `source` (its name, when it had one) for a reason of class `reason`.
+pub fn events_rejected(source: &'static str, name: Option<&str>, reason: &'static str, count: u64) {
+    let event = name.map_or_else(|| "unknown".to_string(), event_label);
+    counter!(EVENTS_REJECTED, "source" => source, "event" => event, "reason" => reason).increment(count);
+}
+
+/// A store transaction of the writer ended with `outcome` after `took`.
+pub fn commit(outcome: &'static str, took: Duration, events: u64) {
+    counter!(COMMITS, "outcome" => outcome).increment(1);
+    histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
+    if outcome == "ok" {
+        histogram!(COMMIT_EVENTS).record(events as f64);
+    }
+}
+
+pub fn writer_queue(depth: usize) {
+    gauge!(WRITER_QUEUE).set(depth as f64);
+}
+
+/// `count` events of `source` whose source time was `age` before their commit.
+pub fn freshness(source: &'static str, age: Duration, count: u64) {
+    histogram!(FRESHNESS, "source" => source).record_many(age.as_secs_f64(), count as usize);
+}
+
+/// One HTTP request answered.
+pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let (method, route) = (method.to_string(), route.to_string());
+    counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => class).increment(1);
+    histogram!(HTTP_SECONDS, "method" => method, "route" => route).record(took.as_secs_f64());
+}
+
+/// The read cache's counters since start (kept by the cache itself, copied here when rendered).
+pub fn read_cache(hits: u64, request_reads: u64, background_reads: u64) {
+    counter!(CACHE_HITS).absolute(hits);
+    counter!(STORE_READS, "path" => "request").absolute(request_reads);
+    counter!(STORE_READS, "path" => "background").absolute(background_reads);
+}
+
+pub fn kafka_records(count: u64) {
+    counter!(KAFKA_RECORDS).increment(count);
+}
+
+/// `kind`: `assign` or `revoke`.
+pub fn kafka_rebalance(kind: &'static str) {
+    counter!(KAFKA_REBALANCES, "kind" => kind).increment(1);
+}
+
+pub fn kafka_fenced() {
+    counter!(KAFKA_FENCED).increment(1);
+}
+
+pub fn kafka_lag(partition: i32, lag: i64) {
+    gauge!(KAFKA_LAG, "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Resident set size: `VmRSS` of `/proc/self/status` (in KiB there).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
