@@ -19,6 +19,34 @@ use crate::rollup::{Agg, cover};
 /// Most items a top-N answer or a page of dimension values has.
 const MAX_ITEMS: u32 = 1000;
 
+/// Top-N scans running at once: each reads every series of the dimension (seconds on a store of
+/// 100,000 products), so a burst of them would take every core and starve ingest.
+static SCANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Top-N requests waiting for a scan; beyond this they are answered 503 at once.
+const MAX_WAITING_SCANS: usize = 16;
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Longest a top-N request waits for a scan before a 503.
+const SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A turn to scan, or a 503 when too many wait or the wait is too long.
+async fn scan_turn() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    use std::sync::atomic::Ordering;
+    let busy = || ApiError::Unavailable("too many top-N queries at once; retry shortly".into());
+    if let Ok(turn) = SCANS.try_acquire() {
+        return Ok(turn);
+    }
+    if WAITING.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_SCANS {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        return Err(busy());
+    }
+    let turn = tokio::time::timeout(SCAN_WAIT, SCANS.acquire()).await;
+    WAITING.fetch_sub(1, Ordering::AcqRel);
+    match turn {
+        Ok(Ok(turn)) => Ok(turn),
+        _ => Err(busy()),
+    }
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -83,7 +111,7 @@ fn value_order(a: &str, b: &str) -> std::cmp::Ordering {
         (status = 401, description = "No valid token", body = ErrorOut),
         (status = 403, description = "The token lacks the scope", body = ErrorOut),
         (status = 404, description = "No such metric", body = ErrorOut),
-        (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
+        (status = 503, description = "The store is unavailable, or too many top-N queries run; retry", body = ErrorOut),
     ))]
 pub async fn get_metric_top(
     _: ReadAccess,
@@ -106,7 +134,9 @@ pub async fn get_metric_top(
         return Err(ApiError::BadRequest(format!("`limit` must lie between 1 and {MAX_ITEMS}")));
     }
     let (from, to) = window_of(&state, p.window.as_deref(), p.from.as_deref(), p.to.as_deref())?;
+    let turn = scan_turn().await?;
     let mut all = state.store.read_dim_aggregates(&m.name, &dim, &cover(from, to)).await?;
+    drop(turn);
     all.sort_by(|(va, a), (vb, b)| rank_key(b, by).cmp(&rank_key(a, by)).then_with(|| value_order(va, vb)));
     all.truncate(limit as usize);
     let values: Vec<String> = all.iter().map(|(v, _)| v.clone()).collect();
