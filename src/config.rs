@@ -283,7 +283,7 @@ impl Default for ApiSettings {
         Self {
             cache_ttl: Duration::from_secs(1),
             sales_window: Duration::from_secs(3600),
-            stream_coalesce: Duration::from_millis(100),
+            stream_coalesce: Duration::from_millis(50),
         }
     }
 }

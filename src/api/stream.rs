@@ -3,7 +3,7 @@
 //! A stream holds subscriptions, each a GET path of the API (`sub=NAME:PATH`, URL-encoded, up to
 //! [`MAX_SUBS`]); or one aggregate given as `metric`, `dim`, `value`, `window`. It sends each
 //! subscription's answer at once, then again whenever it changes: re-evaluated after a local
-//! commit (coalesced: evaluations at least `api.stream_coalesce`, 100 ms, apart, so at most 10
+//! commit (coalesced: evaluations at least `api.stream_coalesce`, 50 ms, apart, so at most 20
 //! events a second per subscription) and when each second starts (trailing windows slide), an
 //! event sent only when the answer differs from the last one sent. So a slow reader is never
 //! queued for: when it reads again it gets the latest figures. `id:` counts events; a client
