@@ -41,7 +41,8 @@ pub enum Command {
 
 #[derive(Args, Clone)]
 pub struct StoreArgs {
-    /// Where data lives: sqlite://PATH.
+    /// Where data lives: sqlite://PATH, or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE with
+    /// libpq's TLS parameters (?sslmode=verify-full&sslrootcert=CA.pem; sslcert/sslkey).
     #[arg(long, env = "JETSTREAM_STORE", default_value = DEFAULT_STORE)]
     pub store: String,
     /// Settings file (TOML): event schemas, metrics, limits, retention.

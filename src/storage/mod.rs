@@ -15,7 +15,7 @@ pub use store::{
     CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, Footprint, IdempotencyRecord, NewDeadLetter, OffsetAdvance,
     PruneBefore, Pruned, RawBlock, Store, StoreError, StoreOptions, StoredAnswer, TokenRecord, WriteBatch,
 };
-pub use url::{StoreUrl, redact};
+pub use url::{PgTls, SslMode, StoreUrl, redact};
 
 /// Opens the store named by `url`, creating and migrating it as needed.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
@@ -26,6 +26,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 pub async fn open_url(url: &StoreUrl, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(path, options).await?)),
-        StoreUrl::Postgres { config, .. } => Ok(Arc::new(postgres::PgStore::open((**config).clone()).await?)),
+        StoreUrl::Postgres { config, tls, .. } => Ok(Arc::new(postgres::PgStore::open((**config).clone(), tls).await?)),
     }
 }

@@ -26,6 +26,7 @@
 mod error;
 mod read;
 mod schema;
+mod tls;
 mod write;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,10 +34,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use self::error::pg_err;
 use self::write::Position;
+use super::url::PgTls;
 use super::{
     CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord,
     WriteBatch,
@@ -58,9 +59,11 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects (a pool of [`POOL_SIZE`]) and applies pending migrations.
-    pub async fn open(config: tokio_postgres::Config) -> Result<Self, StoreError> {
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    /// Connects (a pool of [`POOL_SIZE`], over TLS as `tls` says) and applies pending migrations.
+    pub async fn open(config: tokio_postgres::Config, tls: &PgTls) -> Result<Self, StoreError> {
+        let connector = tls::connector(tls)?;
+        let manager =
+            Manager::from_config(config, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
