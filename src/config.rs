@@ -11,6 +11,10 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 
+mod kafka;
+
+pub use kafka::{ENV_PREFIX as KAFKA_ENV_PREFIX, KafkaProperties, is_secret};
+
 /// Problems found in a configuration; all of them, not just the first.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -105,6 +109,8 @@ pub struct KafkaSettings {
     pub dead_letter_topic: Option<String>,
     /// Largest accepted record value, in bytes.
     pub max_record_bytes: usize,
+    /// librdkafka properties for every Kafka client (security, SASL, TLS); see [`KafkaProperties`].
+    pub properties: KafkaProperties,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +300,7 @@ impl Default for KafkaSettings {
             group: "jetstream".into(),
             dead_letter_topic: None,
             max_record_bytes: 1024 * 1024,
+            properties: KafkaProperties::default(),
         }
     }
 }
@@ -439,6 +446,7 @@ impl Settings {
             }
         }
         self.check_durations(&mut problems);
+        problems.extend(self.kafka.properties.problems());
         if self.http.max_connections == 0 || self.http.min_body_rate == 0 || self.http.max_inflight_ingest_bytes == 0 {
             problems.push(
                 "http.max_connections, http.min_body_rate and http.max_inflight_ingest_bytes must be above 0".into(),

@@ -53,7 +53,9 @@ pub struct StoreArgs {
 /// Kafka consumer options; each overrides the `[kafka]` section of the settings file.
 #[derive(Args, Clone, Default)]
 pub struct KafkaArgs {
-    /// Comma-separated Kafka bootstrap servers (host:port); consuming starts when set.
+    /// Comma-separated Kafka bootstrap servers (host:port); consuming starts when set. Security
+    /// (SASL, TLS) goes in `[kafka.properties]` or JETSTREAM_KAFKA_<PROPERTY> variables, e.g.
+    /// JETSTREAM_KAFKA_SASL_PASSWORD for sasl.password.
     #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Topic to consume [default: analytics].
@@ -121,6 +123,10 @@ pub struct SendArgs {
     /// Topic to publish to.
     #[arg(long, env = "JETSTREAM_KAFKA_TOPIC", default_value = "analytics")]
     pub topic: String,
+    /// Settings file whose `[kafka.properties]` (SASL, TLS) the producer uses; the
+    /// JETSTREAM_KAFKA_<PROPERTY> variables apply too.
+    #[arg(long, env = "JETSTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Event field whose value is the record key (keeps a product's events in one partition,
     /// in order); events without it get no key.
     #[arg(long, default_value = "product_id")]

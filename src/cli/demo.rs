@@ -44,7 +44,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     crate::storage::StoreUrl::parse(&a.serve.store.store)?;
     let kafka = (!settings.kafka.brokers.is_empty()).then(|| settings.kafka.clone());
     if let Some(k) = &kafka {
-        if ensure_topic(&k.brokers, &k.topic, DEMO_PARTITIONS).await? {
+        if ensure_topic(k, DEMO_PARTITIONS).await? {
             println!("created topic {} with {DEMO_PARTITIONS} partitions on {}", k.topic, k.brokers);
         }
     }
@@ -78,7 +78,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     let sim = match kafka {
         Some(k) => {
-            let producer = EventProducer::new(&k.brokers, &k.topic)?;
+            let producer = EventProducer::new(&k)?;
             tokio::spawn(simulate(a.rate, move |batch| {
                 produce(&producer, batch);
                 std::future::ready(())

@@ -15,8 +15,12 @@ pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
     if a.brokers.trim().is_empty() || a.topic.trim().is_empty() {
         return Err(UsageError("--brokers and --topic must not be empty".into()).into());
     }
+    let mut kafka = crate::config::Settings::load(a.config.as_deref())?.kafka;
+    kafka.brokers = a.brokers.trim().to_string();
+    kafka.topic = a.topic.trim().to_string();
+    kafka.properties.merge_env(std::env::vars());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let producer = EventProducer::new(a.brokers.trim(), a.topic.trim())?;
+        let producer = EventProducer::new(&kafka)?;
         let mut skipped = 0u64;
         let mut queued = 0u64;
         let mut one = |n: usize, text: &str| -> anyhow::Result<()> {

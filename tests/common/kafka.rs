@@ -41,6 +41,8 @@ pub struct Broker {
     persistent: bool,
     dir: TempDir,
     child: Option<Child>,
+    /// Further `tansu broker` arguments (e.g. `--authentication`).
+    extra: Vec<String>,
 }
 
 impl Broker {
@@ -57,7 +59,7 @@ impl Broker {
     fn launch(persistent: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut b = Self { addr: format!("127.0.0.1:{port}"), port, persistent, dir, child: None };
+        let mut b = Self { addr: format!("127.0.0.1:{port}"), port, persistent, dir, child: None, extra: Vec::new() };
         b.spawn();
         b
     }
@@ -74,6 +76,7 @@ impl Broker {
         let child = Command::new(tansu())
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", storage])
+            .args(&self.extra)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -102,6 +105,22 @@ impl Broker {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Restarts the broker with `args` added (its storage kept when persistent).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.extra = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
+    /// Creates a SCRAM-SHA-256 user (`tansu user create`; kept only by a persistent broker).
+    pub fn create_scram_user(&self, name: &str, password: &str) {
+        let broker = format!("tcp://{}", self.addr);
+        let out = Command::new(tansu())
+            .args(["user", "create", "--broker", &broker, "--mechanism", "scram256", name, password])
+            .output()
+            .expect("tansu user create runs");
+        assert!(out.status.success(), "tansu user create: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn log(&self) -> String {

@@ -12,6 +12,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use serde_json::Value;
 
 use super::client::{BROKER_TIMEOUT, base_config};
+use crate::config::KafkaSettings;
 use crate::storage::NewDeadLetter;
 
 /// Logs failed deliveries and counts them.
@@ -70,14 +71,15 @@ pub struct Delivered {
 }
 
 impl EventProducer {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
-        let producer = base_config(brokers)
+    /// A producer to `k.topic` on `k.brokers`, with `k.properties`.
+    pub fn new(k: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = base_config(&k.brokers, &k.properties)
             .set("acks", "all")
             .set("enable.idempotence", "false")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
             .create_with_context(LogDelivery::default())?;
-        Ok(Self { producer, topic: topic.to_string() })
+        Ok(Self { producer, topic: k.topic.clone() })
     }
 
     /// Queues one record, waiting while librdkafka's send queue is full.
@@ -120,10 +122,10 @@ pub fn event_key(event: &Value, field: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists; true when it was created.
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<bool, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+/// Creates `k.topic` with `partitions` partitions unless it exists; true when it was created.
+pub async fn ensure_topic(k: &KafkaSettings, partitions: i32) -> Result<bool, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(&k.brokers, &k.properties).create()?;
+    let new = NewTopic::new(&k.topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT)).request_timeout(Some(BROKER_TIMEOUT));
     let results = admin.create_topics([&new], &opts).await?;
     match results.into_iter().next() {
