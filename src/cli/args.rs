@@ -35,8 +35,28 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Check the configuration file and the store URL; report every problem.
+    /// Check the configuration file and the store (it must answer); report every problem.
     CheckConfig(StoreArgs),
+    /// Show the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (defaults, file, flags and environment merged) as TOML,
+    /// secrets masked.
+    Show(ConfigShowArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 #[derive(Args, Clone)]

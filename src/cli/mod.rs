@@ -3,9 +3,11 @@
 //! Exit codes: 0 success, 2 usage or configuration error (with what to fix), 1 anything else.
 //!
 //! - [`args`]: the commands' shape; [`usage`]: what they share;
-//! - [`demo`], [`send`], [`token`]: one command each; `serve`, `consume` and `check-config` here.
+//! - [`demo`], [`send`], [`token`]: one command each; [`config`]: `check-config`, `config show`;
+//!   `serve` and `consume` here.
 
 mod args;
+mod config;
 mod demo;
 mod error;
 mod send;
@@ -14,11 +16,10 @@ mod usage;
 
 use std::io::Write as _;
 
-use self::args::{Command, ConsumeArgs, ServeArgs};
+use self::args::{Command, ConfigCommand, ConsumeArgs, ServeArgs};
 use self::error::UsageError;
 use self::usage::{announce, load_settings_with_kafka};
 use crate::app::{Application, shutdown_signal};
-use crate::config::{ConfigError, Settings};
 use crate::storage;
 
 pub use args::{Cli, DEFAULT_STORE};
@@ -31,20 +32,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(a) => consume(a).await,
         Command::Send(a) => send::run(a).await,
         Command::Demo(a) => demo::run(a).await,
-        Command::CheckConfig(a) => {
-            let mut problems = Vec::new();
-            if let Err(ConfigError(p)) = Settings::load(a.config.as_deref()) {
-                problems.extend(p);
-            }
-            if let Err(e) = storage::StoreUrl::parse(&a.store) {
-                problems.push(e.to_string());
-            }
-            if !problems.is_empty() {
-                return Err(ConfigError(problems).into());
-            }
-            println!("configuration ok");
-            Ok(())
-        }
+        Command::CheckConfig(a) => config::check(a).await,
+        Command::Config { command: ConfigCommand::Show(a) } => config::show(a),
         Command::Token { command } => token::run(command).await,
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The environment variables' prefix.
 pub const ENV_PREFIX: &str = "JETSTREAM_KAFKA_";
@@ -68,6 +68,13 @@ impl KafkaProperties {
     /// The properties with secret values masked, for display.
     pub fn masked(&self) -> BTreeMap<String, String> {
         self.0.iter().map(|(k, v)| (k.clone(), if is_secret(k) { "***".to_string() } else { v.clone() })).collect()
+    }
+}
+
+/// Serialised masked: what is serialised is shown (`jetstream config show`).
+impl Serialize for KafkaProperties {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.masked().serialize(s)
     }
 }
 

@@ -58,6 +58,16 @@ pub struct PgStore {
     committing: tokio::sync::Mutex<()>,
 }
 
+/// Connects once and runs `SELECT 1` (no pool, no migration).
+pub async fn probe(config: &tokio_postgres::Config, tls: &PgTls) -> Result<(), StoreError> {
+    let (client, connection) = config.connect(tls::connector(tls)?).await.map_err(pg_err)?;
+    let connection = tokio::spawn(connection);
+    let answer = client.simple_query("SELECT 1").await.map_err(pg_err);
+    drop(client);
+    let _ = connection.await;
+    answer.map(|_| ())
+}
+
 impl PgStore {
     /// Connects (a pool of [`POOL_SIZE`], over TLS as `tls` says) and applies pending migrations.
     pub async fn open(config: tokio_postgres::Config, tls: &PgTls) -> Result<Self, StoreError> {
