@@ -28,7 +28,8 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// Publish JSON events to a Kafka topic: given as arguments, or as NDJSON on stdin.
     Send(SendArgs),
-    /// Run the server with a built-in traffic simulator and print a token and curl commands.
+    /// Run the server with a built-in traffic simulator and print a token and curl commands (in
+    /// its own store, ./data/demo.db, unless --store names one; its tokens expire after 12 h).
     Demo(DemoArgs),
     /// Manage API tokens.
     Token {
@@ -37,6 +38,11 @@ pub enum Command {
     },
     /// Check the configuration file and the store (it must answer); report every problem.
     CheckConfig(StoreArgs),
+    /// Print a shell completion script: `jetstream completions bash > /etc/bash_completion.d/jetstream`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show the configuration.
     Config {
         #[command(subcommand)]
@@ -110,8 +116,8 @@ impl KafkaArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, env = "JETSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on, HOST:PORT; port 0 picks a free port.
+    #[arg(long, env = "JETSTREAM_LISTEN", default_value = "127.0.0.1:8080", value_parser = super::listen::parse_listen)]
     pub listen: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -147,6 +153,9 @@ pub struct SendArgs {
     /// JETSTREAM_KAFKA_<PROPERTY> variables apply too.
     #[arg(long, env = "JETSTREAM_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How long to wait for the broker to answer before giving up (e.g. 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub timeout: std::time::Duration,
     /// Event field whose value is the record key (keeps a product's events in one partition,
     /// in order); events without it get no key.
     #[arg(long, default_value = "product_id")]

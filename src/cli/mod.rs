@@ -10,6 +10,7 @@ mod args;
 mod config;
 mod demo;
 mod error;
+mod listen;
 mod send;
 mod token;
 mod usage;
@@ -34,6 +35,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a).await,
         Command::CheckConfig(a) => config::check(a).await,
         Command::Config { command: ConfigCommand::Show(a) } => config::show(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "jetstream", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Token { command } => token::run(command).await,
     }
 }
@@ -52,7 +58,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut app = Application::build(settings, &a.store.store, &a.listen).await?;
+    let mut app = Application::build(settings, &a.store.store, &a.listen)
+        .await
+        .map_err(|e| listen::explain_bind_error(e, &a.listen))?;
     if let Some(config) = tls {
         app = app.with_tls(config);
     }

@@ -21,6 +21,14 @@ pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
     kafka.properties.merge_env(std::env::vars());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let producer = EventProducer::new(&kafka)?;
+        producer.check_reachable(a.timeout).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach Kafka at {} within {} ({e}): is the broker running, and are --brokers and \
+                 --topic right?",
+                kafka.brokers,
+                humantime::format_duration(a.timeout)
+            )
+        })?;
         let mut skipped = 0u64;
         let mut queued = 0u64;
         let mut one = |n: usize, text: &str| -> anyhow::Result<()> {

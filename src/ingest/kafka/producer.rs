@@ -1,8 +1,9 @@
 //! Producing: `jetstream send`, the demo simulator, the dead-letter topic.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -15,15 +16,32 @@ use super::client::{BROKER_TIMEOUT, base_config};
 use crate::config::KafkaSettings;
 use crate::storage::NewDeadLetter;
 
+/// A client error of one kind is logged at most this often.
+const REPEAT_ERRORS_AFTER: Duration = Duration::from_secs(60);
+
 /// Logs failed deliveries and counts them.
 #[derive(Default)]
 pub struct LogDelivery {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// When each kind of client error was last logged: librdkafka repeats "all brokers are
+    /// down" on every reconnect attempt (hundreds of lines while a broker is away).
+    logged_errors: Mutex<HashMap<String, Instant>>,
 }
 
-impl ClientContext for LogDelivery {}
+impl ClientContext for LogDelivery {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Keyed without the reason, whose broker counts change from one repeat to the next.
+        let kind = error.to_string();
+        let mut logged = self.logged_errors.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if logged.get(&kind).is_none_or(|at| now.duration_since(*at) >= REPEAT_ERRORS_AFTER) {
+            tracing::warn!("kafka: {kind}: {reason}");
+            logged.insert(kind, now);
+        }
+    }
+}
 
 impl ProducerContext for LogDelivery {
     type DeliveryOpaque = ();
@@ -80,6 +98,16 @@ impl EventProducer {
             .set("message.timeout.ms", "30000")
             .create_with_context(LogDelivery::default())?;
         Ok(Self { producer, topic: k.topic.clone() })
+    }
+
+    /// Checks within `timeout` that a broker answers and knows the topic: without it, a producer
+    /// pointed at nothing retries for `message.timeout.ms` and then fails every record.
+    pub fn check_reachable(&self, timeout: Duration) -> Result<(), String> {
+        let md = self.producer.client().fetch_metadata(Some(&self.topic), timeout).map_err(|e| e.to_string())?;
+        match md.topics().iter().find(|t| t.name() == self.topic) {
+            Some(t) if t.error().is_none() => Ok(()),
+            _ => Err(format!("the broker has no topic {}", self.topic)),
+        }
     }
 
     /// Queues one record, waiting while librdkafka's send queue is full.

@@ -1,0 +1,47 @@
+//! The command line without traps (issue 13, points 6 and 8): usage errors exit 2 with the form
+//! to use, a busy port and an unreachable broker are said plainly and quickly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::run_cli;
+
+#[test]
+fn a_bare_port_for_listen_is_a_usage_error_with_the_form_to_use() {
+    let (code, _, err) = run_cli(&["serve", "--listen", "8080"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("HOST:PORT") && err.contains("127.0.0.1:8080"), "{err}");
+}
+
+#[test]
+fn a_busy_port_is_explained() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite://{}/js.db", dir.path().display());
+    let (code, _, err) = run_cli(&["serve", "--store", &store, "--listen", &addr]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{addr} is already in use")) && err.contains("--listen"), "{err}");
+}
+
+#[test]
+fn send_without_a_broker_says_so_within_its_timeout_without_a_flood_of_lines() {
+    let started = Instant::now();
+    let (code, _, err) = run_cli(&["send", "--brokers", "127.0.0.1:1", "--timeout", "2s", r#"{"event":"x"}"#]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach Kafka at 127.0.0.1:1 within 2s"), "{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(err.lines().count() < 20, "{} lines:\n{err}", err.lines().count());
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [("bash", "_jetstream()"), ("zsh", "#compdef jetstream"), ("fish", "complete -c jetstream")]
+    {
+        let (code, out, err) = run_cli(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker) && out.contains("check-config"), "{shell}: {}", &out[..out.len().min(300)]);
+    }
+}
