@@ -4,6 +4,10 @@
 //! a wrong password is reported on `/readyz` and in the log, and the password itself is never
 //! shown: not in `/readyz`, the log, the errors or `--help`.
 //!
+//! TLS: tansu 0.6 serves plain TCP only (it builds a TLS acceptor from `--cert`/`--key` and never
+//! uses it), so the TLS test puts a TLS-terminating proxy in front of it and has the broker
+//! advertise the proxy's address: every client connection is then SASL over TLS.
+//!
 //! tansu keeps users only in a persistent storage engine, and creating one needs a broker that
 //! does not ask for authentication yet: so the broker starts without it, gets its user and topic,
 //! and is restarted on the same file with `--authentication`.
@@ -43,10 +47,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(store: &str, broker: &Broker, topic: &str, env: &[(&str, String)], log: PathBuf) -> Self {
+    fn start(store: &str, brokers: &str, topic: &str, env: &[(&str, String)], log: PathBuf) -> Self {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(jetstream_bin())
-            .args(["serve", "--store", store, "--listen", "127.0.0.1:0", "--kafka-brokers", &broker.addr])
+            .args(["serve", "--store", store, "--listen", "127.0.0.1:0", "--kafka-brokers", brokers])
             .args(["--kafka-topic", topic, "--kafka-group", &format!("g-{topic}")])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("JETSTREAM_LOG", "info")
@@ -126,7 +130,7 @@ async fn scram_credentials_from_the_environment_consume_and_produce() {
     assert_eq!(code, 0, "{err}");
     let token = token.trim().to_string();
 
-    let server = Server::start(&store, &broker, &topic, &sasl_env(PASSWORD), dir.path().join("serve.log"));
+    let server = Server::start(&store, &broker.addr, &topic, &sasl_env(PASSWORD), dir.path().join("serve.log"));
     server.wait_for("/readyz", None, |s, _| s == 200).await;
     server.wait_for("/api/product/sale/3", Some(&token), |s, b| s == 200 && b["total"] == json!(2.5)).await;
 
@@ -153,7 +157,7 @@ async fn a_wrong_password_is_reported_on_readyz_and_in_the_log_without_the_passw
     let dir = tempfile::tempdir().expect("temp dir");
     let store = format!("sqlite://{}/js.db", dir.path().display());
     let wrong = "wrong-Qz81vKp";
-    let server = Server::start(&store, &broker, &topic, &sasl_env(wrong), dir.path().join("serve.log"));
+    let server = Server::start(&store, &broker.addr, &topic, &sasl_env(wrong), dir.path().join("serve.log"));
     let ready = server
         .wait_for("/readyz", None, |_, b| {
             b["kafka"]["detail"].as_str().is_some_and(|d| d.contains("authentication failed"))
@@ -174,4 +178,61 @@ async fn a_wrong_password_is_reported_on_readyz_and_in_the_log_without_the_passw
         .expect("jetstream --help runs");
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("JETSTREAM_KAFKA_SASL_PASSWORD") && !help.contains(wrong), "{help}");
+}
+
+/// A TLS-terminating proxy on a free loopback port in front of `upstream` (tansu 0.6 serves plain
+/// TCP only): each connection's TLS is ended here with `certs` and its bytes copied both ways.
+async fn tls_proxy(certs: &common::certs::Certs, upstream: String) -> String {
+    let config = jetstream::server::tls::load_config(&certs.cert, &certs.key).expect("proxy TLS config");
+    let mut config = (*config).clone();
+    config.alpn_protocols.clear(); // Kafka speaks no ALPN protocol
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+    let addr = listener.local_addr().expect("proxy address").to_string();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_over_tls_through_a_tls_terminating_proxy_consumes_and_a_wrong_ca_is_reported() {
+    let topic = topic_name("sasl-ssl");
+    let mut broker = authenticating_broker(&topic).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = common::certs::Certs::generate(dir.path(), &["127.0.0.1"]);
+    let proxy = tls_proxy(&certs, broker.addr.clone()).await;
+    // Clients are sent to the proxy by the broker's metadata, so every connection is TLS.
+    broker.restart_advertising(&proxy);
+    let store = format!("sqlite://{}/js.db", dir.path().display());
+    let (code, token, err) = run_cli(&["token", "create", "--store", &store, "--name", "reader", "--scope", "read"]);
+    assert_eq!(code, 0, "{err}");
+    let mut env = sasl_env(PASSWORD);
+    env[0].1 = "SASL_SSL".into();
+    env.push(("JETSTREAM_KAFKA_SSL_CA_LOCATION", certs.ca.display().to_string()));
+    let server = Server::start(&store, &proxy, &topic, &env, dir.path().join("serve.log"));
+    server.wait_for("/api/product/sale/3", Some(token.trim()), |s, b| s == 200 && b["total"] == json!(2.5)).await;
+
+    // Without the CA, the broker's certificate is refused, and /readyz says why.
+    env.pop();
+    let other = tempfile::tempdir().expect("temp dir");
+    let other_ca = common::certs::Certs::generate(other.path(), &["127.0.0.1"]).ca;
+    env.push(("JETSTREAM_KAFKA_SSL_CA_LOCATION", other_ca.display().to_string()));
+    let store2 = format!("sqlite://{}/js2.db", dir.path().display());
+    let refused = Server::start(&store2, &proxy, &topic, &env, dir.path().join("serve2.log"));
+    let ready = refused
+        .wait_for("/readyz", None, |_, b| {
+            b["kafka"]["detail"].as_str().is_some_and(|d| d.contains("TLS to the broker failed"))
+        })
+        .await;
+    let detail = ready["kafka"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("certificate verify failed") && detail.contains("ssl.ca.location"), "{ready}");
+    assert!(!ready.to_string().contains(PASSWORD), "{ready}");
 }

@@ -124,8 +124,9 @@ pub(super) struct Ctx {
     /// Touched only by the consumer thread (the rebalance callback runs inside its `poll`); a
     /// mutex because librdkafka requires the context to be `Sync`.
     pub(super) state: Mutex<Progress>,
-    /// The broker's last refusal of our credentials, until a metadata request succeeds: a failed
-    /// probe then says "authentication failed", not a vague "broker unreachable".
+    /// The last refusal of our credentials or of the broker's certificate, until a metadata
+    /// request succeeds: a failed probe then says "authentication failed" (or "TLS … failed"),
+    /// not a vague "broker unreachable".
     pub(super) auth_failure: Mutex<Option<String>>,
 }
 
@@ -147,6 +148,16 @@ impl ClientContext for Ctx {
                 let detail = format!(
                     "authentication failed: {reason} (check sasl.mechanisms, sasl.username and sasl.password \
                      in [kafka.properties] or the JETSTREAM_KAFKA_* variables)"
+                );
+                tracing::error!("kafka: {detail}");
+                self.parts.health.set_kafka(false, detail.clone());
+                *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail);
+                return;
+            }
+            Some(RDKafkaErrorCode::SSL) => {
+                let detail = format!(
+                    "TLS to the broker failed: {reason} (check ssl.ca.location and security.protocol in \
+                     [kafka.properties] or the JETSTREAM_KAFKA_* variables)"
                 );
                 tracing::error!("kafka: {detail}");
                 self.parts.health.set_kafka(false, detail.clone());
