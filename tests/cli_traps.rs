@@ -15,6 +15,17 @@ fn a_bare_port_for_listen_is_a_usage_error_with_the_form_to_use() {
 }
 
 #[test]
+fn help_never_shows_a_password_taken_from_the_environment() {
+    let out = std::process::Command::new(common::jetstream_bin())
+        .args(["serve", "--help"])
+        .env("JETSTREAM_STORE", "postgres://app:pw-Hx81@db/js")
+        .output()
+        .expect("jetstream runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("JETSTREAM_STORE") && !help.contains("pw-Hx81"), "{help}");
+}
+
+#[test]
 fn a_busy_port_is_explained() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let addr = taken.local_addr().expect("its address").to_string();

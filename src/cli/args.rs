@@ -69,7 +69,8 @@ pub struct ConfigShowArgs {
 pub struct StoreArgs {
     /// Where data lives: sqlite://PATH, or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE with
     /// libpq's TLS parameters (?sslmode=verify-full&sslrootcert=CA.pem; sslcert/sslkey).
-    #[arg(long, env = "JETSTREAM_STORE", default_value = DEFAULT_STORE)]
+    // hide_env_values: clap would print the variable's value (a password in the URL) in --help.
+    #[arg(long, env = "JETSTREAM_STORE", hide_env_values = true, default_value = DEFAULT_STORE)]
     pub store: String,
     /// Settings file (TOML): event schemas, metrics, limits, retention.
     #[arg(long, env = "JETSTREAM_CONFIG")]
@@ -144,10 +145,10 @@ pub struct ConsumeArgs {
 #[derive(Args, Clone)]
 pub struct SendArgs {
     /// Comma-separated Kafka bootstrap servers (host:port).
-    #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
+    #[arg(long, visible_alias = "kafka-brokers", env = "JETSTREAM_KAFKA_BROKERS")]
     pub brokers: String,
     /// Topic to publish to.
-    #[arg(long, env = "JETSTREAM_KAFKA_TOPIC", default_value = "analytics")]
+    #[arg(long, visible_alias = "kafka-topic", env = "JETSTREAM_KAFKA_TOPIC", default_value = "analytics")]
     pub topic: String,
     /// Settings file whose `[kafka.properties]` (SASL, TLS) the producer uses; the
     /// JETSTREAM_KAFKA_<PROPERTY> variables apply too.

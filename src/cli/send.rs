@@ -8,6 +8,9 @@ use anyhow::Context as _;
 use super::args::SendArgs;
 use super::error::UsageError;
 
+/// How often a long stdin stream reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// `jetstream send`: each event must be a JSON object; a line that is not is reported and
 /// skipped (exit code 1 at the end), the rest are sent.
 pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
@@ -53,8 +56,14 @@ pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
             Ok(())
         };
         if a.events.is_empty() {
+            // A long stream shows it is moving (on stderr, so stdout stays the summary).
+            let mut shown = std::time::Instant::now();
             for (i, line) in std::io::stdin().lock().lines().enumerate() {
                 one(i + 1, &line.context("reading stdin")?)?;
+                if shown.elapsed() >= PROGRESS_EVERY {
+                    eprintln!("{} lines read from stdin…", i + 1);
+                    shown = std::time::Instant::now();
+                }
             }
         } else {
             for (i, e) in a.events.iter().enumerate() {
