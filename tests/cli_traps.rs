@@ -26,6 +26,21 @@ fn help_never_shows_a_password_taken_from_the_environment() {
 }
 
 #[test]
+fn a_sqlite_path_with_several_missing_directories_is_refused_not_created() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let typo = dir.path().join("dtaa/jetstream");
+    let store = format!("sqlite://{}/js.db", typo.display());
+    let (code, _, err) = run_cli(&["token", "create", "--store", &store, "--name", "t"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("dtaa does not exist"), "{err}");
+    assert!(!dir.path().join("dtaa").exists(), "nothing is created");
+    // The file's own directory alone (like the default ./data) is still created.
+    let store = format!("sqlite://{}/data/js.db", dir.path().display());
+    let (code, _, err) = run_cli(&["token", "create", "--store", &store, "--name", "t"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn a_busy_port_is_explained() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let addr = taken.local_addr().expect("its address").to_string();

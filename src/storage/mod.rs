@@ -36,7 +36,8 @@ pub async fn probe(url: &StoreUrl) -> Result<Option<String>, StoreError> {
                 Some(format!("the SQLite file {path} does not exist yet: serve creates it"))
             } else {
                 Some(format!(
-                    "neither the SQLite file {path} nor its directory {} exists: serve creates both (is the path right?)",
+                    "neither the SQLite file {path} nor its directory {} exists: serve creates the directory \
+                     only when its parent exists (is the path right?)",
                     dir.display()
                 ))
             })
