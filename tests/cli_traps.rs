@@ -38,6 +38,16 @@ fn a_sqlite_path_with_several_missing_directories_is_refused_not_created() {
     let store = format!("sqlite://{}/data/js.db", dir.path().display());
     let (code, _, err) = run_cli(&["token", "create", "--store", &store, "--name", "t"]);
     assert_eq!(code, 0, "{err}");
+    // `token list` says which store it read, and speaks JSON for scripts.
+    let (code, out, err) = run_cli(&["token", "list", "--store", &store, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("tokens in {store}")), "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (&list[0]["name"], &list[0]["status"]),
+        (&serde_json::json!("t"), &serde_json::json!("active")),
+        "{list}"
+    );
 }
 
 #[test]

@@ -189,10 +189,13 @@ pub enum TokenCommand {
         #[arg(long)]
         expires_in: Option<String>,
     },
-    /// List tokens (never their secrets).
+    /// List tokens (never their secrets); the store read is named on stderr.
     List {
         #[command(flatten)]
         store: StoreArgs,
+        /// One JSON array (name, scopes, created_ms, expires_ms, status) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a token by name.
     Revoke {
