@@ -73,6 +73,13 @@ fn send_without_a_broker_says_so_within_its_timeout_without_a_flood_of_lines() {
 }
 
 #[test]
+fn a_man_page_is_printed() {
+    let (code, out, err) = run_cli(&["man"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".TH jetstream"), "{}", &out[..out.len().min(300)]);
+}
+
+#[test]
 fn completions_are_printed_for_each_shell() {
     for (shell, marker) in [("bash", "_jetstream()"), ("zsh", "#compdef jetstream"), ("fish", "complete -c jetstream")]
     {

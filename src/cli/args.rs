@@ -43,6 +43,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff): `jetstream man > /usr/local/share/man/man1/jetstream.1`.
+    Man,
     /// Show the configuration.
     Config {
         #[command(subcommand)]
