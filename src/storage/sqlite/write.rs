@@ -210,6 +210,12 @@ fn dead_letters(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreErr
 
 pub(super) fn create_token(c: &mut Connection, t: &TokenRecord) -> Result<(), StoreError> {
     let tx = c.transaction().map_err(db_err)?;
+    // A revoked or expired token's name is free again (rotation: revoke, then create).
+    tx.execute(
+        "DELETE FROM tokens WHERE name = ?1 AND (revoked_ms IS NOT NULL OR expires_ms <= ?2)",
+        params![t.name, t.created_ms],
+    )
+    .map_err(db_err)?;
     let exists =
         tx.prepare("SELECT 1 FROM tokens WHERE name = ?1").and_then(|mut s| s.exists([&t.name])).map_err(db_err)?;
     if exists {
