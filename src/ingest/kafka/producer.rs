@@ -74,7 +74,8 @@ pub(super) fn produce_dead_letter(producer: &ThreadedProducer<LogDelivery>, topi
     }
 }
 
-/// Publishes JSON events to a topic (at least once: acks from all in-sync replicas).
+/// Publishes JSON events to a topic: acknowledged by all in-sync replicas, idempotent (a retry
+/// after a lost acknowledgement is not written twice).
 pub struct EventProducer {
     producer: ThreadedProducer<LogDelivery>,
     topic: String,
@@ -93,7 +94,9 @@ impl EventProducer {
     pub fn new(k: &KafkaSettings) -> Result<Self, KafkaError> {
         let producer = base_config(&k.brokers, &k.properties)
             .set("acks", "all")
-            .set("enable.idempotence", "false")
+            // Idempotent: a retried produce request (a lost acknowledgement) is not written twice,
+            // and order within a partition holds across retries.
+            .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
             .create_with_context(LogDelivery::default())?;
