@@ -81,6 +81,11 @@ impl PgTls {
                 "sslrootcert" => tls.root_cert = Some(value()?),
                 "sslcert" => cert = Some(value()?),
                 "sslkey" => key = Some(value()?),
+                "sslpassword" => {
+                    return Err("an encrypted client key (sslpassword) is not supported: give sslkey a \
+                                decrypted key (openssl pkey -in KEY -out KEY.plain)"
+                        .into());
+                }
                 _ => rest.push(pair),
             }
         }
@@ -230,6 +235,7 @@ mod tests {
             ("postgres://h/db?sslmode=allow", "not one of disable, prefer, require, verify-ca, verify-full"),
             ("postgres://h/db?sslmode=verify-full&sslcert=c.pem", "sslcert and sslkey go together"),
             ("postgres://h/db?sslmode=disable&sslrootcert=ca.pem", "would never be used"),
+            ("postgres://h/db?sslcert=c.pem&sslkey=k.pem&sslpassword=x", "encrypted client key"),
         ] {
             match parse(bad) {
                 Err(StoreError::BadUrl(m)) => assert!(m.contains(why), "{bad}: {m}"),

@@ -14,12 +14,10 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
             db.code().code()
         ),
         Some(db) => format!("postgres: {} ({})", db.message(), db.code().code()),
-        None if super::tls::describe(&e).is_some() => {
-            format!("postgres: {}", super::tls::describe(&e).unwrap_or_default())
-        }
-        None => match std::error::Error::source(&e) {
-            Some(cause) => format!("postgres: {e}: {cause}"),
-            None => format!("postgres: {e}"),
+        None => match (super::tls::describe(&e), std::error::Error::source(&e)) {
+            (Some(tls), _) => format!("postgres: {tls}"),
+            (None, Some(cause)) => format!("postgres: {e}: {cause}"),
+            (None, None) => format!("postgres: {e}"),
         },
     };
     let class = e.code().map(|c| c.code()[..2].to_string());
