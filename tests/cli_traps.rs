@@ -48,6 +48,13 @@ fn a_sqlite_path_with_several_missing_directories_is_refused_not_created() {
         (&serde_json::json!("t"), &serde_json::json!("active")),
         "{list}"
     );
+    // `token delete` removes it; a second time there is nothing to delete (a usage error).
+    let (code, _, err) = run_cli(&["token", "delete", "--store", &store, "t"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(&["token", "delete", "--store", &store, "t"]);
+    assert_eq!(code, 2, "{err}");
+    let (_, out, _) = run_cli(&["token", "list", "--store", &store, "--json"]);
+    assert_eq!(out.trim(), "[]");
 }
 
 #[test]

@@ -205,4 +205,10 @@ pub enum TokenCommand {
         store: StoreArgs,
         name: String,
     },
+    /// Delete a token by name (active, revoked or expired): it stops working and leaves the list.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+    },
 }

@@ -71,6 +71,13 @@ pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
             }
             eprintln!("revoked {name}");
         }
+        TokenCommand::Delete { store, name } => {
+            let store = open_store(&store).await?;
+            if !store.delete_token(&name).await? {
+                return Err(UsageError(format!("no token named {name:?}")).into());
+            }
+            eprintln!("deleted {name}");
+        }
     }
     Ok(())
 }

@@ -193,6 +193,10 @@ impl Store for PgStore {
         write::revoke_token(&mut self.client().await?, name, now_ms).await
     }
 
+    async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
+        write::delete_token(&mut self.client().await?, name).await
+    }
+
     async fn tokens_version(&self) -> Result<i64, StoreError> {
         read::tokens_version(&self.client().await?).await
     }

@@ -319,6 +319,14 @@ pub(super) async fn revoke_token(client: &mut Client, name: &str, now_ms: i64) -
     Ok(n > 0)
 }
 
+pub(super) async fn delete_token(client: &mut Client, name: &str) -> Result<bool, StoreError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    let n = tx.execute("DELETE FROM tokens WHERE name = $1", &[&name]).await.map_err(pg_err)?;
+    bump_tokens_version(&tx).await?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(n > 0)
+}
+
 /// Retention, by one instance at a time (`writer` is this process's, whose position row stays).
 pub(super) async fn prune(client: &mut Client, writer: i64, b: PruneBefore) -> Result<Pruned, StoreError> {
     let tx = client.transaction().await.map_err(pg_err)?;

@@ -240,6 +240,14 @@ pub(super) fn revoke_token(c: &mut Connection, name: &str, now_ms: i64) -> Resul
     Ok(n > 0)
 }
 
+pub(super) fn delete_token(c: &mut Connection, name: &str) -> Result<bool, StoreError> {
+    let tx = c.transaction().map_err(db_err)?;
+    let n = tx.execute("DELETE FROM tokens WHERE name = ?1", params![name]).map_err(db_err)?;
+    bump_tokens_version(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(n > 0)
+}
+
 fn bump_tokens_version(c: &Connection) -> Result<(), StoreError> {
     c.execute("UPDATE meta SET value = value + 1 WHERE key = 'tokens_version'", []).map(drop).map_err(db_err)
 }
