@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README.md): sets up what the tests need on a fresh machine, then runs them all.
+#  - the build's C dependencies (scripts/ensure-build-deps.sh), installed when missing;
 #  - the Kafka broker: tansu, installed from crates.io when missing (about 20 minutes once, reused);
 #  - PostgreSQL: the server at $DATABASE_URL or 127.0.0.1:5432, else a throwaway cluster;
 #  - nginx (Debian's nginx-light) for the fleet test, installed when missing;
@@ -14,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A C toolchain, make, pkg-config and OpenSSL's headers (librdkafka, SQLite, zstd are built from C).
+scripts/ensure-build-deps.sh
 TANSU_BIN="$(scripts/ensure-tansu.sh)"
 export TANSU_BIN
 DATABASE_URL="$(scripts/ensure-postgres.sh)"

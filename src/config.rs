@@ -9,16 +9,25 @@ use std::path::Path;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+mod kafka;
+mod load;
+
+pub use kafka::{ENV_PREFIX as KAFKA_ENV_PREFIX, KafkaProperties, is_secret};
 
 /// Problems found in a configuration; all of them, not just the first.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default = "Settings::empty")]
 pub struct Settings {
+    /// Keep the built-in events and metrics (the seed endpoints' `sales_amount` and `rating`)
+    /// besides the file's own; a file's event or metric of the same name replaces a built-in one.
+    /// `false`: only what the file declares.
+    pub builtins: bool,
     /// Limits applied to incoming events.
     pub ingest: IngestSettings,
     /// How long raw data and fine-grained buckets are kept.
@@ -40,18 +49,18 @@ pub struct Settings {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestSettings {
     /// Largest accepted HTTP request body, in bytes.
     pub max_body_bytes: usize,
     /// How far in the future an event's timestamp may be (clock skew allowance).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub max_future_skew: Duration,
     /// Most events the writer puts in one transaction.
     pub max_batch_events: usize,
     /// Longest a commit waits for request bodies still being parsed to join it (0s: never).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub commit_linger: Duration,
     /// Longest accepted single event (raw bytes); longer ones become dead letters.
     pub max_event_bytes: usize,
@@ -60,35 +69,35 @@ pub struct IngestSettings {
     pub max_events_per_request: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionSettings {
     /// Raw events (the source for rebuilding rollups).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub raw_events: Duration,
     /// Dead letters.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub dead_letters: Duration,
     /// One-second buckets (windows finer than a minute need them).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub second_buckets: Duration,
     /// One-minute buckets.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub minute_buckets: Duration,
     /// Idempotency keys of ingest requests: a retry with the same key within this time gets the
     /// first answer again instead of counting twice.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub idempotency_keys: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Longest time a cached answer may be served (bounds staleness across instances).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub cache_ttl: Duration,
     /// Window of `GET /api/product/sale/{id}`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub sales_window: Duration,
     /// Shortest time between two evaluations of a live stream's subscriptions: a commit is
     /// pushed within about this (plus the evaluation), and a subscription gets at most one event
@@ -97,7 +106,7 @@ pub struct ApiSettings {
     pub stream_coalesce: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
     /// Comma-separated bootstrap servers; empty means "no Kafka consumer".
@@ -107,20 +116,23 @@ pub struct KafkaSettings {
     /// Consumer group.
     pub group: String,
     /// Optional topic that dead letters are also produced to.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
     /// Largest accepted record value, in bytes.
     pub max_record_bytes: usize,
+    /// librdkafka properties for every Kafka client (security, SASL, TLS); see [`KafkaProperties`].
+    pub properties: KafkaProperties,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     /// Longest a client may take to send a request's headers; also how long an idle keep-alive
     /// connection is kept (the timer starts when the server waits for the next request).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub header_read_timeout: Duration,
     /// Time a request body may take on top of what `min_body_rate` allows for its size.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub body_timeout: Duration,
     /// The slowest body upload accepted, in bytes per second (a 16 MiB body at 64 KiB/s: 256 s).
     pub min_body_rate: u64,
@@ -129,7 +141,7 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// After SIGTERM/SIGINT, how long requests in progress may take before the process exits
     /// anyway (nothing acknowledged is lost: an answer is sent only after its commit).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub shutdown_timeout: Duration,
     /// Most bytes of ingest bodies being read, parsed or committed at once; beyond it ingest
     /// answers 503 with Retry-After instead of queueing without bound.
@@ -142,7 +154,7 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// SQLite: the size the write-ahead log is kept under (checkpoints run as it grows; over
@@ -160,26 +172,26 @@ impl Default for StorageSettings {
 }
 
 /// The fields an event must (or may) carry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventSchema {
     pub fields: BTreeMap<String, FieldSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSpec {
     #[serde(rename = "type")]
     pub kind: FieldKind,
     #[serde(default = "yes")]
     pub required: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldKind {
     /// A non-negative integer, or a string of digits (an identifier).
@@ -194,7 +206,7 @@ pub enum FieldKind {
 
 /// A metric rolled up into buckets. Every bucket keeps count, sum, min and max; `aggregation` is
 /// what the API reports by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricDef {
     pub name: String,
@@ -202,14 +214,14 @@ pub struct MetricDef {
     pub event: String,
     pub aggregation: Aggregation,
     /// The numeric field; omitted for `count`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// Each dimension gets its own series per value (plus one overall series).
     #[serde(default)]
     pub dimensions: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {
     Sum,
@@ -230,6 +242,19 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * DAY);
 
 fn yes() -> bool {
     true
+}
+
+/// A duration in its largest whole unit (`90d`, not humantime's `2months 29days 2h 52m 48s`).
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+    let text = match secs {
+        _ if ms != 0 || secs == 0 => format!("{}ms", d.as_millis()),
+        _ if secs % DAY == 0 => format!("{}d", secs / DAY),
+        _ if secs % 3600 == 0 => format!("{}h", secs / 3600),
+        _ if secs % 60 == 0 => format!("{}m", secs / 60),
+        _ => format!("{secs}s"),
+    };
+    s.serialize_str(&text)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -311,6 +336,7 @@ impl Default for KafkaSettings {
             group: "jetstream".into(),
             dead_letter_topic: None,
             max_record_bytes: 1024 * 1024,
+            properties: KafkaProperties::default(),
         }
     }
 }
@@ -368,6 +394,7 @@ impl Settings {
     /// Default limits with no events and no metrics (what a file's omitted sections start from).
     fn empty() -> Self {
         Self {
+            builtins: true,
             ingest: IngestSettings::default(),
             retention: RetentionSettings::default(),
             api: ApiSettings::default(),
@@ -378,19 +405,6 @@ impl Settings {
             metrics: Vec::new(),
             labels: BTreeMap::from([("product_id".to_string(), "name_of_product".to_string())]),
         }
-    }
-
-    /// Parses a settings file; sections it omits take their defaults. If it declares no
-    /// `[events]` and no `[[metrics]]`, the built-in ones are used.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let mut s: Settings = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
-        if s.events.is_empty() && s.metrics.is_empty() {
-            let d: Settings = toml::from_str(DEFAULT_CONFIG).map_err(|e| ConfigError(vec![e.to_string()]))?;
-            s.events = d.events;
-            s.metrics = d.metrics;
-        }
-        s.check()?;
-        Ok(s)
     }
 
     /// Loads the file at `path`, or the defaults when there is none.
@@ -456,6 +470,7 @@ impl Settings {
             }
         }
         self.check_durations(&mut problems);
+        problems.extend(self.kafka.properties.problems());
         if self.http.max_connections == 0 || self.http.min_body_rate == 0 || self.http.max_inflight_ingest_bytes == 0 {
             problems.push(
                 "http.max_connections, http.min_body_rate and http.max_inflight_ingest_bytes must be above 0".into(),
@@ -523,6 +538,60 @@ mod tests {
         let s = Settings::parse("[ingest]\nmax_body_bytes = 1024\n").unwrap();
         assert_eq!(s.ingest.max_body_bytes, 1024);
         assert!(s.metrics.iter().any(|m| m.name == "sales_amount"));
+    }
+
+    #[test]
+    fn declaring_a_metric_keeps_the_built_in_ones_unless_they_are_turned_off() {
+        let file =
+            "[[metrics]]\nname = \"rating\"\nevent = \"productRated\"\naggregation = \"max\"\nfield = \"rating\"\n";
+        let s = Settings::parse(file).unwrap();
+        let names: Vec<&str> = s.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert!(names.contains(&"sales_amount") && names.contains(&"events"), "{names:?}");
+        let rating: Vec<_> = s.metrics.iter().filter(|m| m.name == "rating").collect();
+        assert_eq!(
+            (rating.len(), rating[0].aggregation),
+            (1, Aggregation::Max),
+            "the file's own replaces the built-in"
+        );
+        let s = Settings::parse(&format!("builtins = false\n{file}")).unwrap();
+        assert_eq!(s.metrics.len(), 1);
+        assert!(s.events.is_empty());
+    }
+
+    #[test]
+    fn problems_in_several_sections_are_reported_in_one_pass() {
+        let text = r#"
+            [ingest]
+            max_body_bytes = "big"
+            [kafka]
+            brokerz = "x"
+            [[metrics]]
+            name = "m"
+            aggregation = "sum"
+            [api]
+            sales_window = "soon"
+        "#;
+        let ConfigError(problems) = Settings::parse(text).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        for part in ["[ingest]", "[kafka]", "[[metrics]] \"m\"", "[api]"] {
+            assert!(problems.iter().any(|p| p.contains(part)), "{part}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn a_metric_over_an_event_without_a_schema_is_warned_about() {
+        let s =
+            Settings::parse("[[metrics]]\nname = \"m\"\nevent = \"productSould\"\naggregation = \"count\"\n").unwrap();
+        let w = s.warnings();
+        assert!(w.iter().any(|w| w.contains("productSould")), "{w:?}");
+        assert!(Settings::default().warnings().is_empty(), "{:?}", Settings::default().warnings());
+    }
+
+    #[test]
+    fn the_shown_configuration_reads_back_as_itself() {
+        let shown = toml::to_string(&Settings::default()).unwrap();
+        let again = Settings::parse(&shown).unwrap();
+        assert_eq!(toml::to_string(&again).unwrap(), shown);
     }
 
     #[test]

@@ -611,7 +611,7 @@ async fn tokens_from_the_command_line_take_effect_on_a_running_server(backend: B
     for args in [
         vec!["token", "create", "--store", url, "--name", "x", "--scope", "write"],
         vec!["token", "create", "--store", url, "--name", "y", "--expires-in", "soon"],
-        vec!["token", "create", "--store", url, "--name", "ops"],
+        vec!["token", "create", "--store", url, "--name", "late"],
         vec!["token", "revoke", "--store", url, "nobody"],
         vec!["serve", "--store", "mysql://db"],
         vec!["serve", "--no-such-flag"],
@@ -621,6 +621,9 @@ async fn tokens_from_the_command_line_take_effect_on_a_running_server(backend: B
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(!err.trim().is_empty(), "{args:?} printed no reason");
     }
+    // A revoked token's name is free again: rotation is revoke, then create.
+    let (code, _, err) = run_cli(&["token", "create", "--store", url, "--name", "ops", "--scope", "read"]);
+    assert_eq!(code, 0, "{err}");
     drop(server);
 }
 

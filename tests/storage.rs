@@ -467,6 +467,15 @@ async fn tokens_are_created_listed_and_revoked(backend: Backend) {
     assert!(!store.revoke_token("nobody", 1).await.expect("revoke"));
     let dash = store.list_tokens().await.expect("list").into_iter().find(|t| t.name == "dash").expect("dash");
     assert_eq!(dash.revoked_ms, Some(1_750_000_000_000), "the first revocation's time stays");
+    // A revoked token's name can be reused (rotation); the new token replaces the old row.
+    store.create_token(TokenRecord { created_ms: 1_770_000_000_000, ..token("dash", "h4") }).await.expect("reuse");
+    let dash = store.list_tokens().await.expect("list").into_iter().find(|t| t.name == "dash").expect("dash");
+    assert_eq!((dash.hash.as_str(), dash.revoked_ms), ("h4", None));
+    let v4 = store.tokens_version().await.expect("version");
+    assert!(store.delete_token("dash").await.expect("delete"));
+    assert_ne!(store.tokens_version().await.expect("version"), v4, "deleting changes the version");
+    assert!(!store.delete_token("dash").await.expect("delete"), "already gone");
+    assert_eq!(store.list_tokens().await.expect("list").len(), 1);
 }
 
 async fn dead_letters_page_newest_first(backend: Backend) {

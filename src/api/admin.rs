@@ -132,7 +132,7 @@ pub async fn get_kafka_lag(_: AdminAccess, State(state): State<AppState>) -> Res
     if k.brokers.is_empty() {
         return Err(ApiError::NotFound("no Kafka brokers are configured".into()));
     }
-    match topic_lag(&k.brokers, &k.topic, &*state.store).await {
+    match topic_lag(k, &*state.store).await {
         Ok(lag) => {
             let total: i64 = lag.iter().map(|l| l.lag).sum();
             Ok(Json(json!({

@@ -44,21 +44,51 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// Publish JSON events to a Kafka topic: given as arguments, or as NDJSON on stdin.
     Send(SendArgs),
-    /// Run the server with a built-in traffic simulator and print a token and curl commands.
+    /// Run the server with a built-in traffic simulator and print a token and curl commands (in
+    /// its own store, ./data/demo.db, unless --store names one; its tokens expire after 12 h).
     Demo(DemoArgs),
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Check the configuration file and the store URL; report every problem.
+    /// Check the configuration file and the store (it must answer); report every problem.
     CheckConfig(StoreArgs),
+    /// Print a shell completion script: `jetstream completions bash > /etc/bash_completion.d/jetstream`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `jetstream man > /usr/local/share/man/man1/jetstream.1`.
+    Man,
+    /// Show the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (defaults, file, flags and environment merged) as TOML,
+    /// secrets masked.
+    Show(ConfigShowArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 #[derive(Args, Clone)]
 pub struct StoreArgs {
-    /// Where data lives: sqlite://PATH.
-    #[arg(long, env = "JETSTREAM_STORE", default_value = DEFAULT_STORE)]
+    /// Where data lives: sqlite://PATH, or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE with
+    /// libpq's TLS parameters (?sslmode=verify-full&sslrootcert=CA.pem; sslcert/sslkey).
+    // hide_env_values: clap would print the variable's value (a password in the URL) in --help.
+    #[arg(long, env = "JETSTREAM_STORE", hide_env_values = true, default_value = DEFAULT_STORE)]
     pub store: String,
     /// Settings file (TOML): event schemas, metrics, limits, retention.
     #[arg(long, env = "JETSTREAM_CONFIG")]
@@ -68,7 +98,9 @@ pub struct StoreArgs {
 /// Kafka consumer options; each overrides the `[kafka]` section of the settings file.
 #[derive(Args, Clone, Default)]
 pub struct KafkaArgs {
-    /// Comma-separated Kafka bootstrap servers (host:port); consuming starts when set.
+    /// Comma-separated Kafka bootstrap servers (host:port); consuming starts when set. Security
+    /// (SASL, TLS) goes in `[kafka.properties]` or JETSTREAM_KAFKA_<PROPERTY> variables, e.g.
+    /// JETSTREAM_KAFKA_SASL_PASSWORD for sasl.password.
     #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Topic to consume [default: analytics].
@@ -103,8 +135,8 @@ impl KafkaArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, env = "JETSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on, HOST:PORT; port 0 picks a free port.
+    #[arg(long, env = "JETSTREAM_LISTEN", default_value = "127.0.0.1:8080", value_parser = super::listen::parse_listen)]
     pub listen: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -139,11 +171,18 @@ pub struct ConsumeArgs {
 #[derive(Args, Clone)]
 pub struct SendArgs {
     /// Comma-separated Kafka bootstrap servers (host:port).
-    #[arg(long, env = "JETSTREAM_KAFKA_BROKERS")]
+    #[arg(long, visible_alias = "kafka-brokers", env = "JETSTREAM_KAFKA_BROKERS")]
     pub brokers: String,
     /// Topic to publish to.
-    #[arg(long, env = "JETSTREAM_KAFKA_TOPIC", default_value = "analytics")]
+    #[arg(long, visible_alias = "kafka-topic", env = "JETSTREAM_KAFKA_TOPIC", default_value = "analytics")]
     pub topic: String,
+    /// Settings file whose `[kafka.properties]` (SASL, TLS) the producer uses; the
+    /// JETSTREAM_KAFKA_<PROPERTY> variables apply too.
+    #[arg(long, env = "JETSTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// How long to wait for the broker to answer before giving up (e.g. 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub timeout: std::time::Duration,
     /// Event field whose value is the record key (keeps a product's events in one partition,
     /// in order); events without it get no key.
     #[arg(long, default_value = "product_id")]
@@ -176,13 +215,22 @@ pub enum TokenCommand {
         #[arg(long)]
         expires_in: Option<String>,
     },
-    /// List tokens (never their secrets).
+    /// List tokens (never their secrets); the store read is named on stderr.
     List {
         #[command(flatten)]
         store: StoreArgs,
+        /// One JSON array (name, scopes, created_ms, expires_ms, status) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a token by name.
     Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+    },
+    /// Delete a token by name (active, revoked or expired): it stops working and leaves the list.
+    Delete {
         #[command(flatten)]
         store: StoreArgs,
         name: String,

@@ -17,6 +17,12 @@ use crate::auth::{Scope, create_token};
 use crate::clock::now_ms;
 use crate::ingest::kafka::{EventProducer, ensure_topic, event_key};
 
+/// The demo's own store, used unless `--store` names another: its tokens and simulated data
+/// stay out of the store `serve` uses by default.
+const DEMO_STORE: &str = "sqlite://./data/demo.db";
+/// The demo's tokens expire: they are printed on the terminal and written on every run.
+const DEMO_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
 /// Partitions of the topic the demo creates when it is missing.
 const DEMO_PARTITIONS: i32 = 3;
 
@@ -32,7 +38,7 @@ const PRODUCTS: &[(u32, &str, &str, &str, f64)] = &[
     (8, "Insurance add-on", "Service", "4.99", 2.8),
 ];
 
-pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: DemoArgs) -> anyhow::Result<()> {
     // The demo shares serve's options; these two make no sense for it, so say so, not ignore them.
     if a.serve.no_consume || a.serve.tls_cert.is_some() {
         return Err(UsageError(
@@ -40,11 +46,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    if a.serve.store.store == super::args::DEFAULT_STORE {
+        a.serve.store.store = DEMO_STORE.to_string();
+    }
     let settings = load_settings_with_kafka(&a.serve.store, &a.serve.kafka)?;
     crate::storage::StoreUrl::parse(&a.serve.store.store)?;
     let kafka = (!settings.kafka.brokers.is_empty()).then(|| settings.kafka.clone());
     if let Some(k) = &kafka {
-        if ensure_topic(&k.brokers, &k.topic, DEMO_PARTITIONS).await? {
+        if ensure_topic(k, DEMO_PARTITIONS).await? {
             println!("created topic {} with {DEMO_PARTITIONS} partitions on {}", k.topic, k.brokers);
         }
     }
@@ -52,9 +61,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let addr = app.local_addr();
     let store = app.state().store.clone();
     let stamp = now_ms();
-    let read = create_token(&*store, &format!("demo-read-{stamp}"), &[Scope::Read], None, stamp).await?;
-    let admin = create_token(&*store, &format!("demo-admin-{stamp}"), &[Scope::Admin], None, stamp).await?;
-    let ingest = create_token(&*store, &format!("demo-ingest-{stamp}"), &[Scope::Ingest], None, stamp).await?;
+    let read =
+        create_token(&*store, &format!("demo-read-{stamp}"), &[Scope::Read], Some(DEMO_TOKEN_LIFETIME), stamp).await?;
+    let admin =
+        create_token(&*store, &format!("demo-admin-{stamp}"), &[Scope::Admin], Some(DEMO_TOKEN_LIFETIME), stamp)
+            .await?;
+    let ingest =
+        create_token(&*store, &format!("demo-ingest-{stamp}"), &[Scope::Ingest], Some(DEMO_TOKEN_LIFETIME), stamp)
+            .await?;
     app.state().tokens.reload(&*store).await?;
     announce(&app);
     let base = format!("http://{addr}");
@@ -79,7 +93,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     let sim = match kafka {
         Some(k) => {
-            let producer = EventProducer::new(&k.brokers, &k.topic)?;
+            let producer = EventProducer::new(&k)?;
             tokio::spawn(simulate(a.rate, move |batch| {
                 produce(&producer, batch);
                 std::future::ready(())

@@ -3,22 +3,24 @@
 //! Exit codes: 0 success, 2 usage or configuration error (with what to fix), 1 anything else.
 //!
 //! - [`args`]: the commands' shape; [`usage`]: what they share;
-//! - [`demo`], [`send`], [`token`]: one command each; `serve`, `consume` and `check-config` here.
+//! - [`demo`], [`send`], [`token`]: one command each; [`config`]: `check-config`, `config show`;
+//!   `serve` and `consume` here.
 
 mod args;
+mod config;
 mod demo;
 mod error;
+mod listen;
 mod send;
 mod token;
 mod usage;
 
 use std::io::Write as _;
 
-use self::args::{Command, ConsumeArgs, ServeArgs};
+use self::args::{Command, ConfigCommand, ConsumeArgs, ServeArgs};
 use self::error::UsageError;
 use self::usage::{announce, load_settings_with_kafka};
 use crate::app::{Application, shutdown_signal};
-use crate::config::{ConfigError, Settings};
 use crate::storage;
 
 pub use args::{Cli, DEFAULT_STORE, TelemetryArgs};
@@ -31,18 +33,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(a) => consume(a).await,
         Command::Send(a) => send::run(a).await,
         Command::Demo(a) => demo::run(a).await,
-        Command::CheckConfig(a) => {
-            let mut problems = Vec::new();
-            if let Err(ConfigError(p)) = Settings::load(a.config.as_deref()) {
-                problems.extend(p);
-            }
-            if let Err(e) = storage::StoreUrl::parse(&a.store) {
-                problems.push(e.to_string());
-            }
-            if !problems.is_empty() {
-                return Err(ConfigError(problems).into());
-            }
-            println!("configuration ok");
+        Command::CheckConfig(a) => config::check(a).await,
+        Command::Config { command: ConfigCommand::Show(a) } => config::show(a),
+        Command::Man => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "jetstream", &mut std::io::stdout());
             Ok(())
         }
         Command::Token { command } => token::run(command).await,
@@ -63,7 +63,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut app = Application::build(settings, &a.store.store, &a.listen).await?;
+    let mut app = Application::build(settings, &a.store.store, &a.listen)
+        .await
+        .map_err(|e| listen::explain_bind_error(e, &a.listen))?;
     if let Some(config) = tls {
         app = app.with_tls(config);
     }

@@ -8,6 +8,9 @@ use anyhow::Context as _;
 use super::args::SendArgs;
 use super::error::UsageError;
 
+/// How often a long stdin stream reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// `jetstream send`: each event must be a JSON object; a line that is not is reported and
 /// skipped (exit code 1 at the end), the rest are sent.
 pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
@@ -15,8 +18,20 @@ pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
     if a.brokers.trim().is_empty() || a.topic.trim().is_empty() {
         return Err(UsageError("--brokers and --topic must not be empty".into()).into());
     }
+    let mut kafka = crate::config::Settings::load(a.config.as_deref())?.kafka;
+    kafka.brokers = a.brokers.trim().to_string();
+    kafka.topic = a.topic.trim().to_string();
+    kafka.properties.merge_env(std::env::vars());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let producer = EventProducer::new(a.brokers.trim(), a.topic.trim())?;
+        let producer = EventProducer::new(&kafka)?;
+        producer.check_reachable(a.timeout).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach Kafka at {} within {} ({e}): is the broker running, and are --brokers and \
+                 --topic right?",
+                kafka.brokers,
+                humantime::format_duration(a.timeout)
+            )
+        })?;
         let mut skipped = 0u64;
         let mut queued = 0u64;
         let mut one = |n: usize, text: &str| -> anyhow::Result<()> {
@@ -41,8 +56,14 @@ pub(super) async fn run(a: SendArgs) -> anyhow::Result<()> {
             Ok(())
         };
         if a.events.is_empty() {
+            // A long stream shows it is moving (on stderr, so stdout stays the summary).
+            let mut shown = std::time::Instant::now();
             for (i, line) in std::io::stdin().lock().lines().enumerate() {
                 one(i + 1, &line.context("reading stdin")?)?;
+                if shown.elapsed() >= PROGRESS_EVERY {
+                    eprintln!("{} lines read from stdin…", i + 1);
+                    shown = std::time::Instant::now();
+                }
             }
         } else {
             for (i, e) in a.events.iter().enumerate() {

@@ -24,21 +24,36 @@ pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
             let secret = create_token(&*store, &name, &scopes, expires, now_ms()).await?;
             println!("{secret}");
         }
-        TokenCommand::List { store } => {
-            let store = open_store(&store).await?;
+        TokenCommand::List { store: args, json } => {
+            let store = open_store(&args).await?;
+            // On stderr: stdout stays the table (or JSON) for scripts.
+            eprintln!("tokens in {}", crate::storage::redact(&args.store));
             let now = now_ms();
+            let tokens = store.list_tokens().await?;
+            let status = |t: &crate::storage::TokenRecord| match (t.revoked_ms, t.expires_ms) {
+                (Some(_), _) => "revoked",
+                (None, Some(e)) if e <= now => "expired",
+                _ => "active",
+            };
+            if json {
+                let out: Vec<_> = tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({"name": t.name, "scopes": t.scopes, "created_ms": t.created_ms,
+                                           "expires_ms": t.expires_ms, "status": status(t)})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+                return Ok(());
+            }
             println!("{:<24} {:<20} {:<20} {:<20} STATUS", "NAME", "SCOPES", "CREATED", "EXPIRES");
-            for t in store.list_tokens().await? {
+            for t in tokens {
                 let time = |ms: i64| {
                     chrono::DateTime::from_timestamp_millis(ms)
                         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                         .unwrap_or_default()
                 };
-                let status = match (t.revoked_ms, t.expires_ms) {
-                    (Some(_), _) => "revoked",
-                    (None, Some(e)) if e <= now => "expired",
-                    _ => "active",
-                };
+                let status = status(&t);
                 let expires = t.expires_ms.map(time).unwrap_or_else(|| "never".into());
                 println!(
                     "{:<24} {:<20} {:<20} {:<20} {status}",
@@ -55,6 +70,13 @@ pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
                 return Err(UsageError(format!("no active token named {name:?}")).into());
             }
             eprintln!("revoked {name}");
+        }
+        TokenCommand::Delete { store, name } => {
+            let store = open_store(&store).await?;
+            if !store.delete_token(&name).await? {
+                return Err(UsageError(format!("no token named {name:?}")).into());
+            }
+            eprintln!("deleted {name}");
         }
     }
     Ok(())

@@ -13,10 +13,11 @@ pub(super) fn load_settings(args: &StoreArgs) -> anyhow::Result<Settings> {
     Ok(Settings::load(args.config.as_deref())?)
 }
 
-/// The settings file with the Kafka flags applied.
+/// The settings file with the Kafka flags and the `JETSTREAM_KAFKA_<PROPERTY>` variables applied.
 pub fn load_settings_with_kafka(store: &StoreArgs, kafka: &KafkaArgs) -> anyhow::Result<Settings> {
     let mut settings = load_settings(store)?;
     kafka.apply(&mut settings)?;
+    settings.kafka.properties.merge_env(std::env::vars());
     Ok(settings)
 }
 

@@ -28,6 +28,19 @@ pub enum BodyError {
     TooManyEvents(usize),
 }
 
+/// A JSON body that does not parse; when its first line is a whole object it is NDJSON sent
+/// without its content type, and the message says so.
+fn not_json(body: &[u8], e: &serde_json::Error) -> BodyError {
+    let first = body.split(|&b| b == b'\n').next().unwrap_or_default();
+    let ndjson = first.len() < body.len() && serde_json::from_slice::<serde::de::IgnoredAny>(first).is_ok();
+    let hint = if ndjson {
+        "; it looks like NDJSON (one object per line): send it with Content-Type: application/x-ndjson"
+    } else {
+        ""
+    };
+    BodyError::NotJson(format!("{e}{hint}"))
+}
+
 /// Splits a body into the raw bytes of each event, in order; at most `max_events` of them (a body
 /// of millions of tiny events would otherwise cost far more memory than its size).
 pub fn split_body(body: &[u8], format: BodyFormat, max_events: usize) -> Result<Vec<&[u8]>, BodyError> {
@@ -49,8 +62,7 @@ pub fn split_body(body: &[u8], format: BodyFormat, max_events: usize) -> Result<
         BodyFormat::Json => match trimmed[0] {
             b'{' => {
                 // Validate once here so a broken single object is a 400, like any non-JSON body.
-                serde_json::from_slice::<serde::de::IgnoredAny>(trimmed)
-                    .map_err(|e| BodyError::NotJson(e.to_string()))?;
+                serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).map_err(|e| not_json(trimmed, &e))?;
                 Ok(vec![trimmed])
             }
             b'[' => {

@@ -244,6 +244,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Marks the token revoked; false when there is no such active token.
     async fn revoke_token(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Removes the token (active or not) from the table; false when there is none of that name.
+    async fn delete_token(&self, name: &str) -> Result<bool, StoreError>;
     /// A number that changes whenever a token is created or revoked.
     async fn tokens_version(&self) -> Result<i64, StoreError>;
     async fn prune(&self, before: PruneBefore) -> Result<Pruned, StoreError>;

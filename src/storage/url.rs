@@ -1,6 +1,11 @@
 //! Store URLs, parsed once: the scheme picks the backend (`sqlite://PATH`, `postgres://…` or
 //! `postgresql://…`), the rest is checked with a precise message, and the URL is only ever shown
 //! with its password masked (it ends up in errors and logs).
+//!
+//! TLS to PostgreSQL takes libpq's parameters: `sslmode` (`disable`, `prefer` — the default —,
+//! `require`, `verify-ca`, `verify-full`), `sslrootcert=FILE` (or `system`), `sslcert=FILE` and
+//! `sslkey=FILE`. tokio-postgres knows only the first three modes and none of the files, so they
+//! are taken out of the URL here and applied by `postgres::tls`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,7 +19,87 @@ pub enum StoreUrl {
     /// The SQLite database file.
     Sqlite { path: String },
     /// A PostgreSQL connection (libpq-style URL, parsed by tokio-postgres).
-    Postgres { config: Box<tokio_postgres::Config>, redacted: String },
+    Postgres { config: Box<tokio_postgres::Config>, tls: PgTls, redacted: String },
+}
+
+/// How a PostgreSQL connection uses TLS (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it, without checking its certificate (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS or nothing; the certificate is checked only when `sslrootcert` is given.
+    Require,
+    /// TLS, and the server's certificate must chain to a trusted CA.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+/// The TLS parameters of a PostgreSQL URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgTls {
+    pub mode: SslMode,
+    /// PEM file of the CA certificates to trust, or `system` for the system's store.
+    pub root_cert: Option<String>,
+    /// PEM client certificate chain and its key, for certificate authentication.
+    pub client_cert: Option<(String, String)>,
+}
+
+impl PgTls {
+    /// Takes the TLS parameters out of `url`'s query; returns them and the URL without them.
+    fn take(url: &str) -> Result<(Self, String), String> {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((Self::default(), url.to_string()));
+        };
+        let (mut tls, mut rest) = (Self::default(), Vec::new());
+        let (mut cert, mut key) = (None, None);
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = || -> Result<String, String> {
+                let decoded: Vec<(String, String)> =
+                    serde_urlencoded::from_str(&format!("v={v}")).map_err(|e| format!("{k}: {e}"))?;
+                Ok(decoded.into_iter().next().map(|(_, v)| v).unwrap_or_default())
+            };
+            match k {
+                "sslmode" => {
+                    tls.mode = match value()?.as_str() {
+                        "disable" => SslMode::Disable,
+                        "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        other => {
+                            return Err(format!(
+                                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                            ));
+                        }
+                    }
+                }
+                "sslrootcert" => tls.root_cert = Some(value()?),
+                "sslcert" => cert = Some(value()?),
+                "sslkey" => key = Some(value()?),
+                "sslpassword" => {
+                    return Err("an encrypted client key (sslpassword) is not supported: give sslkey a \
+                                decrypted key (openssl pkey -in KEY -out KEY.plain)"
+                        .into());
+                }
+                _ => rest.push(pair),
+            }
+        }
+        tls.client_cert = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("sslcert and sslkey go together: give both or neither".into()),
+        };
+        if tls.mode == SslMode::Disable && (tls.root_cert.is_some() || tls.client_cert.is_some()) {
+            return Err("sslmode=disable with sslrootcert/sslcert: the files would never be used".into());
+        }
+        let url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+        Ok((tls, url))
+    }
 }
 
 impl StoreUrl {
@@ -31,7 +116,8 @@ impl StoreUrl {
                 "use sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (postgresql:// too)",
             ));
         }
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (tls, stripped) = PgTls::take(url).map_err(|why| bad(&why))?;
+        let mut config = tokio_postgres::Config::from_str(&stripped).map_err(|e| {
             bad(&format!(
                 "not a PostgreSQL URL ({}); special characters in a password must be percent-encoded",
                 redact(&e.to_string())
@@ -40,10 +126,11 @@ impl StoreUrl {
         if config.get_hosts().is_empty() {
             return Err(bad("no host"));
         }
-        // Without TLS support compiled in, `sslmode=require` could never connect: say so up front.
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(bad("sslmode=require is not supported by this build"));
-        }
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -59,7 +146,7 @@ impl StoreUrl {
             }
         }
         config.options(options.trim());
-        Ok(StoreUrl::Postgres { config: Box::new(config), redacted: redact(url) })
+        Ok(StoreUrl::Postgres { config: Box::new(config), tls, redacted: redact(url) })
     }
 
     /// The URL with its password masked.
@@ -145,12 +232,39 @@ mod tests {
             ("postgres://h/db?no_such_option=1", "not a PostgreSQL URL"),
             ("mysql://h/db", "use sqlite://PATH or postgres://"),
             ("postgres://h:notaport/db", "not a PostgreSQL URL"),
+            ("postgres://h/db?sslmode=allow", "not one of disable, prefer, require, verify-ca, verify-full"),
+            ("postgres://h/db?sslmode=verify-full&sslcert=c.pem", "sslcert and sslkey go together"),
+            ("postgres://h/db?sslmode=disable&sslrootcert=ca.pem", "would never be used"),
+            ("postgres://h/db?sslcert=c.pem&sslkey=k.pem&sslpassword=x", "encrypted client key"),
         ] {
             match parse(bad) {
                 Err(StoreError::BadUrl(m)) => assert!(m.contains(why), "{bad}: {m}"),
                 other => panic!("{bad} should be refused: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn libpq_tls_parameters_are_taken_out_of_the_url() {
+        let Ok(StoreUrl::Postgres { config, tls, redacted }) =
+            parse("postgres://u@db/js?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&connect_timeout=3")
+        else {
+            panic!("a verify-full URL parses")
+        };
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root_cert.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert!(redacted.contains("sslmode=verify-full"), "{redacted}");
+        let Ok(StoreUrl::Postgres { tls, config, .. }) =
+            parse("postgres://u@db/js?sslmode=require&sslcert=c.pem&sslkey=k.pem")
+        else {
+            panic!("a client certificate URL parses")
+        };
+        assert_eq!(tls.client_cert, Some(("c.pem".to_string(), "k.pem".to_string())));
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        let Ok(StoreUrl::Postgres { tls, .. }) = parse("postgres://u@db/js") else { panic!("a plain URL parses") };
+        assert_eq!(tls, PgTls::default());
     }
 
     #[test]

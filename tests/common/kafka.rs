@@ -41,6 +41,10 @@ pub struct Broker {
     persistent: bool,
     dir: TempDir,
     child: Option<Child>,
+    /// Further `tansu broker` arguments (e.g. `--authentication`).
+    extra: Vec<String>,
+    /// The address the broker tells clients to use, when not its own (a proxy in front of it).
+    advertised: Option<String>,
 }
 
 impl Broker {
@@ -57,13 +61,22 @@ impl Broker {
     fn launch(persistent: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut b = Self { addr: format!("127.0.0.1:{port}"), port, persistent, dir, child: None };
+        let mut b = Self {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            persistent,
+            dir,
+            child: None,
+            extra: Vec::new(),
+            advertised: None,
+        };
         b.spawn();
         b
     }
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self.advertised.as_ref().map_or(url.clone(), |a| format!("tcp://{a}"));
         // tansu resolves sqlite://NAME against its working directory.
         let storage = if self.persistent { "sqlite://tansu.db" } else { "memory://tansu/" };
         let log = std::fs::OpenOptions::new()
@@ -73,7 +86,8 @@ impl Broker {
             .expect("broker log file");
         let child = Command::new(tansu())
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", storage])
+            .args(["--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", storage])
+            .args(&self.extra)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -102,6 +116,28 @@ impl Broker {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Restarts the broker with `args` added (its storage kept when persistent).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.extra = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
+    /// Restarts the broker telling clients to connect to `addr` (a proxy in front of it).
+    pub fn restart_advertising(&mut self, addr: &str) {
+        self.advertised = Some(addr.to_string());
+        self.restart();
+    }
+
+    /// Creates a SCRAM-SHA-256 user (`tansu user create`; kept only by a persistent broker).
+    pub fn create_scram_user(&self, name: &str, password: &str) {
+        let broker = format!("tcp://{}", self.addr);
+        let out = Command::new(tansu())
+            .args(["user", "create", "--broker", &broker, "--mechanism", "scram256", name, password])
+            .output()
+            .expect("tansu user create runs");
+        assert!(out.status.success(), "tansu user create: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn log(&self) -> String {

@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod figures;
 pub mod pg;
+pub mod pg_tls;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -39,6 +40,11 @@ pub struct TestStore {
 }
 
 impl TestStore {
+    /// A store that something else owns (e.g. a database on a cluster a test started).
+    pub fn at(url: String) -> Self {
+        Self { url, _dir: None, _pg: None }
+    }
+
     pub async fn fresh(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {

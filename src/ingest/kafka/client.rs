@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
+use crate::config::KafkaProperties;
+
 /// Time allowed to broker metadata and watermark requests.
 pub(super) const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The store's name for a topic's offsets: independent of the consumer group, because the
@@ -12,8 +14,13 @@ pub fn source_name(topic: &str) -> String {
     format!("kafka:{topic}")
 }
 
-pub(super) fn base_config(brokers: &str) -> ClientConfig {
+/// The configuration every client starts from: `[kafka.properties]` (security, SASL, TLS) first,
+/// then what Jetstream needs (its own keys are refused in the file by `Settings::check`).
+pub(super) fn base_config(brokers: &str, properties: &KafkaProperties) -> ClientConfig {
     let mut c = ClientConfig::new();
+    for (k, v) in &properties.0 {
+        c.set(k, v);
+    }
     c.set("bootstrap.servers", brokers)
         .set("client.id", "jetstream")
         .set("reconnect.backoff.ms", "100")

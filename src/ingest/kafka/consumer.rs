@@ -32,7 +32,10 @@ impl KafkaConsumer {
         let topic = settings.topic.clone();
         parts.health.set_kafka(false, format!("connecting to {} for topic {topic}", settings.brokers));
         let dead_letter_producer = match &settings.dead_letter_topic {
-            Some(t) => Some((t.clone(), base_config(&settings.brokers).create_with_context(LogDelivery::default())?)),
+            Some(t) => Some((
+                t.clone(),
+                base_config(&settings.brokers, &settings.properties).create_with_context(LogDelivery::default())?,
+            )),
             None => None,
         };
         let ctx = Ctx {
@@ -43,8 +46,9 @@ impl KafkaConsumer {
             parts,
             dead_letter_producer,
             state: Mutex::new(Progress::default()),
+            auth_failure: Mutex::new(None),
         };
-        let consumer: BaseConsumer<Ctx> = base_config(&settings.brokers)
+        let consumer: BaseConsumer<Ctx> = base_config(&settings.brokers, &settings.properties)
             .set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

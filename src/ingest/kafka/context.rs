@@ -124,6 +124,10 @@ pub(super) struct Ctx {
     /// Touched only by the consumer thread (the rebalance callback runs inside its `poll`); a
     /// mutex because librdkafka requires the context to be `Sync`.
     pub(super) state: Mutex<Progress>,
+    /// The last refusal of our credentials or of the broker's certificate, until a metadata
+    /// request succeeds: a failed probe then says "authentication failed" (or "TLS … failed"),
+    /// not a vague "broker unreachable".
+    pub(super) auth_failure: Mutex<Option<String>>,
 }
 
 impl ClientContext for Ctx {
@@ -138,8 +142,34 @@ impl ClientContext for Ctx {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.parts.health.set_kafka(false, format!("all brokers are down: {reason}"));
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                // librdkafka's reason names the mechanism and the broker, never the password.
+                let detail = format!(
+                    "authentication failed: {reason} (check sasl.mechanisms, sasl.username and sasl.password \
+                     in [kafka.properties] or the JETSTREAM_KAFKA_* variables)"
+                );
+                tracing::error!("kafka: {detail}");
+                self.parts.health.set_kafka(false, detail.clone());
+                *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail);
+                return;
+            }
+            Some(RDKafkaErrorCode::SSL) => {
+                let detail = format!(
+                    "TLS to the broker failed: {reason} (check ssl.ca.location and security.protocol in \
+                     [kafka.properties] or the JETSTREAM_KAFKA_* variables)"
+                );
+                tracing::error!("kafka: {detail}");
+                self.parts.health.set_kafka(false, detail.clone());
+                *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail);
+                return;
+            }
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                let auth = self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let detail = auth.unwrap_or_else(|| format!("all brokers are down: {reason}"));
+                self.parts.health.set_kafka(false, detail);
+            }
+            _ => {}
         }
         tracing::warn!(%error, "kafka: {reason}");
     }
@@ -438,6 +468,7 @@ impl Ctx {
         let health = &self.parts.health;
         match consumer.fetch_metadata(Some(&self.topic), BROKER_TIMEOUT) {
             Ok(md) => {
+                *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 let t = md.topics().iter().find(|t| t.name() == self.topic);
                 match t {
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
@@ -451,7 +482,8 @@ impl Ctx {
                 }
             }
             Err(e) => {
-                health.set_kafka(false, format!("broker unreachable: {e}"));
+                let auth = self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                health.set_kafka(false, auth.unwrap_or_else(|| format!("broker unreachable: {e}")));
                 false
             }
         }

@@ -7,6 +7,7 @@ use rdkafka::error::KafkaError;
 use serde::Serialize;
 
 use super::client::{BROKER_TIMEOUT, base_config, source_name};
+use crate::config::KafkaSettings;
 use crate::storage::{Store, StoreError};
 
 /// One partition's lag: high watermark − stored next offset.
@@ -43,12 +44,13 @@ pub(super) fn partition_lag<C: ConsumerContext>(
         .collect()
 }
 
-/// The lag of every partition of `topic`, from the broker's watermarks and the store's offsets.
-pub async fn topic_lag(brokers: &str, topic: &str, store: &dyn Store) -> Result<Vec<PartitionLag>, LagError> {
-    let stored = store.stored_offsets(&source_name(topic)).await?;
-    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+/// The lag of every partition of the configured topic, from the broker's watermarks and the
+/// store's offsets.
+pub async fn topic_lag(k: &KafkaSettings, store: &dyn Store) -> Result<Vec<PartitionLag>, LagError> {
+    let stored = store.stored_offsets(&source_name(&k.topic)).await?;
+    let (brokers, topic, properties) = (k.brokers.clone(), k.topic.clone(), k.properties.clone());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = base_config(&brokers).create()?;
+        let consumer: BaseConsumer = base_config(&brokers, &properties).create()?;
         let md = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT)?;
         let partitions: Vec<i32> = md
             .topics()

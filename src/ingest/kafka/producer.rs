@@ -1,8 +1,9 @@
 //! Producing: `jetstream send`, the demo simulator, the dead-letter topic.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -12,7 +13,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use serde_json::Value;
 
 use super::client::{BROKER_TIMEOUT, base_config};
+use crate::config::KafkaSettings;
 use crate::storage::NewDeadLetter;
+
+/// A client error of one kind is logged at most this often.
+const REPEAT_ERRORS_AFTER: Duration = Duration::from_secs(60);
 
 /// Logs failed deliveries and counts them.
 #[derive(Default)]
@@ -20,9 +25,23 @@ pub struct LogDelivery {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// When each kind of client error was last logged: librdkafka repeats "all brokers are
+    /// down" on every reconnect attempt (hundreds of lines while a broker is away).
+    logged_errors: Mutex<HashMap<String, Instant>>,
 }
 
-impl ClientContext for LogDelivery {}
+impl ClientContext for LogDelivery {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Keyed without the reason, whose broker counts change from one repeat to the next.
+        let kind = error.to_string();
+        let mut logged = self.logged_errors.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if logged.get(&kind).is_none_or(|at| now.duration_since(*at) >= REPEAT_ERRORS_AFTER) {
+            tracing::warn!("kafka: {kind}: {reason}");
+            logged.insert(kind, now);
+        }
+    }
+}
 
 impl ProducerContext for LogDelivery {
     type DeliveryOpaque = ();
@@ -55,7 +74,8 @@ pub(super) fn produce_dead_letter(producer: &ThreadedProducer<LogDelivery>, topi
     }
 }
 
-/// Publishes JSON events to a topic (at least once: acks from all in-sync replicas).
+/// Publishes JSON events to a topic: acknowledged by all in-sync replicas, idempotent (a retry
+/// after a lost acknowledgement is not written twice).
 pub struct EventProducer {
     producer: ThreadedProducer<LogDelivery>,
     topic: String,
@@ -70,14 +90,27 @@ pub struct Delivered {
 }
 
 impl EventProducer {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
-        let producer = base_config(brokers)
+    /// A producer to `k.topic` on `k.brokers`, with `k.properties`.
+    pub fn new(k: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = base_config(&k.brokers, &k.properties)
             .set("acks", "all")
-            .set("enable.idempotence", "false")
+            // Idempotent: a retried produce request (a lost acknowledgement) is not written twice,
+            // and order within a partition holds across retries.
+            .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
             .create_with_context(LogDelivery::default())?;
-        Ok(Self { producer, topic: topic.to_string() })
+        Ok(Self { producer, topic: k.topic.clone() })
+    }
+
+    /// Checks within `timeout` that a broker answers and knows the topic: without it, a producer
+    /// pointed at nothing retries for `message.timeout.ms` and then fails every record.
+    pub fn check_reachable(&self, timeout: Duration) -> Result<(), String> {
+        let md = self.producer.client().fetch_metadata(Some(&self.topic), timeout).map_err(|e| e.to_string())?;
+        match md.topics().iter().find(|t| t.name() == self.topic) {
+            Some(t) if t.error().is_none() => Ok(()),
+            _ => Err(format!("the broker has no topic {}", self.topic)),
+        }
     }
 
     /// Queues one record, waiting while librdkafka's send queue is full.
@@ -120,10 +153,10 @@ pub fn event_key(event: &Value, field: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists; true when it was created.
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<bool, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+/// Creates `k.topic` with `partitions` partitions unless it exists; true when it was created.
+pub async fn ensure_topic(k: &KafkaSettings, partitions: i32) -> Result<bool, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(&k.brokers, &k.properties).create()?;
+    let new = NewTopic::new(&k.topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT)).request_timeout(Some(BROKER_TIMEOUT));
     let results = admin.create_topics([&new], &opts).await?;
     match results.into_iter().next() {

@@ -7,10 +7,17 @@ use crate::storage::StoreError;
 /// its `Display` alone is only "db error".
 pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     let msg = match e.as_db_error() {
+        // The server's pg_hba.conf admits only TLS connections (`hostssl`) and this one was not.
+        Some(db) if db.message().ends_with("no encryption") => format!(
+            "postgres: {} ({}): the server accepts only TLS connections; use sslmode=verify-full (or require)",
+            db.message(),
+            db.code().code()
+        ),
         Some(db) => format!("postgres: {} ({})", db.message(), db.code().code()),
-        None => match std::error::Error::source(&e) {
-            Some(cause) => format!("postgres: {e}: {cause}"),
-            None => format!("postgres: {e}"),
+        None => match (super::tls::describe(&e), std::error::Error::source(&e)) {
+            (Some(tls), _) => format!("postgres: {tls}"),
+            (None, Some(cause)) => format!("postgres: {e}: {cause}"),
+            (None, None) => format!("postgres: {e}"),
         },
     };
     let class = e.code().map(|c| c.code()[..2].to_string());

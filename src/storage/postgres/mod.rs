@@ -26,6 +26,7 @@
 mod error;
 mod read;
 mod schema;
+mod tls;
 mod write;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,10 +34,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use self::error::pg_err;
 use self::write::Position;
+use super::url::PgTls;
 use super::{
     CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord,
     WriteBatch,
@@ -57,10 +58,22 @@ pub struct PgStore {
     committing: tokio::sync::Mutex<()>,
 }
 
+/// Connects once and runs `SELECT 1` (no pool, no migration).
+pub async fn probe(config: &tokio_postgres::Config, tls: &PgTls) -> Result<(), StoreError> {
+    let (client, connection) = config.connect(tls::connector(tls)?).await.map_err(pg_err)?;
+    let connection = tokio::spawn(connection);
+    let answer = client.simple_query("SELECT 1").await.map_err(pg_err);
+    drop(client);
+    let _ = connection.await;
+    answer.map(|_| ())
+}
+
 impl PgStore {
-    /// Connects (a pool of [`POOL_SIZE`]) and applies pending migrations.
-    pub async fn open(config: tokio_postgres::Config) -> Result<Self, StoreError> {
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    /// Connects (a pool of [`POOL_SIZE`], over TLS as `tls` says) and applies pending migrations.
+    pub async fn open(config: tokio_postgres::Config, tls: &PgTls) -> Result<Self, StoreError> {
+        let connector = tls::connector(tls)?;
+        let manager =
+            Manager::from_config(config, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -178,6 +191,10 @@ impl Store for PgStore {
 
     async fn revoke_token(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
         write::revoke_token(&mut self.client().await?, name, now_ms).await
+    }
+
+    async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
+        write::delete_token(&mut self.client().await?, name).await
     }
 
     async fn tokens_version(&self) -> Result<i64, StoreError> {

@@ -285,6 +285,13 @@ async fn bump_tokens_version(tx: &Transaction<'_>) -> Result<(), StoreError> {
 
 pub(super) async fn create_token(client: &mut Client, t: TokenRecord) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(pg_err)?;
+    // A revoked or expired token's name is free again (rotation: revoke, then create).
+    tx.execute(
+        "DELETE FROM tokens WHERE name = $1 AND (revoked_ms IS NOT NULL OR expires_ms <= $2)",
+        &[&t.name, &t.created_ms],
+    )
+    .await
+    .map_err(pg_err)?;
     let inserted = tx
         .execute(
             "INSERT INTO tokens (name, hash, scopes, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)
@@ -307,6 +314,14 @@ pub(super) async fn revoke_token(client: &mut Client, name: &str, now_ms: i64) -
         .execute("UPDATE tokens SET revoked_ms = $2 WHERE name = $1 AND revoked_ms IS NULL", &[&name, &now_ms])
         .await
         .map_err(pg_err)?;
+    bump_tokens_version(&tx).await?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(n > 0)
+}
+
+pub(super) async fn delete_token(client: &mut Client, name: &str) -> Result<bool, StoreError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    let n = tx.execute("DELETE FROM tokens WHERE name = $1", &[&name]).await.map_err(pg_err)?;
     bump_tokens_version(&tx).await?;
     tx.commit().await.map_err(pg_err)?;
     Ok(n > 0)

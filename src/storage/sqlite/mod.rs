@@ -233,6 +233,11 @@ impl Store for SqliteStore {
         self.write(move |c| write::revoke_token(c, &name, now_ms)).await
     }
 
+    async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| write::delete_token(c, &name)).await
+    }
+
     async fn tokens_version(&self) -> Result<i64, StoreError> {
         self.read(read::tokens_version).await
     }

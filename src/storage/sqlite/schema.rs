@@ -136,8 +136,21 @@ ALTER TABLE dim_values ADD COLUMN label TEXT;
 ];
 
 pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {
-    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(StoreError::backend)?;
+    // Only the file's own directory is created (./data by default): a path with more missing
+    // directories is far more often a typo than a wish, and was silently created.
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        let above = dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !above.exists() {
+            return Err(StoreError::BadUrl(format!(
+                "sqlite://{path}: the directory {} does not exist; only the file's own directory is created, \
+                 so create the others first if the path is right",
+                above.display()
+            )));
+        }
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(StoreError::backend(e)),
+            _ => {}
+        }
     }
     let mut c = Connection::open(path).map_err(db_err)?;
     c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;

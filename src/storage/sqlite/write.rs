@@ -210,6 +210,12 @@ fn dead_letters(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreErr
 
 pub(super) fn create_token(c: &mut Connection, t: &TokenRecord) -> Result<(), StoreError> {
     let tx = c.transaction().map_err(db_err)?;
+    // A revoked or expired token's name is free again (rotation: revoke, then create).
+    tx.execute(
+        "DELETE FROM tokens WHERE name = ?1 AND (revoked_ms IS NOT NULL OR expires_ms <= ?2)",
+        params![t.name, t.created_ms],
+    )
+    .map_err(db_err)?;
     let exists =
         tx.prepare("SELECT 1 FROM tokens WHERE name = ?1").and_then(|mut s| s.exists([&t.name])).map_err(db_err)?;
     if exists {
@@ -229,6 +235,14 @@ pub(super) fn revoke_token(c: &mut Connection, name: &str, now_ms: i64) -> Resul
     let n = tx
         .execute("UPDATE tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL", params![name, now_ms])
         .map_err(db_err)?;
+    bump_tokens_version(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(n > 0)
+}
+
+pub(super) fn delete_token(c: &mut Connection, name: &str) -> Result<bool, StoreError> {
+    let tx = c.transaction().map_err(db_err)?;
+    let n = tx.execute("DELETE FROM tokens WHERE name = ?1", params![name]).map_err(db_err)?;
     bump_tokens_version(&tx)?;
     tx.commit().map_err(db_err)?;
     Ok(n > 0)
