@@ -235,6 +235,7 @@ async fn watch_disk(store: Arc<dyn Store>, writer: Writer, health: Arc<Health>, 
         tick.tick().await;
         let Ok(f) = store.footprint().await else { continue };
         health.disk.set(f.database_bytes, f.wal_bytes, f.free_bytes);
+        crate::telemetry::metrics::store_footprint(f.database_bytes, f.wal_bytes, f.free_bytes);
         let low = f.free_bytes.filter(|free| min_free_bytes > 0 && *free < min_free_bytes);
         match (low, refusing) {
             (Some(free), _) => {

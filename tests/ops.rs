@@ -157,9 +157,15 @@ async fn metrics_need_their_scope_and_count_a_known_ingest() {
         "jetstream_build_info",
         "process_resident_memory_bytes",
         "process_open_fds",
+        "jetstream_store_database_bytes",
+        "jetstream_store_wal_bytes",
+        "jetstream_store_free_bytes",
     ] {
         assert!(last.has_help(family), "{family} has no # HELP");
     }
+    // The disk watch's figures (every second, and at start): a SQLite file and its file system.
+    assert!(last.get("jetstream_store_database_bytes", &[]) > 0.0);
+    assert!(last.get("jetstream_store_free_bytes", &[]) > 0.0);
     app.stop().await;
 }
 

@@ -30,6 +30,9 @@ pub const BUILD_INFO: &str = "jetstream_build_info";
 pub const UPTIME: &str = "jetstream_uptime_seconds";
 pub const RSS: &str = "process_resident_memory_bytes";
 pub const OPEN_FDS: &str = "process_open_fds";
+pub const STORE_DATABASE: &str = "jetstream_store_database_bytes";
+pub const STORE_WAL: &str = "jetstream_store_wal_bytes";
+pub const STORE_FREE: &str = "jetstream_store_free_bytes";
 
 /// Sources, as label values.
 pub const SOURCE_HTTP: &str = "http";
@@ -141,6 +144,24 @@ fn describe() {
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the metrics were installed (process start).");
     describe_gauge!(RSS, Unit::Bytes, "Resident memory, from /proc/self/status.");
     describe_gauge!(OPEN_FDS, "Open file descriptors, from /proc/self/fd.");
+    describe_gauge!(STORE_DATABASE, Unit::Bytes, "The store's database (SQLite: the main file), every second.");
+    describe_gauge!(STORE_WAL, Unit::Bytes, "SQLite's write-ahead log (kept under storage.wal_limit_bytes).");
+    describe_gauge!(
+        STORE_FREE,
+        Unit::Bytes,
+        "Free space on the store's file system; under storage.min_free_bytes ingest is refused (507)."
+    );
+}
+
+/// The store's footprint, as the disk watch read it.
+pub fn store_footprint(database: u64, wal: Option<u64>, free: Option<u64>) {
+    gauge!(STORE_DATABASE).set(database as f64);
+    if let Some(w) = wal {
+        gauge!(STORE_WAL).set(w as f64);
+    }
+    if let Some(f) = free {
+        gauge!(STORE_FREE).set(f as f64);
+    }
 }
 
 /// A committed batch of `source`: `count` events named `name`.
