@@ -110,6 +110,37 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
     slow.write_all(head.as_bytes()).await.unwrap();
     let (answer, _) = read_for(&mut slow, Duration::from_secs(6)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // A body that keeps trickling (1 KB/s) under a large declared length: cut off soon after the
+    // grace (body_timeout, 1 s here) for falling under min_body_rate, not after the ~10 s its
+    // declared size would take at that rate (the overload test's slow bodies stayed 40 s).
+    let mut trickle = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 10000000\r\n\r\n[",
+        app.token
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let t = Instant::now();
+    let (mut reader, mut writer) = trickle.into_split();
+    let feeder = tokio::spawn(async move {
+        while writer.write_all(&[b' '; 100]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+            if n == 0 || answer.len() > 12 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    feeder.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "a trickling body got {answer:?} after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(4), "a trickling body was cut off only after {:?}", t.elapsed());
     // The cap: 8 connections held open, the 9th is refused with 503 and Retry-After, and once
     // they go, requests are served again.
     let mut held = Vec::new();

@@ -182,20 +182,54 @@ async fn read_body(
         .map_err(|_| ApiError::Unavailable("too much ingest in flight; retry in a moment".into()))?
         .map_err(|e| ApiError::Internal(e.into()))?;
     let http = &state.settings.http;
-    let deadline = http.body_timeout + Duration::from_secs_f64(size as f64 / http.min_body_rate.max(1) as f64);
-    let bytes = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| {
-            ApiError::Status(StatusCode::REQUEST_TIMEOUT, format!("the body was not received within {deadline:?}"))
-        })?
-        .map_err(|e| {
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                too_large()
-            } else {
-                ApiError::BadRequest(format!("the body could not be read: {e}"))
-            }
-        })?;
+    let bytes = read_paced(body, limit, http.body_timeout, http.min_body_rate.max(1)).await.map_err(|e| match e {
+        PacedError::TooLarge => too_large(),
+        PacedError::TooSlow(received) => ApiError::Status(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body came slower than {} bytes/s after the first {:?} ({received} bytes received)",
+                http.min_body_rate, http.body_timeout
+            ),
+        ),
+        PacedError::Read(e) => ApiError::BadRequest(format!("the body could not be read: {e}")),
+    })?;
     Ok((bytes, permit))
+}
+
+enum PacedError {
+    TooLarge,
+    /// The bytes received before the body fell behind.
+    TooSlow(usize),
+    Read(axum::Error),
+}
+
+/// Reads a body of at most `limit` bytes that keeps up `min_rate` bytes/s after a `grace`: the
+/// next bytes are due by `grace + received / min_rate` from the start, so a client trickling a
+/// large declared body is cut off soon after the grace, not after the time its declared size
+/// would take at the minimum rate.
+async fn read_paced(mut body: Body, limit: usize, grace: Duration, min_rate: u64) -> Result<Bytes, PacedError> {
+    use http_body_util::BodyExt;
+    let start = tokio::time::Instant::now();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let due = start + grace + Duration::from_secs_f64((buf.len() + 1) as f64 / min_rate as f64);
+        match tokio::time::timeout_at(due, body.frame()).await {
+            Err(_) => return Err(PacedError::TooSlow(buf.len())),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                let limited = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return Err(if limited { PacedError::TooLarge } else { PacedError::Read(e) });
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(PacedError::TooLarge);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
 }
 
 /// The request's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.
