@@ -57,6 +57,10 @@ pub struct IngestSettings {
     /// How far in the future an event's timestamp may be (clock skew allowance).
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub max_future_skew: Duration,
+    /// How old (before its receipt) an event's timestamp may be; older ones are rejected with
+    /// the reason. 0s (the default): any age, as late data is folded into its own buckets.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub max_lateness: Duration,
     /// Most events the writer puts in one transaction.
     pub max_batch_events: usize,
     /// Longest a commit waits for request bodies still being parsed to join it (0s: never).
@@ -102,7 +106,7 @@ pub struct ApiSettings {
     /// Shortest time between two evaluations of a live stream's subscriptions: a commit is
     /// pushed within about this (plus the evaluation), and a subscription gets at most one event
     /// per this much time. Lower costs CPU per open subscription.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub stream_coalesce: Duration,
 }
 
@@ -283,6 +287,7 @@ impl Default for IngestSettings {
         Self {
             max_body_bytes: 16 * 1024 * 1024,
             max_future_skew: Duration::from_secs(300),
+            max_lateness: Duration::ZERO,
             max_batch_events: 50_000,
             commit_linger: Duration::from_millis(25),
             max_event_bytes: 1024 * 1024,
@@ -497,6 +502,7 @@ impl Settings {
         let d = |s: u64| Duration::from_secs(s);
         for (name, value, min, max) in [
             ("ingest.max_future_skew", self.ingest.max_future_skew, d(0), d(365 * DAY)),
+            ("ingest.max_lateness", self.ingest.max_lateness, d(0), MAX_DURATION),
             ("ingest.commit_linger", self.ingest.commit_linger, d(0), d(10)),
             ("retention.raw_events", self.retention.raw_events, d(60), MAX_DURATION),
             ("retention.dead_letters", self.retention.dead_letters, d(60), MAX_DURATION),

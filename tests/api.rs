@@ -707,7 +707,25 @@ async fn a_killed_server_loses_no_acknowledged_event_and_counts_none_twice(backe
     }
 }
 
+/// `ingest.max_lateness`: an event older than it is a dead letter with the reason; younger late
+/// events still land in their own buckets (and with the default, 0s, any age is taken).
+async fn events_later_than_max_lateness_are_refused_with_the_reason(backend: Backend) {
+    let mut settings = Settings::default();
+    settings.ingest.max_lateness = Duration::from_secs(3600);
+    let app = TestApp::spawn_with(backend, settings).await;
+    let now = now_ms();
+    let sale = |age_s: i64| json!({"event_name": "productSold", "product_id": 21, "no_of_units": 1, "amount": "2.50", "timestamp": now - age_s * 1000});
+    let (_, out) = app.ingest(&json!([sale(1800), sale(7200), sale(6 * 365 * 86_400)])).await;
+    assert_eq!((&out["accepted"], &out["rejected"]), (&json!(1), &json!(2)), "{out}");
+    let reason = out["errors"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("ingest.max_lateness") && reason.contains("3600 s"), "{reason}");
+    let (_, sale_out) = app.get("/api/product/sale/21").await;
+    assert_eq!((&sale_out["total"], &sale_out["count"]), (&json!(2.5), &json!(1)), "{sale_out}");
+    app.stop().await;
+}
+
 both_backends!(
+    events_later_than_max_lateness_are_refused_with_the_reason,
     the_original_designs_events_give_its_documented_answers,
     a_body_may_be_an_object_an_array_or_ndjson,
     a_body_that_is_not_json_is_a_400_and_an_oversized_one_a_413,

@@ -48,6 +48,8 @@ pub enum Rejection {
     BadTimestamp(String),
     #[error("\"timestamp\" is {ahead_s} s in the future (more than the allowed {allowed_s} s)")]
     FutureTimestamp { ahead_s: i64, allowed_s: i64 },
+    #[error("\"timestamp\" is {late_s} s old, later than ingest.max_lateness allows ({allowed_s} s)")]
+    TooLate { late_s: i64, allowed_s: i64 },
 }
 
 impl Rejection {
@@ -75,6 +77,7 @@ impl Rejection {
             Rejection::OutOfRange { .. } => "out_of_range",
             Rejection::BadTimestamp(_) => "bad_timestamp",
             Rejection::FutureTimestamp { .. } => "future_timestamp",
+            Rejection::TooLate { .. } => "too_late",
         }
     }
 }
@@ -84,6 +87,8 @@ impl Rejection {
 pub struct Validator {
     schemas: BTreeMap<String, EventSchema>,
     max_future_skew_ms: i64,
+    /// 0: events of any age are taken.
+    max_lateness_ms: i64,
     max_event_bytes: usize,
 }
 
@@ -92,6 +97,7 @@ impl Validator {
         Self {
             schemas: settings.events.clone(),
             max_future_skew_ms: crate::config::millis_i64(settings.ingest.max_future_skew),
+            max_lateness_ms: crate::config::millis_i64(settings.ingest.max_lateness),
             max_event_bytes: settings.ingest.max_event_bytes,
         }
     }
@@ -123,6 +129,12 @@ impl Validator {
             return Err(Rejection::FutureTimestamp {
                 ahead_s: time_ms.saturating_sub(received_ms) / 1000,
                 allowed_s: self.max_future_skew_ms / 1000,
+            });
+        }
+        if self.max_lateness_ms > 0 && received_ms.saturating_sub(time_ms) > self.max_lateness_ms {
+            return Err(Rejection::TooLate {
+                late_s: received_ms.saturating_sub(time_ms) / 1000,
+                allowed_s: self.max_lateness_ms / 1000,
             });
         }
         if let Some(schema) = self.schemas.get(&*name) {
