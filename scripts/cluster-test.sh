@@ -34,6 +34,9 @@ QUERIERS=${QUERIERS:-4}
 KEEP=${KEEP:-0}
 
 export JETSTREAM_CLUSTER_DIR
+# The test is about Jetstream: no Prometheus even where one is installed (deploy/local-cluster.sh
+# starts one then, for a person looking at the fleet).
+export PROMETHEUS=${PROMETHEUS:-none}
 JETSTREAM_CLUSTER_DIR=$(mktemp -d -t jetstream-cluster-test.XXXXXX)
 CLUSTER=$ROOT/deploy/local-cluster.sh
 cleanup() {
