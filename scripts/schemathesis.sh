@@ -26,7 +26,11 @@ if [ -z "$st" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q schemathesis >&2
   fi
+  if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+    "$venv/bin/pip" install -q openapi-spec-validator >&2
+  fi
   st="$venv/bin/schemathesis"
+  validator="$venv/bin/openapi-spec-validator"
 fi
 
 work="$(mktemp -d)"
@@ -47,6 +51,12 @@ for _ in $(seq 100); do
 done
 base="$(sed -n 's/^listening on //p' "$work/out" | head -1)"
 [ -n "$base" ] || { echo "schemathesis.sh: the server did not start" >&2; cat "$work/err" >&2; exit 1; }
+
+# The description itself, checked by an independent validator (openapi-spec-validator, OpenAPI 3.1).
+if [ -n "${validator:-}" ]; then
+  curl -fsS "$base/api/openapi.json" >"$work/openapi.json"
+  "$validator" "$work/openapi.json" >&2
+fi
 
 # Some events first, so that reads find products and metrics with data.
 curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' "$base/api/v1/events" \
