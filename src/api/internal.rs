@@ -33,7 +33,19 @@ pub async fn get(state: &AppState, authorization: Option<&HeaderValue>, path: &s
     let Ok(resp) = router.oneshot(req).await;
     let status = resp.status();
     match axum::body::to_bytes(resp.into_body(), MAX_ANSWER_BYTES).await {
-        Ok(b) => (status, String::from_utf8_lossy(&b).into_owned()),
+        // The handlers answer JSON; a path no route takes gets the router's bare 404 (the
+        // API's JSON fallback sits outside these routes), which a caller must still get as JSON.
+        Ok(b) if status.is_success() || serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() => {
+            (status, String::from_utf8_lossy(&b).into_owned())
+        }
+        Ok(_) => {
+            let message = match status {
+                StatusCode::NOT_FOUND => "no such route",
+                StatusCode::METHOD_NOT_ALLOWED => "method not allowed",
+                s => s.canonical_reason().unwrap_or("error"),
+            };
+            (status, serde_json::json!({ "message": message }).to_string())
+        }
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"the answer was too large"}"#.into()),
     }
 }
