@@ -16,7 +16,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logs::init(cli.telemetry.log_format, _sentry.is_some().then(errors::tracing_layer));
+    // The demo's simulator posts ten times a second: its access lines would bury the demo's own
+    // output, so the demo logs requests only at warn (JETSTREAM_LOG still decides when set).
+    let default_filter = match cli.command {
+        cli::Command::Demo(_) => "info,jetstream::access=warn",
+        _ => "info",
+    };
+    logs::init(cli.telemetry.log_format, default_filter, _sentry.is_some().then(errors::tracing_layer));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

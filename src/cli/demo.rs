@@ -104,7 +104,14 @@ pub async fn run(mut a: DemoArgs) -> anyhow::Result<()> {
             tokio::spawn(simulate(a.rate, move |batch| post(client.clone(), base.clone(), ingest.clone(), batch)))
         }
     };
-    let result = app.run_until(shutdown_signal()).await;
+    // On Ctrl-C the simulator stops first, so that no post meets a server shutting down.
+    let stop_sim = sim.abort_handle();
+    let result = app
+        .run_until(async move {
+            shutdown_signal().await;
+            stop_sim.abort();
+        })
+        .await;
     sim.abort();
     result
 }

@@ -17,7 +17,8 @@ mod usage;
 
 use std::io::Write as _;
 
-use self::args::{Command, ConfigCommand, ConsumeArgs, ServeArgs};
+pub use self::args::Command;
+use self::args::{ConfigCommand, ConsumeArgs, ServeArgs};
 use self::error::UsageError;
 use self::usage::{announce, load_settings_with_kafka};
 use crate::app::{Application, shutdown_signal};

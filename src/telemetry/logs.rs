@@ -1,5 +1,6 @@
 //! The log format: `text` (colour only when stderr is a terminal) or `json` (one object per
-//! line, fields as fields), and the filter from `JETSTREAM_LOG` (default `info`).
+//! line, fields as fields), and the filter from `JETSTREAM_LOG` (default `info`; the demo also
+//! quiets the access log).
 
 use std::io::IsTerminal as _;
 
@@ -31,14 +32,14 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the process's subscriber (logs go to stderr). `extra` is a layer that sees every
 /// event too (error tracking), if any.
-pub fn init<L>(format: LogFormat, extra: Option<L>)
+pub fn init<L>(format: LogFormat, default_filter: &str, extra: Option<L>)
 where
     L: tracing_subscriber::Layer<tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>>
         + Send
         + Sync
         + 'static,
 {
-    let filter = EnvFilter::try_from_env("JETSTREAM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("JETSTREAM_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
