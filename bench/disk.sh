@@ -226,35 +226,8 @@ if ((QUERY_DURATION > 0)); then
   }
   NGX_PORT=""
   if [[ -x $NGINX ]]; then
-    NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    mkdir -p "$WORK/nginx/www" "$WORK/nginx/tmp"
-    chmod o+x "$WORK" "$WORK/nginx" # nginx workers run as nobody when started by root
-    printf '{"total":1234.56,"count":42}' >"$WORK/nginx/www/static.json"
-    cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes auto;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$NGX_PORT;
-    location / { root $WORK/nginx/www; default_type application/json; }
-  }
-}
-EOF
-    "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" 2>>"$WORK/nginx/error.log" &
-    PIDS+=("$!")
-    for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" 2>/dev/null && break; sleep 0.1; done
-    curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" ||
-      { echo "disk.sh: nginx did not start" >&2; tail -5 "$WORK/nginx/error.log" >&2; exit 1; }
+    start_nginx_reference "$NGINX" "$WORK" '{"total":1234.56,"count":42}' || exit 1
+    PIDS+=("$NGX_PID")
   fi
   log "queries: wrk -t$THREADS -c$CONNS -d${QUERY_DURATION}s --latency -s bench/disk-query.lua (random ids) or bench/query.lua (one path), one run each${NGX_PORT:+, nginx static body as the reference}"
   curl -fsS -H "Authorization: Bearer $TOKEN" "http://$ADDR/api/product/sale/$HOT"

@@ -18,3 +18,41 @@ server_address() {
   cat "$err" >&2
   return 1
 }
+
+# start_nginx_reference NGINX WORK BODY: the reference of the HTTP figures, nginx serving BODY as
+# /static.json from WORK/nginx on a free loopback port (keep-alive for as long as the load runs).
+# Sets NGX_PORT and NGX_PID (the caller stops it); fails, showing nginx's log, if it does not answer.
+start_nginx_reference() {
+  local nginx=$1 work=$2 body=$3
+  NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$work/nginx/www" "$work/nginx/tmp"
+  chmod o+x "$work" "$work/nginx" # nginx workers run as nobody when started by root
+  printf '%s' "$body" >"$work/nginx/www/static.json"
+  cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/tmp/body;
+  proxy_temp_path $work/nginx/tmp/proxy;
+  fastcgi_temp_path $work/nginx/tmp/fastcgi;
+  uwsgi_temp_path $work/nginx/tmp/uwsgi;
+  scgi_temp_path $work/nginx/tmp/scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$NGX_PORT;
+    location / { root $work/nginx/www; default_type application/json; }
+  }
+}
+EOF
+  "$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" 2>>"$work/nginx/error.log" &
+  NGX_PID=$!
+  local _
+  for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" 2>/dev/null && return 0; sleep 0.1; done
+  echo "bench: nginx did not start" >&2
+  tail -5 "$work/nginx/error.log" >&2
+  return 1
+}

@@ -122,30 +122,8 @@ fi
 
 if has top; then
 # -------------------------------------------------------------------------------------- top-N
-NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/nginx/www" "$WORK/nginx/tmp"
-chmod o+x "$WORK" "$WORK/nginx"
-printf '{"items":[]}' >"$WORK/nginx/www/static.json"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes auto;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$NGX_PORT; location / { root $WORK/nginx/www; default_type application/json; } }
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" 2>>"$WORK/nginx/error.log" &
-PIDS+=("$!")
-sleep 0.5
+start_nginx_reference "$NGINX" "$WORK" '{"items":[]}' || exit 1
+PIDS+=("$NGX_PID")
 
 log "phase 3: top-N, preload $TOP_EVENTS events over $TOP_PRODUCTS products (last hour)"
 python3 "$HERE/loader.py" preload --addr "$ADDR" --token "$ING" --events "$TOP_EVENTS" --products "$TOP_PRODUCTS" \

@@ -123,34 +123,8 @@ stop_server() {
 totals() { python3 "$HERE/loader.py" totals --addr "$ADDR" --token "$READ_TOKEN"; }
 
 # ---------------------------------------------------------------------------------------- nginx
-NGX_PORT=$(free_port)
-mkdir -p "$WORK/nginx/www" "$WORK/nginx/tmp"
-chmod o+x "$WORK" "$WORK/nginx" # nginx workers run as nobody when started by root
-printf '{"total":1234.56,"count":42}' >"$WORK/nginx/www/static.json"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes auto;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$NGX_PORT;
-    location / { root $WORK/nginx/www; default_type application/json; }
-  }
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" 2>>"$WORK/nginx/error.log" &
-PIDS+=("$!")
-for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" 2>/dev/null && break; sleep 0.1; done
-curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" || { echo "bench: nginx did not start" >&2; tail -5 "$WORK/nginx/error.log" >&2; exit 1; }
+start_nginx_reference "$NGINX" "$WORK" '{"total":1234.56,"count":42}' || exit 1
+PIDS+=("$NGX_PID")
 
 # ---------------------------------------------------------------------------------------- preload
 start_server
