@@ -48,16 +48,7 @@ async fn a_body_may_be_an_object_an_array_or_ndjson(backend: Backend) {
     let (_, out) = app.ingest(&json!([sold(7, json!(2)), sold(7, json!("0.5"))])).await;
     assert_eq!(out["accepted"], 2, "{out}");
     let ndjson = format!("{}\n{}\n\n{}\n", sold(7, json!(1)), sold(7, json!(1)), sold(7, json!(1)));
-    let r = app
-        .client
-        .post(app.url("/api/v1/events"))
-        .bearer_auth(&app.token)
-        .header("content-type", "application/x-ndjson")
-        .body(ndjson)
-        .send()
-        .await
-        .unwrap();
-    let (s, out) = json_of(r).await;
+    let (s, out) = app.ingest_ndjson(ndjson).await;
     assert_eq!((s.as_u16(), &out["accepted"]), (200, &json!(3)), "{out}");
     let (_, sale) = app.get("/api/product/sale/7").await;
     assert_eq!((&sale["total"], &sale["count"]), (&json!(7), &json!(6)), "{sale}");

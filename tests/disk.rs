@@ -23,16 +23,7 @@ fn burst(products: u64, n: u64, offset: u64) -> String {
 }
 
 async fn post_ndjson(app: &TestApp, body: String) -> (u16, Value) {
-    let r = app
-        .client
-        .post(app.url("/api/v1/events"))
-        .bearer_auth(&app.token)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let (s, v) = json_of(r).await;
+    let (s, v) = app.ingest_ndjson(body).await;
     (s.as_u16(), v)
 }
 

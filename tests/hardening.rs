@@ -227,17 +227,7 @@ async fn a_body_of_many_events_is_bounded_and_so_is_its_answer(backend: Backend)
     let mut settings = Settings::default();
     settings.ingest.max_events_per_request = 1000;
     let app = TestApp::spawn_with(backend, settings).await;
-    let body = "{}\n".repeat(1001);
-    let r = app
-        .client
-        .post(app.url("/api/v1/events"))
-        .bearer_auth(&app.token)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let (s, out) = json_of(r).await;
+    let (s, out) = app.ingest_ndjson("{}\n".repeat(1001)).await;
     assert_eq!(s.as_u16(), 413, "{out}");
     assert!(out["message"].as_str().unwrap().contains("more than 1000 events"), "{out}");
     let bad: Vec<Value> = (0..500).map(|_| json!({"product_id": 1})).collect();
@@ -254,18 +244,13 @@ async fn a_body_of_many_events_is_bounded_and_so_is_its_answer(backend: Backend)
 /// names took 16 s, against 0.05 s for one name): four times the names take about four times as
 /// long, not sixteen.
 async fn distinct_event_names_cost_linear_time(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let owned = TestApp::spawn(backend).await;
+    let app = &owned;
     let time = |n: usize, offset: usize| {
         let body: String = (0..n).map(|i| format!("{{\"event_name\":\"e{}\"}}\n", offset + i)).collect();
-        let req = app
-            .client
-            .post(app.url("/api/v1/events"))
-            .bearer_auth(&app.token)
-            .header("content-type", "application/x-ndjson")
-            .body(body);
         async move {
             let t = Instant::now();
-            let (s, out) = json_of(req.send().await.unwrap()).await;
+            let (s, out) = app.ingest_ndjson(body).await;
             assert_eq!((s.as_u16(), out["accepted"].as_u64()), (200, Some(n as u64)), "{out}");
             t.elapsed()
         }
@@ -273,23 +258,15 @@ async fn distinct_event_names_cost_linear_time(backend: Backend) {
     let small = time(2_500, 0).await;
     let large = time(10_000, 2_500).await;
     assert!(large < small * 8 + Duration::from_secs(1), "10,000 names: {large:?}, 2,500 names: {small:?}");
-    app.stop().await;
+    owned.stop().await;
 }
 
 /// Finding 6: a page of dead letters holds at most 16 KiB of each record, and says how big it was.
 async fn pages_are_bounded_in_bytes(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let big = format!("{{\"event\": \"x\", \"pad\": \"{}\"", "y".repeat(200_000)); // not JSON: no closing brace
-    let r = app
-        .client
-        .post(app.url("/api/v1/events"))
-        .bearer_auth(&app.token)
-        .header("content-type", "application/x-ndjson")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (s, _) = app.ingest_ndjson(big).await;
+    assert_eq!(s.as_u16(), 200);
     let (s, page) = app.get("/api/v1/dead-letters?limit=10").await;
     assert_eq!(s.as_u16(), 200, "{page}");
     let letter = &page["dead_letters"][0];

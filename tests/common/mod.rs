@@ -190,6 +190,19 @@ impl TestApp {
         json_of(r.expect("ingest request")).await
     }
 
+    /// POSTs `body` as NDJSON (`Content-Type: application/x-ndjson`) with the ingest token.
+    pub async fn ingest_ndjson(&self, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/events"))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
+        json_of(r.expect("ingest request")).await
+    }
+
     /// GETs `path` with `token` (None: no Authorization header).
     pub async fn get_as(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         let mut req = self.client.get(self.url(path));
