@@ -37,6 +37,8 @@ import threading
 import time
 from decimal import Decimal
 
+from listening import wait_listening
+
 EVENTS_PER_REQUEST = 100
 PRODUCT_BASE = 1_000_000
 SESSION_TIMEOUT = 10  # the consumer's session.timeout.ms, in s (tansu keeps a dead member this long)
@@ -82,19 +84,10 @@ class Proc:
                                      stderr=logf, env=env)
         self.addr = None
         if wait_listen:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                text = line.decode(errors="replace").strip()
-                if text.startswith("listening on http://"):
-                    self.addr = text.removeprefix("listening on http://")
-                    break
+            self.addr = wait_listening(self.proc)
             if not self.addr:
                 self.kill()
                 raise CannotRun(f"jetstream {args[0]} did not start; see {log_path}")
-            threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
     def kill(self):
         """SIGKILL: no shutdown code runs."""

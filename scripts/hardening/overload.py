@@ -42,6 +42,8 @@ import time
 import urllib.parse
 from decimal import Decimal
 
+from listening import wait_listening
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
@@ -428,20 +430,10 @@ class Server:
         env = {**os.environ, "JETSTREAM_LOG": os.environ.get("JETSTREAM_LOG", "warn")}
         self.proc = subprocess.Popen([binary, "serve", "--store", store, "--listen", "127.0.0.1:0"],
                                      stdout=subprocess.PIPE, stderr=self.log, env=env)
-        deadline = time.time() + 60
-        self.addr = None
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            text = line.decode(errors="replace").strip()
-            if text.startswith("listening on http://"):
-                self.addr = text.removeprefix("listening on http://")
-                break
+        self.addr = wait_listening(self.proc)
         if not self.addr:
             self.stop()
             raise RuntimeError(f"the server did not start; see {self.log_path}")
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
     def alive(self):
         return self.proc.poll() is None
