@@ -27,6 +27,7 @@ LAYERS = [
     ["rollup"],
     ["storage"],
     ["ingest", "auth"],
+    ["rebuild"],
     ["api", "server"],
     ["app"],
     ["cli"],

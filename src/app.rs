@@ -78,6 +78,10 @@ impl Application {
         let health = Arc::new(Health::default());
         let tokens = Arc::new(Tokens::default());
         tokens.reload(&*store).await.context("loading tokens")?;
+        let changes = crate::rebuild::defs::check(&*store, &settings)
+            .await
+            .context("comparing the declared metrics with the store's")?;
+        crate::rebuild::defs::report(&changes, store_url);
         let background = vec![
             tokio::spawn(tokens.clone().keep_fresh(store.clone())),
             tokio::spawn(prune_forever(store.clone(), settings.clone())),
@@ -97,7 +101,11 @@ impl Application {
             streams: Arc::default(),
             commits,
             routes: Arc::default(),
+            rebuilds: Arc::default(),
         };
+        if state.settings.rollups.auto_rebuild && !changes.to_rebuild().is_empty() {
+            start_auto_rebuild(&state, changes.to_rebuild()).await;
+        }
         let kafka = if state.settings.kafka.brokers.is_empty() {
             None
         } else {
@@ -308,4 +316,15 @@ pub async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+/// `rollups.auto_rebuild`: rebuilds the new and changed metrics in the background; the server
+/// answers meanwhile (from the old rows, swapped for the rebuilt ones at the end).
+async fn start_auto_rebuild(state: &AppState, metrics: Vec<String>) {
+    let cache = state.cache.clone();
+    let req = crate::rebuild::Request { metrics: metrics.clone(), from_ms: None };
+    match state.rebuilds.start(state.store.clone(), state.settings.clone(), req, move || cache.invalidate_all()).await {
+        Ok(job) => tracing::info!(job = job.id, ?metrics, "rebuilding new and changed metrics (rollups.auto_rebuild)"),
+        Err(e) => tracing::warn!(error = %e, ?metrics, "could not start the automatic rebuild"),
+    }
 }

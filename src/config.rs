@@ -40,6 +40,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Disk bounds of the store.
     pub storage: StorageSettings,
+    /// What happens when a metric's definition changes.
+    pub rollups: RollupsSettings,
     /// Event schemas by event name. Events with other names are accepted unvalidated.
     pub events: BTreeMap<String, EventSchema>,
     /// Declared metrics: what is rolled up into time buckets.
@@ -156,6 +158,14 @@ pub struct HttpSettings {
     /// Origins allowed to call the API from a browser (CORS), such as `https://dash.example.com`,
     /// or `*` for any; empty (the default): no CORS headers at all.
     pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupsSettings {
+    /// At start, rebuild a new or changed metric's rollups from the raw events in the background
+    /// (`false`: report it with the `jetstream rollups rebuild` command to run).
+    pub auto_rebuild: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -406,6 +416,7 @@ impl Settings {
             kafka: KafkaSettings::default(),
             http: HttpSettings::default(),
             storage: StorageSettings::default(),
+            rollups: RollupsSettings::default(),
             events: BTreeMap::new(),
             metrics: Vec::new(),
             labels: BTreeMap::from([("product_id".to_string(), "name_of_product".to_string())]),

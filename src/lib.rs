@@ -36,6 +36,7 @@ pub mod dashboard;
 pub mod event;
 pub mod health;
 pub mod ingest;
+pub mod rebuild;
 pub mod rollup;
 pub mod server;
 pub mod storage;

@@ -86,6 +86,7 @@ async fn a_fenced_batch_applies_nothing(backend: Backend) {
             at_ms: 5,
             fingerprint: "f".into(),
         }],
+        replayed: vec![],
     };
     match store.commit(stale).await {
         Err(StoreError::Fenced { partition: 1, stored: Some(100), expected: Some(50), .. }) => {}

@@ -27,6 +27,7 @@ mod metrics;
 mod ops;
 mod product;
 mod query;
+mod rollups;
 mod state;
 mod stream;
 mod window;
@@ -72,6 +73,9 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::get_dead_letters))
         .routes(routes!(admin::get_stats))
         .routes(routes!(admin::get_kafka_lag))
+        .routes(routes!(rollups::post_rebuild))
+        .routes(routes!(rollups::get_rollups))
+        .routes(routes!(rollups::post_replay))
         .routes(routes!(ops::get_metrics))
         .split_for_parts()
 }

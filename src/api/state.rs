@@ -32,4 +32,6 @@ pub struct AppState {
     /// The API's own routes, for answering a path from inside (batch queries, live streams);
     /// set by `api::router`.
     pub routes: Arc<OnceLock<Router<AppState>>>,
+    /// Rollup rebuilds run by this server (admin endpoint, `rollups.auto_rebuild`).
+    pub rebuilds: Arc<crate::rebuild::jobs::Rebuilds>,
 }

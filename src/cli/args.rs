@@ -61,10 +61,74 @@ pub enum Command {
     },
     /// Print the manual page (roff): `jetstream man > /usr/local/share/man/man1/jetstream.1`.
     Man,
+    /// Rebuild rollups from the raw events, see how they match the declared metrics, drop old ones.
+    Rollups {
+        #[command(subcommand)]
+        command: RollupsCommand,
+    },
+    /// Dead letters: replay those today's schemas accept.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// Show the configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RollupsCommand {
+    /// Recompute metrics' rollups from the raw events while servers keep ingesting and answering;
+    /// the rebuilt rows replace the old ones at once. Resumable: run it again after a crash.
+    Rebuild {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A metric to rebuild (repeatable); default: every declared metric.
+        #[arg(long = "metric")]
+        metrics: Vec<String>,
+        /// Rebuild the last DURATION (e.g. 7d), from the start of its first UTC day.
+        #[arg(long, conflicts_with = "from")]
+        since: Option<String>,
+        /// Rebuild from TIME (RFC 3339 or epoch ms), from the start of its UTC day.
+        #[arg(long)]
+        from: Option<String>,
+        /// Events folded per step (each step is stored: what a crash can lose).
+        #[arg(long, default_value_t = crate::rebuild::STEP_EVENTS, hide = true)]
+        step_events: i64,
+    },
+    /// How the store's rollups match the declared metrics, and the latest rebuilds.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete the rollups of metrics no longer declared (or of the ones named).
+    Drop {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A metric to drop (repeatable); default: every one no longer declared.
+        #[arg(long = "metric")]
+        metrics: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DeadLettersCommand {
+    /// Re-validate dead letters against today's schemas; ingest those that pass (with their
+    /// original time) and remove them from the dead letters, exactly once.
+    Replay {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only dead letters whose reason contains TEXT.
+        #[arg(long)]
+        reason_contains: Option<String>,
+        /// Only dead letters received in the last DURATION (e.g. 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Count what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod error;
 mod listen;
+mod rollups;
 mod send;
 mod token;
 mod usage;
@@ -47,6 +48,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => token::run(command).await,
+        Command::Rollups { command } => rollups::run(command).await,
+        Command::DeadLetters { command } => rollups::dead_letters(command).await,
     }
 }
 

@@ -8,7 +8,7 @@ use std::io::Write as _;
 
 use crate::event::{Event, Rejection, Validator};
 use crate::rollup::{Metrics, RollupDelta};
-use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock};
+use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock, WriteBatch};
 use crate::telemetry::metrics as telemetry;
 
 pub mod kafka;
@@ -58,6 +58,20 @@ pub struct Pending {
     pub idempotency: Option<IdempotencyRecord>,
     /// What the metrics report once the batch is committed.
     pub tally: Tally,
+    /// Dead letters whose events this batch holds (a replay): removed when it commits.
+    pub replayed: Vec<i64>,
+}
+
+/// One row per dimension value, with the earliest time: several metrics share a dimension value.
+pub fn dedup_dims(dims: &mut Vec<crate::rollup::DimRow>) {
+    dims.sort_unstable_by(|a, b| (&a.dim, &a.value, a.first_seen).cmp(&(&b.dim, &b.value, b.first_seen)));
+    dims.dedup_by(|b, a| {
+        let same = a.dim == b.dim && a.value == b.value;
+        if same && a.label.is_none() {
+            a.label = b.label.take();
+        }
+        same
+    });
 }
 
 /// A batch's figures for the metrics, reported by the writer's handle once it is committed.
@@ -184,6 +198,22 @@ impl Pending {
                 count: r.count,
                 zstd,
             });
+        }
+    }
+
+    /// The batch to commit straight to a store (without the writer: no read cache to keep).
+    pub fn into_batch(mut self) -> WriteBatch {
+        self.seal();
+        let (rollups, mut dims) = std::mem::take(&mut self.delta).into_rows();
+        dedup_dims(&mut dims);
+        WriteBatch {
+            rollups,
+            dims,
+            raw_blocks: self.blocks,
+            dead_letters: self.dead,
+            offsets: self.offsets,
+            idempotency: self.idempotency.into_iter().collect(),
+            replayed: self.replayed,
         }
     }
 

@@ -61,6 +61,10 @@ pub enum WriteError {
     InProgress,
     #[error("the writer has shut down")]
     Closed,
+    /// Dead letters the batch replays were replayed by another batch first; nothing of it was
+    /// applied.
+    #[error("dead letters being replayed were already replayed")]
+    Replayed,
     /// The disk holding the store is below its free-space floor: nothing is written until space
     /// is freed (so no commit fails half-way on a full disk).
     #[error("{0}")]
@@ -295,6 +299,7 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>, observers: &[Arc<dyn Co
                     |j: &Job| j.pending.offsets.iter().any(|o| o.source == source_name && o.partition == partition);
                 refuse(jobs, fenced, WriteError::Fenced(msg))
             }
+            Err(StoreError::Replayed(_)) => refuse(jobs, |j| !j.pending.replayed.is_empty(), WriteError::Replayed),
             // Something in the group cannot be stored, and nothing of it was: commit the requests
             // one by one, so that only the one holding it fails.
             Err(StoreError::Rejected(e)) if jobs.len() > 1 => {
@@ -402,17 +407,10 @@ fn build_batch(jobs: &mut [Job]) -> (WriteBatch, Changes) {
         batch.dead_letters.extend(j.pending.dead.iter().cloned());
         batch.offsets.extend(j.pending.offsets.iter().cloned());
         batch.idempotency.extend(j.pending.idempotency.iter().cloned());
+        batch.replayed.extend(j.pending.replayed.iter().copied());
     }
     let (rollups, mut dims) = delta.into_rows();
-    // One row per value, with the earliest time: several metrics share a dimension value.
-    dims.sort_unstable_by(|a, b| (&a.dim, &a.value, a.first_seen).cmp(&(&b.dim, &b.value, b.first_seen)));
-    dims.dedup_by(|b, a| {
-        let same = a.dim == b.dim && a.value == b.value;
-        if same && a.label.is_none() {
-            a.label = b.label.take();
-        }
-        same
-    });
+    super::dedup_dims(&mut dims);
     let seconds = rollups.coarse_derived().then(|| {
         rollups
             .rows()

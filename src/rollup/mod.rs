@@ -21,7 +21,7 @@ pub use calendar::{MAX_BUCKETS, Step, boundaries, parse_tz};
 pub use fold::{CompiledMetric, FastMap, Metrics, RollupDelta};
 pub use rows::{DimRow, RollupRow, RollupRows, coarser_buckets};
 pub use time::{RESOLUTIONS, Resolution, Span, cover, finest_kept, snap_window, trailing_window};
-pub use window::{Kept, MAX_TIME_S, WindowQuery, query_window};
+pub use window::{Kept, MAX_TIME_S, WindowQuery, parse_time, query_window};
 
 #[cfg(test)]
 mod tests;

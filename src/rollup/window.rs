@@ -51,7 +51,7 @@ pub fn query_window(q: WindowQuery<'_>, now_ms: i64, kept: Kept) -> Result<(i64,
 }
 
 /// A time given as epoch milliseconds or RFC 3339, in epoch seconds, within [0, [`MAX_TIME_S`]].
-fn parse_time(s: &str, what: &str) -> Result<i64, String> {
+pub fn parse_time(s: &str, what: &str) -> Result<i64, String> {
     let t = match s.parse::<i64>() {
         Ok(ms) => Some(ms.div_euclid(1000)),
         Err(_) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp()),

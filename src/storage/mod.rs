@@ -7,13 +7,15 @@
 use std::sync::Arc;
 
 mod postgres;
+pub mod rebuild;
 mod sqlite;
 mod store;
 mod url;
 
 pub use store::{
-    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, Footprint, IdempotencyRecord, NewDeadLetter, OffsetAdvance,
-    PruneBefore, Pruned, RawBlock, Store, StoreError, StoreOptions, StoredAnswer, TokenRecord, WriteBatch,
+    ClaimRequest, CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, Footprint, IdempotencyRecord, NewDeadLetter,
+    OffsetAdvance, PruneBefore, Pruned, RawBlock, RebuildStep, Store, StoreError, StoreOptions, StoredAnswer,
+    TokenRecord, WriteBatch,
 };
 pub use url::{PgTls, SslMode, StoreUrl, redact};
 

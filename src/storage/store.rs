@@ -22,6 +22,13 @@ pub enum StoreError {
     BadUrl(String),
     #[error("the store's schema is version {found}, newer than this binary's {supported}")]
     SchemaTooNew { found: i64, supported: i64 },
+    /// Dead letters a replay meant to remove were gone (another replay took them): the batch
+    /// was not applied.
+    #[error("{0} of the dead letters being replayed were already replayed or removed")]
+    Replayed(usize),
+    /// The rebuild's lease was taken by another process (it stopped renewing it for too long).
+    #[error("the rebuild lost its lease to another process")]
+    LeaseLost,
     #[error("store closed")]
     Closed,
     /// The store cannot be reached or is overloaded now (connection lost, pool exhausted, busy,
@@ -102,6 +109,9 @@ pub struct WriteBatch {
     pub offsets: Vec<OffsetAdvance>,
     /// Keys of the requests in the batch: each may be committed once (see `Store::idempotent_answer`).
     pub idempotency: Vec<IdempotencyRecord>,
+    /// Dead letters replayed by this batch (their events are in it): removed in the same
+    /// transaction, or the batch fails with [`StoreError::Replayed`] when one is already gone.
+    pub replayed: Vec<i64>,
 }
 
 /// A request's idempotency key (unique within `scope`, the token's name) and the answer it got,
@@ -178,6 +188,33 @@ pub struct PruneBefore {
     pub idempotency_keys_ms: i64,
 }
 
+/// A rebuild's step: its chunk of partial rollups and how far it got (see `Store::rebuild_step`).
+#[derive(Debug)]
+pub struct RebuildStep {
+    pub job: i64,
+    pub owner: String,
+    pub chunk: Vec<u8>,
+    pub upto_block: i64,
+    pub events: i64,
+    pub skipped: i64,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+}
+
+/// Asking for a rebuild's lease (see `Store::rebuild_claim`).
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub spec: RebuildSpec,
+    pub owner: String,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+    /// The running job's owner is known to be dead (same host, no such process): take it over
+    /// without waiting for its lease to run out.
+    pub takeover: bool,
+    /// The newest committed raw block now, recorded by a new job.
+    pub target_block: i64,
+}
+
 /// A commit's place in a store's order of commits, for a backend that numbers them (SQLite, whose
 /// writes are serialized anyway): a read at position `p` holds exactly the commits numbered up to
 /// `p`. The read cache uses it to add to a read just the local commits its snapshot missed.
@@ -251,6 +288,125 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: PruneBefore) -> Result<Pruned, StoreError>;
     /// How much disk the store takes, and how much is left where it lives (when it can tell).
     async fn footprint(&self) -> Result<Footprint, StoreError>;
+
+    // Rebuilds, metric definitions and dead-letter replay (see `storage::rebuild`).
+
+    /// The newest raw block id such that every block at or below it is committed (a later commit
+    /// takes a higher id).
+    async fn raw_watermark(&self) -> Result<i64, StoreError>;
+    /// Raw blocks of every name with ids in `(after, upto]`, oldest first.
+    async fn raw_blocks_after(&self, after: i64, upto: i64, limit: u32) -> Result<Vec<(i64, RawBlock)>, StoreError>;
+    /// The time (epoch ms) before which raw events have been pruned by retention (`None`: never).
+    async fn raw_pruned_before(&self) -> Result<Option<i64>, StoreError>;
+    /// Takes the lease of the running rebuild with this spec, or starts one; `Busy` while another
+    /// owner holds a live lease (on any job: one rebuild at a time per store).
+    async fn rebuild_claim(&self, req: ClaimRequest) -> Result<Claim, StoreError>;
+    /// Stores a step's chunk and advances its job, renewing the lease; `LeaseLost` when the
+    /// owner no longer holds it.
+    async fn rebuild_step(&self, step: RebuildStep) -> Result<(), StoreError>;
+    /// A job's chunks, in step order.
+    async fn rebuild_chunks(&self, job: i64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// In one transaction, with writers held off: folds the raw blocks after the job's progress
+    /// (`fold`), replaces the spec's rows with the result, marks the job done and records `defs`.
+    async fn rebuild_swap(
+        &self,
+        job: &RebuildJob,
+        owner: &str,
+        defs: Vec<MetricRecord>,
+        fold: FoldTail,
+    ) -> Result<Swapped, StoreError>;
+    /// The latest rebuild jobs, newest first.
+    async fn rebuild_jobs(&self, limit: u32) -> Result<Vec<RebuildJob>, StoreError>;
+    /// The metric definitions the rollups were built with.
+    async fn metric_records(&self) -> Result<Vec<MetricRecord>, StoreError>;
+    /// Inserts or replaces metric definitions.
+    async fn put_metric_records(&self, records: Vec<MetricRecord>) -> Result<(), StoreError>;
+    /// Deletes every rollup row and the recorded definition of each metric; returns rows deleted.
+    async fn drop_metrics(&self, names: Vec<String>) -> Result<u64, StoreError>;
+    /// Dead letters in full with ids above `after`, oldest first.
+    async fn dead_letters_after(&self, after: i64, limit: u32) -> Result<Vec<StoredDeadLetter>, StoreError>;
+
     /// Flushes and releases resources (checkpoints the WAL for SQLite).
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+// Rebuilds and replay (see `storage::rebuild`).
+
+/// What a rebuild recomputes: the metrics, from a day boundary (`None`: from the beginning).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RebuildSpec {
+    pub metrics: Vec<String>,
+    /// Epoch seconds, a UTC day's start: buckets starting here or later are rebuilt; the all-time
+    /// bucket becomes the kept days before it plus the rebuilt part.
+    pub from_s: Option<i64>,
+}
+
+/// A rebuild job as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RebuildJob {
+    pub id: i64,
+    pub spec: RebuildSpec,
+    /// `running`, `done` or `abandoned` (a different rebuild took over after the lease ran out).
+    pub state: String,
+    /// Who holds the lease (host:pid) and until when (epoch ms).
+    pub owner: String,
+    pub lease_until_ms: i64,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+    /// The last raw block id folded into a stored chunk.
+    pub progress_block: i64,
+    /// The newest raw block id when the job started (what "done" is measured against).
+    pub target_block: i64,
+    pub events_read: i64,
+    /// Events the current schemas refuse (they are left out of the rebuilt rollups).
+    pub events_skipped: i64,
+}
+
+/// The outcome of trying to take a rebuild's lease.
+#[derive(Debug)]
+pub enum Claim {
+    /// This owner now holds the job (new, or resumed after a step).
+    Held(RebuildJob),
+    /// Another owner's lease is live.
+    Busy(RebuildJob),
+}
+
+/// The rows a swap writes: every rebuilt bucket (all-time ones included) of the rebuilt metrics.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    pub rows: Vec<(SeriesKey, Resolution, i64, Agg)>,
+    pub dims: Vec<DimRow>,
+    pub events: i64,
+    pub skipped: i64,
+}
+
+/// Folds the raw blocks committed since the job's last step into the job's rollups, inside the
+/// swap's transaction.
+pub type FoldTail = Box<dyn FnOnce(Vec<(i64, RawBlock)>) -> anyhow::Result<Rebuilt> + Send>;
+
+/// What a swap did.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Swapped {
+    pub rows_deleted: u64,
+    pub rows_written: u64,
+    /// Events folded inside the swap (committed after the last step).
+    pub tail_events: i64,
+}
+
+/// A metric's definition as the store remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricRecord {
+    pub name: String,
+    pub fingerprint: String,
+    /// `current`: its rollups were built with this definition; `stale`: they were not (a new or
+    /// changed metric that has not been rebuilt).
+    pub state: String,
+    pub updated_ms: i64,
+}
+
+/// A dead letter in full, for replay.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub letter: NewDeadLetter,
 }

@@ -220,6 +220,14 @@ impl Core {
         }
     }
 
+    /// Forgets every answer, and discards the fills of reads that began before (rollups were
+    /// replaced under them: a rebuild's swap, a replay committed straight to the store).
+    pub(super) fn invalidate_all(&self) {
+        let mut e = self.entries();
+        e.failures += 1;
+        e.by_series.clear();
+    }
+
     /// A local commit failed; it may have touched `touched`.
     pub(super) fn commit_failed(&self, touched: &[SeriesKey]) {
         let mut e = self.entries();

@@ -130,6 +130,11 @@ impl ReadCache {
     }
 
     /// Whether any accepted event carried `value` for `dim` (values never stop existing).
+    /// Forgets every cached answer (see `Core::invalidate_all`).
+    pub fn invalidate_all(&self) {
+        self.core.invalidate_all();
+    }
+
     pub async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError> {
         if self.core.is_known(dim, value) {
             return Ok(true);

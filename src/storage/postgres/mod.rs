@@ -25,6 +25,7 @@
 
 mod error;
 mod read;
+mod rebuild;
 mod schema;
 mod tls;
 mod write;
@@ -37,10 +38,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 use self::error::pg_err;
 use self::write::Position;
+use super::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped};
 use super::url::PgTls;
 use super::{
-    CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, Store, StoreError, StoredAnswer, TokenRecord,
-    WriteBatch,
+    ClaimRequest, CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, RebuildStep, Store, StoreError,
+    StoredAnswer, TokenRecord, WriteBatch,
 };
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 
@@ -203,6 +205,63 @@ impl Store for PgStore {
 
     async fn prune(&self, b: PruneBefore) -> Result<Pruned, StoreError> {
         write::prune(&mut self.client().await?, self.writer, b).await
+    }
+
+    async fn raw_watermark(&self) -> Result<i64, StoreError> {
+        rebuild::raw_watermark(&mut self.client().await?).await
+    }
+
+    async fn raw_blocks_after(&self, after: i64, upto: i64, limit: u32) -> Result<Vec<(i64, RawBlock)>, StoreError> {
+        rebuild::raw_blocks_after(&self.client().await?, after, upto, limit).await
+    }
+
+    async fn raw_pruned_before(&self) -> Result<Option<i64>, StoreError> {
+        rebuild::raw_pruned_before(&self.client().await?).await
+    }
+
+    async fn rebuild_claim(&self, req: ClaimRequest) -> Result<Claim, StoreError> {
+        rebuild::claim(&mut self.client().await?, &req).await
+    }
+
+    async fn rebuild_step(&self, step: RebuildStep) -> Result<(), StoreError> {
+        rebuild::step(&mut self.client().await?, &step).await
+    }
+
+    async fn rebuild_chunks(&self, job: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        rebuild::chunks(&self.client().await?, job).await
+    }
+
+    async fn rebuild_swap(
+        &self,
+        job: &RebuildJob,
+        owner: &str,
+        defs: Vec<MetricRecord>,
+        fold: FoldTail,
+    ) -> Result<Swapped, StoreError> {
+        rebuild::swap(&mut self.client().await?, job, owner, &defs, fold).await
+    }
+
+    async fn rebuild_jobs(&self, limit: u32) -> Result<Vec<RebuildJob>, StoreError> {
+        rebuild::jobs(&self.client().await?, limit).await
+    }
+
+    async fn metric_records(&self) -> Result<Vec<MetricRecord>, StoreError> {
+        rebuild::metric_records(&self.client().await?).await
+    }
+
+    async fn put_metric_records(&self, records: Vec<MetricRecord>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        rebuild::put_records(&tx, &records).await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn drop_metrics(&self, names: Vec<String>) -> Result<u64, StoreError> {
+        rebuild::drop_metrics(&mut self.client().await?, &names).await
+    }
+
+    async fn dead_letters_after(&self, after: i64, limit: u32) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        rebuild::dead_letters_after(&self.client().await?, after, limit).await
     }
 
     async fn footprint(&self) -> Result<Footprint, StoreError> {

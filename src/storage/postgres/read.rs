@@ -14,7 +14,7 @@ pub(super) fn res_code(r: Resolution) -> i32 {
     r.seconds() as i32
 }
 
-fn agg_from_row(r: &Row, at: usize) -> Result<Agg, StoreError> {
+pub(super) fn agg_from_row(r: &Row, at: usize) -> Result<Agg, StoreError> {
     Ok(Agg {
         count: r.try_get(at).map_err(pg_err)?,
         sum: r.try_get(at + 1).map_err(pg_err)?,

@@ -62,6 +62,21 @@ CREATE TABLE writer_positions (writer BIGINT PRIMARY KEY, seq BIGINT NOT NULL, a
     r#"
 ALTER TABLE dim_values ADD COLUMN label TEXT;
 "#,
+    // 6: rollup rebuilds and the metric definitions the rollups were built with (see SQLite's 10).
+    r#"
+CREATE TABLE rebuild_jobs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,
+    owner TEXT NOT NULL, lease_until_ms BIGINT NOT NULL, started_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL,
+    progress_block BIGINT NOT NULL, target_block BIGINT NOT NULL,
+    events_read BIGINT NOT NULL, events_skipped BIGINT NOT NULL
+);
+CREATE TABLE rebuild_chunks (
+    job BIGINT NOT NULL, upto_block BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (job, upto_block)
+);
+CREATE TABLE metric_defs (
+    name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, updated_ms BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Advisory lock key (per database): one instance migrates at a time.

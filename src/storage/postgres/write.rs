@@ -165,7 +165,20 @@ async fn apply(tx: &Transaction<'_>, batch: &WriteBatch, pos: Position) -> Resul
     rollups(tx, batch).await?;
     dim_values(tx, batch).await?;
     raw_blocks(tx, batch).await?;
-    dead_letters(tx, batch).await
+    dead_letters(tx, batch).await?;
+    replayed(tx, batch).await
+}
+
+/// Removes the dead letters the batch replays; each must still be there (exactly once).
+async fn replayed(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    if batch.replayed.is_empty() {
+        return Ok(());
+    }
+    let n = tx.execute("DELETE FROM dead_letters WHERE id = ANY($1)", &[&batch.replayed]).await.map_err(pg_err)?;
+    match batch.replayed.len() as u64 - n {
+        0 => Ok(()),
+        gone => Err(StoreError::Replayed(gone as usize)),
+    }
 }
 
 async fn position(tx: &Transaction<'_>, pos: Position) -> Result<(), StoreError> {
@@ -196,7 +209,7 @@ async fn idempotency_keys(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<()
     Ok(())
 }
 
-async fn rollups(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+pub(super) async fn rollups(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
     if batch.rollups.is_empty() {
         return Ok(());
     }
@@ -228,7 +241,7 @@ async fn rollups(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreEr
     Ok(())
 }
 
-async fn dim_values(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+pub(super) async fn dim_values(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
     if batch.dims.is_empty() {
         return Ok(());
     }
@@ -337,6 +350,16 @@ pub(super) async fn prune(client: &mut Client, writer: i64, b: PruneBefore) -> R
         return Ok(Pruned::default());
     }
     let raw_blocks = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < $1", &[&b.raw_ms]).await.map_err(pg_err)?;
+    if raw_blocks > 0 {
+        // What a rebuild can no longer reach (see `Store::raw_pruned_before`).
+        tx.execute(
+            "INSERT INTO meta VALUES ('raw_pruned_before_ms', $1)
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value)",
+            &[&b.raw_ms],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
     let dead_letters =
         tx.execute("DELETE FROM dead_letters WHERE received_ms < $1", &[&b.dead_letters_ms]).await.map_err(pg_err)?;
     tx.execute("DELETE FROM idempotency_keys WHERE at_ms < $1", &[&b.idempotency_keys_ms]).await.map_err(pg_err)?;

@@ -27,6 +27,13 @@ pub(super) fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
 /// in one transaction, so a read of any one series still sees each delta exactly once.
 pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64) -> Result<usize, StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    let n = merge_rows(&tx, lo, hi)?;
+    tx.commit().map_err(db_err)?;
+    Ok(n)
+}
+
+/// [`merge_series`] inside the caller's write transaction.
+pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64) -> Result<usize, StoreError> {
     let mut n = tx
         .prepare_cached(&format!(
             "INSERT INTO rollups (series, res, bucket, agg)
@@ -68,7 +75,6 @@ pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64) -> Result<usize
             .map_err(db_err)?;
         n += rows.len();
     }
-    tx.commit().map_err(db_err)?;
     Ok(n)
 }
 
@@ -123,6 +129,15 @@ pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, Sto
         let mut g = w.lock().unwrap_or_else(|e| e.into_inner());
         let tx = g.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
         let raw = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < ?1", [b.raw_ms]).map_err(db_err)?;
+        if raw > 0 {
+            // What a rebuild can no longer reach (see `Store::raw_pruned_before`).
+            tx.execute(
+                "INSERT INTO meta VALUES ('raw_pruned_before_ms', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                [b.raw_ms],
+            )
+            .map_err(db_err)?;
+        }
         let dead =
             tx.execute("DELETE FROM dead_letters WHERE received_ms < ?1", [b.dead_letters_ms]).map_err(db_err)?;
         tx.execute("DELETE FROM idempotency_keys WHERE at_ms < ?1", [b.idempotency_keys_ms]).map_err(db_err)?;

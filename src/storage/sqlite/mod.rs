@@ -17,6 +17,7 @@ mod conn;
 mod decimal;
 mod maintain;
 mod read;
+mod rebuild;
 mod schema;
 mod wal;
 mod write;
@@ -28,9 +29,10 @@ use rusqlite::Connection;
 
 use self::conn::{WriterConn, db_err};
 use self::schema::{open_reader, open_writer};
+use super::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped};
 use super::{
-    CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, Store, StoreError, StoreOptions, StoredAnswer,
-    TokenRecord, WriteBatch,
+    ClaimRequest, CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, RebuildStep, Store, StoreError,
+    StoreOptions, StoredAnswer, TokenRecord, WriteBatch,
 };
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
 
@@ -245,6 +247,66 @@ impl Store for SqliteStore {
     async fn prune(&self, b: PruneBefore) -> Result<Pruned, StoreError> {
         let w = self.writer.clone();
         tokio::task::spawn_blocking(move || maintain::prune(&w, b)).await.map_err(StoreError::backend)?
+    }
+
+    async fn raw_watermark(&self) -> Result<i64, StoreError> {
+        self.read(rebuild::raw_watermark).await
+    }
+
+    async fn raw_blocks_after(&self, after: i64, upto: i64, limit: u32) -> Result<Vec<(i64, RawBlock)>, StoreError> {
+        self.read(move |c| rebuild::raw_blocks_after(c, after, upto, limit)).await
+    }
+
+    async fn raw_pruned_before(&self) -> Result<Option<i64>, StoreError> {
+        self.read(rebuild::raw_pruned_before).await
+    }
+
+    async fn rebuild_claim(&self, req: ClaimRequest) -> Result<Claim, StoreError> {
+        self.write(move |w| rebuild::claim(w, &req)).await
+    }
+
+    async fn rebuild_step(&self, step: RebuildStep) -> Result<(), StoreError> {
+        self.write(move |w| rebuild::step(w, &step)).await
+    }
+
+    async fn rebuild_chunks(&self, job: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(move |c| rebuild::chunks(c, job)).await
+    }
+
+    async fn rebuild_swap(
+        &self,
+        job: &RebuildJob,
+        owner: &str,
+        defs: Vec<MetricRecord>,
+        fold: FoldTail,
+    ) -> Result<Swapped, StoreError> {
+        let (job, owner) = (job.clone(), owner.to_string());
+        self.write(move |w| rebuild::swap(w, &job, &owner, &defs, fold)).await
+    }
+
+    async fn rebuild_jobs(&self, limit: u32) -> Result<Vec<RebuildJob>, StoreError> {
+        self.read(move |c| rebuild::jobs(c, limit)).await
+    }
+
+    async fn metric_records(&self) -> Result<Vec<MetricRecord>, StoreError> {
+        self.read(rebuild::metric_records).await
+    }
+
+    async fn put_metric_records(&self, records: Vec<MetricRecord>) -> Result<(), StoreError> {
+        self.write(move |w| {
+            let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+            rebuild::put_records(&tx, &records)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn drop_metrics(&self, names: Vec<String>) -> Result<u64, StoreError> {
+        self.write(move |w| rebuild::drop_metrics(w, &names)).await
+    }
+
+    async fn dead_letters_after(&self, after: i64, limit: u32) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        self.read(move |c| rebuild::dead_letters_after(c, after, limit)).await
     }
 
     async fn footprint(&self) -> Result<Footprint, StoreError> {

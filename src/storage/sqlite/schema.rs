@@ -133,6 +133,23 @@ ALTER TABLE rollup_seconds_v8 RENAME TO rollup_seconds;
     r#"
 ALTER TABLE dim_values ADD COLUMN label TEXT;
 "#,
+    // 10: rollup rebuilds (a job with its lease and progress, and each step's partial rollups)
+    // and the metric definitions the rollups were built with.
+    r#"
+CREATE TABLE rebuild_jobs (
+    id INTEGER PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, owner TEXT NOT NULL,
+    lease_until_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    progress_block INTEGER NOT NULL, target_block INTEGER NOT NULL,
+    events_read INTEGER NOT NULL, events_skipped INTEGER NOT NULL
+);
+CREATE TABLE rebuild_chunks (
+    job INTEGER NOT NULL, upto_block INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (job, upto_block)
+) WITHOUT ROWID;
+CREATE TABLE metric_defs (
+    name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {

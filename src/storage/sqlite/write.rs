@@ -20,10 +20,10 @@ const SERIES_CACHE: usize = 1 << 20;
 const DIMS_CACHE: usize = 1 << 20;
 
 /// Series ids the writer has not cached yet, to cache once their transaction has committed.
-type FreshIds = Vec<(SeriesKey, i64)>;
+pub(super) type FreshIds = Vec<(SeriesKey, i64)>;
 
 /// Dimension values (and labels) a commit wrote to `dim_values`, to cache once it has committed.
-type FreshDims = Vec<(Arc<str>, String, Option<String>)>;
+pub(super) type FreshDims = Vec<(Arc<str>, String, Option<String>)>;
 
 /// Applies `batch` in one transaction and numbers the commit; the caches learn what it added
 /// only once it has committed (a rolled-back id must never be cached).
@@ -37,6 +37,7 @@ pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch) -> Result<CommitPos
     let fresh_dims = dim_values(&tx, &w.dims, batch)?;
     raw_blocks(&tx, batch)?;
     dead_letters(&tx, batch)?;
+    replayed(&tx, batch)?;
     let pos: i64 = tx
         .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'commit_seq' RETURNING value")
         .and_then(|mut st| st.query_row([], |r| r.get(0)))
@@ -98,7 +99,7 @@ fn offsets(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
 }
 
 /// The store's id of each series (inserting new ones), and which of them are fresh.
-fn series_ids(
+pub(super) fn series_ids(
     tx: &Transaction<'_>,
     cache: &FastMap<SeriesKey, i64>,
     series: &[SeriesKey],
@@ -126,7 +127,7 @@ fn series_ids(
 /// An ingest batch (coarser buckets derived from its seconds) adds only its seconds, to
 /// `rollup_seconds`; a batch of buckets given one by one goes to `rollup_deltas` as it is. The
 /// background merge moves both into `rollups` (see `maintain`).
-fn rollups(tx: &Transaction<'_>, ids: &[i64], batch: &WriteBatch) -> Result<(), StoreError> {
+pub(super) fn rollups(tx: &Transaction<'_>, ids: &[i64], batch: &WriteBatch) -> Result<(), StoreError> {
     let rows = batch.rollups.rows();
     if batch.rollups.coarse_derived() {
         let mut up = tx
@@ -162,7 +163,7 @@ pub(super) fn upsert(st: &mut rusqlite::CachedStatement<'_>, key: &[i64], a: &Ag
 
 /// Dimension values not yet known to be stored with their label (values are never deleted, so
 /// the cache only saves inserts and label updates).
-fn dim_values(tx: &Transaction<'_>, known: &DimCache, batch: &WriteBatch) -> Result<FreshDims, StoreError> {
+pub(super) fn dim_values(tx: &Transaction<'_>, known: &DimCache, batch: &WriteBatch) -> Result<FreshDims, StoreError> {
     let mut dims = tx
         .prepare_cached(
             "INSERT INTO dim_values (dim, val, first_seen, label) VALUES (?1, ?2, ?3, ?4)
@@ -190,6 +191,21 @@ fn raw_blocks(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError
         .map_err(db_err)?;
     for b in &batch.raw_blocks {
         raw.execute(params![b.name, b.min_time_ms, b.max_time_ms, b.count, b.zstd]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Removes the dead letters the batch replays; each must still be there (exactly once).
+fn replayed(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
+    let mut del = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1").map_err(db_err)?;
+    let mut gone = 0;
+    for id in &batch.replayed {
+        if del.execute([id]).map_err(db_err)? == 0 {
+            gone += 1;
+        }
+    }
+    if gone > 0 {
+        return Err(StoreError::Replayed(gone));
     }
     Ok(())
 }
