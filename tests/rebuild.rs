@@ -422,6 +422,10 @@ async fn a_rebuild_cannot_reach_before_the_raw_retention(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     post(&app, std::slice::from_ref(&old)).await;
     post(&app, &recent).await;
+    // Ratings of product 1: 1 long ago (its raw event will be pruned), 5 and 4 now.
+    let rating = |age_ms: i64, r: u32| json!({"event_name": "productRated", "product_id": 1, "rating": r, "timestamp": now - age_ms});
+    app.ingest(&json!([rating(40 * day_ms, 1)])).await;
+    app.ingest(&json!([rating(1_000, 5), rating(2_000, 4)])).await;
     let store = app.stop().await;
     // Retention's pass, as the server runs it: raw blocks older than 30 days go.
     let s = jetstream::storage::open(&store.url).await.unwrap();
@@ -436,7 +440,7 @@ async fn a_rebuild_cannot_reach_before_the_raw_retention(backend: Backend) {
         })
         .await
         .unwrap();
-    assert_eq!(pruned.raw_blocks, 1);
+    assert_eq!(pruned.raw_blocks, 2);
     s.close().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), UNITS_TOML);
@@ -453,6 +457,9 @@ async fn a_rebuild_cannot_reach_before_the_raw_retention(backend: Backend) {
     let mut all = recent.clone();
     all.push(old);
     check_metric(&app, "sales_amount", &all, amount).await;
+    // The all-time average keeps the old rating: (1 + 5 + 4) / 3.
+    let (_, r) = app.get("/api/product/rating/1").await;
+    assert_eq!((&r["average_rating"], &r["count"]), (&json!(3.333333), &json!(3)), "{r}");
     app.stop().await;
 }
 
