@@ -178,6 +178,28 @@ async fn a_metric_added_later_is_rebuilt_from_the_raw_events(backend: Backend) {
     app.stop().await;
 }
 
+/// `rollups.auto_rebuild`: a new metric is rebuilt in the background at start; the server
+/// answers meanwhile, and then with the metric's whole history.
+async fn auto_rebuild_gives_a_new_metric_its_history_at_start(backend: Backend) {
+    let events = sales(26, 2_000, now_ms());
+    let app = TestApp::spawn(backend).await;
+    post(&app, &events).await;
+    let store = app.stop().await;
+    let mut settings = with_units();
+    settings.rollups.auto_rebuild = true;
+    let app = TestApp::spawn_on(store, settings).await;
+    for _ in 0..300 {
+        let (_, s) = app.get("/api/v1/admin/rollups").await;
+        if metric_state(&s, "units") == "current" && s["server"]["running"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check_metric(&app, "units", &events, units).await;
+    check_metric(&app, "sales_amount", &events, amount).await;
+    app.stop().await;
+}
+
 /// Events keep arriving while a rebuild of every metric runs: the final figures count each once.
 async fn a_rebuild_under_concurrent_ingest_counts_every_event_once(backend: Backend) {
     let now = now_ms();
@@ -501,6 +523,7 @@ async fn one_rebuild_runs_at_a_time(backend: Backend) {
 
 both_backends!(
     a_metric_added_later_is_rebuilt_from_the_raw_events,
+    auto_rebuild_gives_a_new_metric_its_history_at_start,
     a_rebuild_under_concurrent_ingest_counts_every_event_once,
     a_killed_rebuild_resumes_and_counts_once,
     the_command_line_rebuild_beside_a_busy_server_counts_every_event_once,

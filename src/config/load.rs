@@ -9,7 +9,7 @@ use toml::Value;
 use super::{ConfigError, DEFAULT_CONFIG, Settings};
 
 /// The top-level keys a file may have.
-const KEYS: &str = "builtins, ingest, retention, api, kafka, http, storage, events, metrics, labels";
+const KEYS: &str = "builtins, ingest, retention, api, kafka, http, storage, rollups, events, metrics, labels";
 
 impl Settings {
     /// Parses a settings file; sections it omits take their defaults, and the built-in events
@@ -70,6 +70,7 @@ fn sections(text: &str) -> (Settings, Vec<String>) {
             "kafka" => section(&key, value, &mut s.kafka, &mut problems),
             "http" => section(&key, value, &mut s.http, &mut problems),
             "storage" => section(&key, value, &mut s.storage, &mut problems),
+            "rollups" => section(&key, value, &mut s.rollups, &mut problems),
             "labels" => section(&key, value, &mut s.labels, &mut problems),
             "events" => match value {
                 Value::Table(events) => {
