@@ -715,7 +715,32 @@ async fn events_later_than_max_lateness_are_refused_with_the_reason(backend: Bac
     app.stop().await;
 }
 
+/// A 404 for an unknown id is answered from memory for a while (a flood of requests for a made-up
+/// id must not each read the store), but the first acknowledged event of that id makes it known
+/// at once (read-after-ack).
+async fn an_unknown_id_is_404_from_memory_until_its_first_event_is_acked(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.ingest(&json!({"event_name": "productSold", "product_id": 1, "no_of_units": 1, "amount": "1"})).await;
+    let reads = |v: &Value| v["cache"]["hits"].as_u64().unwrap();
+    let (_, before) = app.get("/api/v1/admin/stats").await;
+    for _ in 0..50 {
+        let (s, _) = app.get("/api/product/sale/777").await;
+        assert_eq!(s.as_u16(), 404);
+    }
+    let (_, after) = app.get("/api/v1/admin/stats").await;
+    assert!(reads(&after) - reads(&before) >= 49, "answered from memory: {after}");
+    let (s, out) =
+        app.ingest(&json!({"event_name": "productSold", "product_id": 777, "no_of_units": 1, "amount": "2.5"})).await;
+    assert_eq!(s.as_u16(), 200, "{out}");
+    let (s, sale) = app.get("/api/product/sale/777").await;
+    assert_eq!((s.as_u16(), &sale["total"]), (200, &json!(2.5)), "{sale}");
+    let (s, rating) = app.get("/api/product/rating/777").await;
+    assert_eq!(s.as_u16(), 200, "{rating}");
+    app.stop().await;
+}
+
 both_backends!(
+    an_unknown_id_is_404_from_memory_until_its_first_event_is_acked,
     events_later_than_max_lateness_are_refused_with_the_reason,
     the_original_designs_events_give_its_documented_answers,
     a_body_may_be_an_object_an_array_or_ndjson,

@@ -34,8 +34,11 @@ struct Entry {
 pub(super) struct Core {
     ttl: Duration,
     entries: Mutex<Entries>,
-    /// Dimension values known to exist (they never stop existing).
-    known: Mutex<HashSet<(String, String)>>,
+    /// Dimension values known to exist (they never stop existing), keyed `dim\0value`.
+    known: Mutex<HashSet<String>>,
+    /// Dimension values a store read found unknown: a 404 for a made-up id is answered from here
+    /// for `ttl`, without a store read (a local commit that adds the value removes it at once).
+    unknown: Mutex<Unknown>,
     /// Entries being refreshed in the background (one refresh per entry at a time).
     refreshing: Mutex<HashSet<(SeriesKey, Window)>>,
 }
@@ -74,6 +77,26 @@ impl Recent {
     }
 }
 
+#[derive(Debug, Default)]
+struct Unknown {
+    /// When the read that found each value unknown began.
+    at: HashMap<String, Instant>,
+    /// Bumped whenever a local commit adds a value not known before: a read that began before
+    /// may have missed it, so its "unknown" is not kept.
+    epoch: u64,
+}
+
+/// Most dimension values kept as known, and as unknown (each ~100 bytes).
+const MAX_KNOWN: usize = 1 << 18;
+const MAX_UNKNOWN: usize = 1 << 16;
+
+fn dim_key(buf: &mut String, dim: &str, value: &str) {
+    buf.clear();
+    buf.push_str(dim);
+    buf.push('\0');
+    buf.push_str(value);
+}
+
 /// Taken before a store read that may fill the cache.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ReadTicket {
@@ -83,7 +106,13 @@ pub(super) struct ReadTicket {
 
 impl Core {
     pub(super) fn new(ttl: Duration) -> Self {
-        Self { ttl, entries: Mutex::default(), known: Mutex::default(), refreshing: Mutex::default() }
+        Self {
+            ttl,
+            entries: Mutex::default(),
+            known: Mutex::default(),
+            unknown: Mutex::default(),
+            refreshing: Mutex::default(),
+        }
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -165,15 +194,79 @@ impl Core {
     }
 
     pub(super) fn is_known(&self, dim: &str, value: &str) -> bool {
-        self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(&(dim.to_string(), value.to_string()))
+        let mut k = String::with_capacity(dim.len() + value.len() + 1);
+        dim_key(&mut k, dim, value);
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(&k)
     }
 
     pub(super) fn set_known(&self, dim: &str, value: &str) {
+        let mut k = String::new();
+        dim_key(&mut k, dim, value);
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() >= MAX_SERIES {
+        if known.len() >= MAX_KNOWN {
             known.clear();
         }
-        known.insert((dim.to_string(), value.to_string()));
+        known.insert(k);
+    }
+
+    /// Call before a store read of whether a value is known; pass it to `set_unknown`.
+    pub(super) fn unknown_ticket(&self) -> (u64, Instant) {
+        (self.unknown.lock().unwrap_or_else(|e| e.into_inner()).epoch, Instant::now())
+    }
+
+    /// Whether a read younger than `ttl` found the value unknown.
+    pub(super) fn is_unknown(&self, dim: &str, value: &str) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let mut k = String::with_capacity(dim.len() + value.len() + 1);
+        dim_key(&mut k, dim, value);
+        let u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.at.get(&k).is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    /// Keeps a store read's "unknown", unless a local commit added a new value since it began.
+    pub(super) fn set_unknown(&self, dim: &str, value: &str, (epoch, at): (u64, Instant)) {
+        let mut k = String::new();
+        dim_key(&mut k, dim, value);
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        if u.epoch != epoch || self.ttl.is_zero() {
+            return;
+        }
+        if u.at.len() >= MAX_UNKNOWN {
+            let ttl = self.ttl;
+            u.at.retain(|_, t| t.elapsed() < ttl);
+            if u.at.len() >= MAX_UNKNOWN {
+                u.at.clear();
+            }
+        }
+        u.at.insert(k, at);
+    }
+
+    /// The dimension values of a durable local commit are known from now on.
+    fn note_dims(&self, series: &[SeriesKey]) {
+        let mut k = String::new();
+        let mut fresh = Vec::new();
+        {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            for s in series.iter().filter(|s| !s.dim.is_empty()) {
+                dim_key(&mut k, &s.dim, &s.value);
+                if !known.contains(&k) {
+                    if known.len() >= MAX_KNOWN {
+                        known.clear();
+                    }
+                    known.insert(k.clone());
+                    fresh.push(k.clone());
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+            u.epoch += 1;
+            for k in fresh {
+                u.at.remove(&k);
+            }
+        }
     }
 }
 
@@ -181,6 +274,7 @@ impl Core {
     /// A local commit is durable (before its acknowledgements): its one-second deltas are added
     /// to every cached window that holds them, unless the entry's snapshot holds the commit.
     pub(super) fn committed(&self, commit: &Committed<'_>) {
+        self.note_dims(commit.series);
         let mut e = self.entries();
         let Some(seconds) = commit.seconds else {
             // No per-second deltas to apply: forget what the commit touched, and make sure no

@@ -129,19 +129,28 @@ impl ReadCache {
         Ok((self.aggregate(series, Some((from, to))).await?, (from, to)))
     }
 
-    /// Whether any accepted event carried `value` for `dim` (values never stop existing).
     /// Forgets every cached answer (see `Core::invalidate_all`).
     pub fn invalidate_all(&self) {
         self.core.invalidate_all();
     }
 
+    /// Whether any accepted event carried `value` for `dim` (values never stop existing). Known
+    /// values, and for `ttl` the values a read found unknown, are answered from memory: a flood of
+    /// requests for a made-up id reads the store once per `ttl`.
     pub async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError> {
         if self.core.is_known(dim, value) {
             return Ok(true);
         }
+        if self.core.is_unknown(dim, value) {
+            CacheStats::count(&self.stats.hits);
+            return Ok(false);
+        }
+        let ticket = self.core.unknown_ticket();
         let known = self.store.is_known(dim, value).await?;
         if known {
             self.core.set_known(dim, value);
+        } else {
+            self.core.set_unknown(dim, value, ticket);
         }
         Ok(known)
     }
