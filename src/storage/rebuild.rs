@@ -7,7 +7,7 @@
 //! or the new ones, and an event committed during the rebuild is counted once.
 
 pub use super::store::{Claim, FoldTail, MetricRecord, RebuildJob, RebuildSpec, Rebuilt, StoredDeadLetter, Swapped};
-use crate::rollup::{Agg, BucketKey, DimRow, Resolution, RollupRows, SeriesKey};
+use crate::rollup::{Agg, DimRow, Resolution, RollupRow, RollupRows, SeriesKey};
 
 /// A day's start at or after `s` (epoch seconds, UTC).
 pub fn day_up(s: i64) -> i64 {
@@ -16,15 +16,36 @@ pub fn day_up(s: i64) -> i64 {
 }
 
 /// The rows a swap writes: the rebuilt buckets, each series' all-time bucket merged with the
-/// days it keeps.
-pub fn swap_batch(
-    rows: Vec<(SeriesKey, Resolution, i64, Agg)>,
-    kept: Vec<(SeriesKey, Agg)>,
-    dims: Vec<DimRow>,
-) -> super::WriteBatch {
-    let buckets = rows
-        .into_iter()
-        .map(|(series, res, start, agg)| (BucketKey { series, res, start }, agg))
-        .chain(kept.into_iter().map(|(series, agg)| (BucketKey { series, res: Resolution::All, start: 0 }, agg)));
-    super::WriteBatch { rollups: RollupRows::from_buckets(buckets), dims, ..super::WriteBatch::default() }
+/// days it keeps (`kept`: the merged day buckets before the rebuilt range).
+pub fn swap_batch(rows: RollupRows, kept: Vec<(SeriesKey, Agg)>, dims: Vec<DimRow>) -> super::WriteBatch {
+    let rollups = if kept.is_empty() {
+        rows
+    } else {
+        let mut kept: std::collections::HashMap<SeriesKey, Agg> = kept.into_iter().collect();
+        let mut out: Vec<(SeriesKey, RollupRow)> = Vec::with_capacity(rows.len() + kept.len());
+        for (key, r) in rows.iter() {
+            let mut r = r.clone();
+            if r.res == Resolution::All
+                && let Some(k) = kept.remove(key)
+            {
+                r.agg.merge(&k);
+            }
+            out.push((key.clone(), r));
+        }
+        for (key, agg) in kept {
+            out.push((key, RollupRow { series: 0, res: Resolution::All, start: 0, agg }));
+        }
+        out.sort_by(|a, b| (&a.0, a.1.res, a.1.start).cmp(&(&b.0, b.1.res, b.1.start)));
+        let mut series: Vec<SeriesKey> = Vec::new();
+        let mut rows = Vec::with_capacity(out.len());
+        for (key, mut r) in out {
+            if series.last() != Some(&key) {
+                series.push(key);
+            }
+            r.series = (series.len() - 1) as u32;
+            rows.push(r);
+        }
+        RollupRows::from_parts(series, rows)
+    };
+    super::WriteBatch { rollups, dims, ..super::WriteBatch::default() }
 }

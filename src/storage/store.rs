@@ -374,7 +374,8 @@ pub enum Claim {
 /// The rows a swap writes: every rebuilt bucket (all-time ones included) of the rebuilt metrics.
 #[derive(Debug, Default)]
 pub struct Rebuilt {
-    pub rows: Vec<(SeriesKey, Resolution, i64, Agg)>,
+    /// Sorted as [`RollupRows`] requires.
+    pub rows: RollupRows,
     pub dims: Vec<DimRow>,
     pub events: i64,
     pub skipped: i64,

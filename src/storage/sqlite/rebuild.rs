@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::conn::{WriterConn, db_err};
 use super::decimal::agg_from_row;
 use super::maintain::merge_rows;
-use super::write::{dim_values, rollups, series_ids};
+use super::write::{ADD_ROWS, dim_values, series_ids, upsert};
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
 use crate::storage::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped, swap_batch};
 use crate::storage::{ClaimRequest, NewDeadLetter, RawBlock, RebuildStep, StoreError};
@@ -208,7 +208,18 @@ pub(super) fn swap(
     }
     let batch = swap_batch(rebuilt.rows, kept, rebuilt.dims);
     let (ids, _) = series_ids(&tx, &FastMap::default(), batch.rollups.series())?;
-    rollups(&tx, &ids, &batch)?;
+    // Straight into `rollups` (just emptied of these rows), not through the recent-row tables the
+    // background merge would have to move them out of.
+    {
+        let mut up = tx
+            .prepare_cached(&format!(
+                "INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"
+            ))
+            .map_err(db_err)?;
+        for r in batch.rollups.rows() {
+            upsert(&mut up, &[ids[r.series as usize], r.res.seconds(), r.start], &r.agg)?;
+        }
+    }
     dim_values(&tx, dims, &batch)?;
     finish(&tx, job.id, defs)?;
     tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'commit_seq'", []).map_err(db_err)?;
