@@ -405,6 +405,38 @@ async fn the_command_line_replay_resumes_where_it_stopped(backend: Backend) {
     app.stop().await;
 }
 
+/// `jetstream dead-letters replay` SIGKILLed at random points, then run to the end: every letter
+/// is counted once (each batch's events and the removal of its letters are one transaction).
+async fn a_killed_replay_neither_loses_nor_doubles_a_letter(backend: Backend) {
+    let events = sales(27, 8_000, now_ms());
+    let app = TestApp::spawn_with(backend, strict()).await;
+    for batch in events.chunks(200) {
+        app.ingest_ndjson(batch.iter().map(|s| s.json() + "\n").collect::<String>()).await;
+    }
+    let store = app.stop().await;
+    let mut rng = StdRng::seed_from_u64(28);
+    for _ in 0..3 {
+        let mut child = std::process::Command::new(common::jetstream_bin())
+            .args(["dead-letters", "replay", "--store", &store.url])
+            .env("JETSTREAM_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..150))).await;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (code, out, err) = run_cli(&["dead-letters", "replay", "--store", &store.url]);
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("after the killed runs: {out}");
+    let app = TestApp::spawn_on(store, Settings::default()).await;
+    check_metric(&app, "sales_amount", &events, amount).await;
+    let (_, letters) = app.get("/api/v1/dead-letters").await;
+    assert_eq!(letters["dead_letters"].as_array().unwrap().len(), 0, "{letters}");
+    app.stop().await;
+}
+
 /// A metric no longer declared is not served (the API names it), is reported as removed, and
 /// `rollups drop` deletes its rows; rebuilding an undeclared metric is refused with the reason.
 async fn a_removed_metric_is_not_served_and_can_be_dropped(backend: Backend) {
@@ -532,6 +564,7 @@ both_backends!(
     the_command_line_rebuild_beside_a_busy_server_counts_every_event_once,
     dead_letters_replay_exactly_once_after_a_schema_is_relaxed,
     the_command_line_replay_resumes_where_it_stopped,
+    a_killed_replay_neither_loses_nor_doubles_a_letter,
     a_removed_metric_is_not_served_and_can_be_dropped,
     a_rebuild_cannot_reach_before_the_raw_retention,
     late_events_are_refused_exactly_at_the_boundary,
