@@ -6,7 +6,9 @@
 #                  (the broker's ingest rate, for scale);
 #   2. consume:    `jetstream serve --kafka-brokers …` on that full topic, until the store holds
 #                  every event: end-to-end events/s from a full topic to committed rollups, checked
-#                  exactly (event count and the exact decimal sum of amounts);
+#                  exactly (event count and the exact decimal sum of amounts); next to it, in the
+#                  same run, the reference: a bare rdkafka consumer (examples/bare_consumer.rs: same
+#                  client settings, no parsing, no store) reading the same topic from the start;
 #   3. freshness:  a steady RATE events/s for DURATION s into a second topic while the server
 #                  consumes it; every 50 ms a marker sale of one product is produced, and a poller
 #                  reads that product's sales through the API every 2 ms: freshness = time from
@@ -47,7 +49,7 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 TANSU=$("$ROOT/scripts/ensure-tansu.sh")
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "cargo build --release"
-  (cd "$ROOT" && cargo build --release 2>&1 | tail -1) >&2
+  (cd "$ROOT" && cargo build --release --bin jetstream --example bare_consumer 2>&1 | tail -1) >&2
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -157,6 +159,11 @@ b=($cpu_broker1-$cpu_broker0)/$TICKS; j=$cpu_js/$TICKS; s=$E2E_SECONDS
 print(f'broker {b/s:.2f} cores, jetstream {j/s:.2f} cores (of 2) over {s} s')")
 log "consumed: $E2E"
 log "cpu: $E2E_CPU"
+BARE_BIN=${BARE_BIN:-$ROOT/target/release/examples/bare_consumer}
+BARE=$("$BARE_BIN" "$BROKER" full "$EVENTS")
+log "bare consumer (reference, same topic and broker): $BARE"
+BARE_RATIO=$(python3 -c "import json,sys; e=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(f\"{e['events_per_s'] / b['records_per_s']:.2f}\")" "$E2E" "$BARE")
+log "jetstream / bare consumer: $BARE_RATIO (target >= 0.90)"
 
 # ---------------------------------------------------------------------------------------------
 log "phase 3: freshness at $RATE events/s for $DURATION s"
@@ -269,6 +276,8 @@ broker                  tansu memory engine on $BROKER, $PARTITIONS partitions
 produce (jetstream send) $PRODUCE_RATE events/s  (the broker's ingest rate, for scale)
 consume end to end      $E2E
   cpu                   $E2E_CPU
+bare consumer (ref.)    $BARE
+  jetstream / bare      $BARE_RATIO  (target >= 0.90)
 freshness               $FRESH
   cpu                   $FRESH_CPU
 EOF
