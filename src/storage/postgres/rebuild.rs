@@ -99,7 +99,9 @@ pub(super) async fn claim(client: &mut Client, req: &ClaimRequest) -> Result<Cla
             tx.commit().await.map_err(pg_err)?;
             return Ok(Claim::Held(RebuildJob { owner: req.owner.clone(), lease_until_ms: lease_until, ..job }));
         }
-        tx.execute("UPDATE rebuild_jobs SET state = 'abandoned' WHERE id = $1", &[&job.id]).await.map_err(pg_err)?;
+        tx.execute("UPDATE rebuild_jobs SET state = 'abandoned' WHERE id = $1 AND state = 'running'", &[&job.id])
+            .await
+            .map_err(pg_err)?;
         tx.execute("DELETE FROM rebuild_chunks WHERE job = $1", &[&job.id]).await.map_err(pg_err)?;
     }
     let spec = serde_json::to_string(&req.spec).map_err(StoreError::backend)?;

@@ -97,7 +97,8 @@ pub(super) fn claim(c: &mut Connection, req: &ClaimRequest) -> Result<Claim, Sto
         }
         // Another rebuild was left behind: its rows were never swapped in, so dropping it loses
         // nothing but its progress.
-        tx.execute("UPDATE rebuild_jobs SET state = 'abandoned' WHERE id = ?1", [job.id]).map_err(db_err)?;
+        tx.execute("UPDATE rebuild_jobs SET state = 'abandoned' WHERE id = ?1 AND state = 'running'", [job.id])
+            .map_err(db_err)?;
         tx.execute("DELETE FROM rebuild_chunks WHERE job = ?1", [job.id]).map_err(db_err)?;
     }
     let spec = serde_json::to_string(&req.spec).map_err(StoreError::backend)?;
