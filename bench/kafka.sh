@@ -21,6 +21,7 @@
 #   EVENTS=2000000 RATE=20000 DURATION=60 bench/kafka.sh
 #   SKIP_BUILD=1 JETSTREAM_BIN=/path/to/jetstream bench/kafka.sh
 #   KEEP=1 bench/kafka.sh                   # keep the work directory (logs, stores)
+#   KEEP=1 PERF=1 bench/kafka.sh            # also profile the consuming server in phase 2
 #
 # Needs python3 (standard library only) and tansu (scripts/ensure-tansu.sh installs it).
 set -euo pipefail
@@ -114,6 +115,12 @@ TOKEN=$("$BIN" token create --store "$STORE" --name bench --scope read,admin)
 cpu_broker0=$(cpu_ticks "$TANSU_PID")
 start_serve full "$STORE"
 E2E_PID=$SERVE_PID
+PERF_PID=""
+if [ "${PERF:-0}" = 1 ]; then
+  # PERF=1: a profile of the consuming server during phase 2 (perf report -i $WORK/perf.e2e.data).
+  perf record -F 999 -g --call-graph dwarf,16384 -p "$E2E_PID" -o "$WORK/perf.e2e.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+fi
 python3 - "$ADDR" "$TOKEN" "$WORK/expected.json" "$E2E_PID" >"$WORK/e2e.json" <<'EOF'
 import http.client, json, sys, time
 addr, token, expected_path, pid = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -151,6 +158,7 @@ print(json.dumps({
 EOF
 cpu_broker1=$(cpu_ticks "$TANSU_PID")
 cpu_js=$(cpu_ticks "$E2E_PID")
+if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; log "profile: $WORK/perf.e2e.data"; fi
 kill -TERM "$E2E_PID"; wait "$E2E_PID" 2>/dev/null || true
 E2E=$(cat "$WORK/e2e.json")
 E2E_SECONDS=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['seconds'])" "$E2E")

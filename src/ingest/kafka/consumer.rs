@@ -19,6 +19,8 @@ use crate::ingest::writer::WriteError;
 
 /// librdkafka's prefetch buffer, in KiB (its default is 64 MiB).
 const PREFETCH_KBYTES: &str = "32768";
+/// Records taken between two reads of the clock while records keep arriving.
+const CLOCK_EVERY: u32 = 64;
 /// A running consumer; [`KafkaConsumer::stop`] ends it after its in-flight batches commit.
 pub struct KafkaConsumer {
     stop: Arc<AtomicBool>,
@@ -102,15 +104,24 @@ fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
     let mut healthy = false;
     let mut next_lag_log = Instant::now() + LAG_LOG_EVERY;
     let mut backoff = RETRY_MIN;
+    // The clock is read once per CLOCK_EVERY records while records keep coming (and at every
+    // empty poll): reading it per record took 7 % of the CPU of a full-speed consume.
+    let mut since_clock = CLOCK_EVERY;
+    let mut drained = true;
     while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= next_probe {
-            healthy = ctx.probe(consumer);
-            next_probe = now + if healthy { PROBE_HEALTHY } else { PROBE_UNHEALTHY };
-        }
-        if healthy && now >= next_lag_log {
-            ctx.log_lag(consumer);
-            next_lag_log = now + LAG_LOG_EVERY;
+        since_clock += 1;
+        let look = drained || since_clock >= CLOCK_EVERY;
+        if look {
+            since_clock = 0;
+            let now = Instant::now();
+            if now >= next_probe {
+                healthy = ctx.probe(consumer);
+                next_probe = now + if healthy { PROBE_HEALTHY } else { PROBE_UNHEALTHY };
+            }
+            if healthy && now >= next_lag_log {
+                ctx.log_lag(consumer);
+                next_lag_log = now + LAG_LOG_EVERY;
+            }
         }
         // Natural batching: while records keep arriving, or while the writer already has
         // MAX_IN_FLIGHT batches, the batch grows; as soon as the fetched records are used up and
@@ -121,10 +132,11 @@ fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
         };
         let wait = match pending {
             Some(_) if room => Duration::ZERO,
-            Some(t) => BATCH_LINGER.saturating_sub(t.elapsed()).min(IN_FLIGHT_POLL),
+            Some(t) if look => BATCH_LINGER.saturating_sub(t.elapsed()).min(IN_FLIGHT_POLL),
+            Some(_) => Duration::ZERO,
             None => Duration::from_millis(100),
         };
-        let mut drained = false;
+        drained = false;
         match consumer.poll(wait) {
             Some(Ok(m)) => {
                 let rewind = ctx.take(&mut ctx.lock(), &m);
@@ -141,7 +153,7 @@ fn run(consumer: &BaseConsumer<Ctx>, stop: &AtomicBool) {
         let due = {
             let state = ctx.lock();
             state.batch.len() >= BATCH_RECORDS
-                || state.started.is_some_and(|t| (drained && room) || t.elapsed() >= BATCH_LINGER)
+                || state.started.is_some_and(|t| (drained && room) || (look && t.elapsed() >= BATCH_LINGER))
         };
         let mut result = ctx.settle_finished(consumer);
         if due && result.is_ok() {
