@@ -135,12 +135,9 @@ pub async fn post_replay(
     let since_ms = input
         .since
         .as_deref()
-        .map(|s| {
-            humantime::parse_duration(s)
-                .map(|d| crate::clock::now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                .map_err(|e| ApiError::BadRequest(format!("`since` must be a duration like 24h: {e}")))
-        })
-        .transpose()?;
+        .map(|s| crate::rebuild::since_ms(s, crate::clock::now_ms()))
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let filter = Filter { reason_contains: input.reason_contains, since_ms, dry_run: input.dry_run };
     let report = replay::replay(&*state.store, Sink::Writer(&state.writer), &state.settings, &filter).await?;
     Ok(Json(report))

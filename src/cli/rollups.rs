@@ -162,12 +162,9 @@ pub(super) async fn dead_letters(command: DeadLettersCommand) -> anyhow::Result<
     let settings = load_settings(&args)?;
     let since_ms = since
         .as_deref()
-        .map(|s| {
-            humantime::parse_duration(s)
-                .map(|d| crate::clock::now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                .map_err(|e| UsageError(format!("--since must be a duration like 24h: {e}")))
-        })
-        .transpose()?;
+        .map(|s| crate::rebuild::since_ms(s, crate::clock::now_ms()))
+        .transpose()
+        .map_err(UsageError)?;
     let store = open_store(&args).await?;
     let filter = Filter { reason_contains, since_ms, dry_run };
     let r = crate::rebuild::replay::replay(&*store, Sink::Store(&*store), &settings, &filter).await?;

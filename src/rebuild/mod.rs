@@ -51,15 +51,18 @@ impl Request {
     pub fn parse(metrics: Vec<String>, since: Option<&str>, from: Option<&str>, now_ms: i64) -> Result<Self, String> {
         let from_ms = match (since, from) {
             (Some(_), Some(_)) => return Err("give `since` or `from`, not both".into()),
-            (Some(s), None) => {
-                let d = humantime::parse_duration(s).map_err(|e| format!("`since` must be a duration like 7d: {e}"))?;
-                Some(now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-            }
+            (Some(s), None) => Some(since_ms(s, now_ms)?),
             (None, Some(f)) => Some(crate::rollup::parse_time(f, "from")?.saturating_mul(1000)),
             (None, None) => None,
         };
         Ok(Self { metrics, from_ms })
     }
+}
+
+/// The time (epoch ms) `since` (a duration such as `7d`) before `now_ms`.
+pub fn since_ms(since: &str, now_ms: i64) -> Result<i64, String> {
+    let d = crate::config::parse_duration(since).map_err(|e| format!("`since`: {e}"))?;
+    Ok(now_ms.saturating_sub(crate::config::millis_i64(d)))
 }
 
 /// Why a rebuild cannot start or finish.

@@ -219,15 +219,7 @@ pub(super) async fn dead_letters(
             Ok(DeadLetter {
                 id: r.try_get(0).map_err(pg_err)?,
                 raw_size: r.try_get(8).map_err(pg_err)?,
-                letter: NewDeadLetter {
-                    received_ms: r.try_get(1).map_err(pg_err)?,
-                    source: r.try_get(2).map_err(pg_err)?,
-                    reason: r.try_get(3).map_err(pg_err)?,
-                    raw: r.try_get(4).map_err(pg_err)?,
-                    topic: r.try_get(5).map_err(pg_err)?,
-                    partition: r.try_get(6).map_err(pg_err)?,
-                    offset: r.try_get(7).map_err(pg_err)?,
-                },
+                letter: letter_from_row(r)?,
             })
         })
         .collect()
@@ -247,20 +239,34 @@ pub(super) async fn raw_blocks(
         .await
         .map_err(pg_err)?;
     let rows = client.query(&st, &[&name, &before.unwrap_or(i64::MAX), &i64::from(limit)]).await.map_err(pg_err)?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get(0).map_err(pg_err)?,
-                RawBlock {
-                    name: r.try_get(1).map_err(pg_err)?,
-                    min_time_ms: r.try_get(2).map_err(pg_err)?,
-                    max_time_ms: r.try_get(3).map_err(pg_err)?,
-                    count: r.try_get(4).map_err(pg_err)?,
-                    zstd: r.try_get(5).map_err(pg_err)?,
-                },
-            ))
-        })
-        .collect()
+    rows.iter().map(raw_block_from_row).collect()
+}
+
+/// `id, name, min_time_ms, max_time_ms, count, data` of `raw_blocks`.
+pub(super) fn raw_block_from_row(r: &Row) -> Result<(i64, RawBlock), StoreError> {
+    Ok((
+        r.try_get(0).map_err(pg_err)?,
+        RawBlock {
+            name: r.try_get(1).map_err(pg_err)?,
+            min_time_ms: r.try_get(2).map_err(pg_err)?,
+            max_time_ms: r.try_get(3).map_err(pg_err)?,
+            count: r.try_get(4).map_err(pg_err)?,
+            zstd: r.try_get(5).map_err(pg_err)?,
+        },
+    ))
+}
+
+/// Columns 1 to 7 of a dead-letter row: `received_ms, source, reason, raw, topic, partition, "offset"`.
+pub(super) fn letter_from_row(r: &Row) -> Result<NewDeadLetter, StoreError> {
+    Ok(NewDeadLetter {
+        received_ms: r.try_get(1).map_err(pg_err)?,
+        source: r.try_get(2).map_err(pg_err)?,
+        reason: r.try_get(3).map_err(pg_err)?,
+        raw: r.try_get(4).map_err(pg_err)?,
+        topic: r.try_get(5).map_err(pg_err)?,
+        partition: r.try_get(6).map_err(pg_err)?,
+        offset: r.try_get(7).map_err(pg_err)?,
+    })
 }
 
 pub(super) async fn list_tokens(client: &Client) -> Result<Vec<TokenRecord>, StoreError> {

@@ -4,11 +4,11 @@ use deadpool_postgres::{Client, Transaction};
 use tokio_postgres::Row;
 
 use super::error::pg_err;
-use super::read::{agg_from_row, res_code};
+use super::read::{agg_from_row, letter_from_row, raw_block_from_row, res_code};
 use super::write::{dim_values, rollups};
 use crate::rollup::{Resolution, SeriesKey};
 use crate::storage::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped, swap_batch};
-use crate::storage::{ClaimRequest, NewDeadLetter, RawBlock, RebuildStep, StoreError};
+use crate::storage::{ClaimRequest, RawBlock, RebuildStep, StoreError};
 
 /// Advisory lock key (per database): one claim at a time, so one rebuild runs at a time.
 const CLAIM_LOCK: i64 = 0x6a65_7473_7472_6d03;
@@ -44,19 +44,6 @@ pub(super) async fn raw_watermark(client: &mut Client) -> Result<i64, StoreError
     Ok(max)
 }
 
-fn raw_from_row(r: &Row) -> Result<(i64, RawBlock), StoreError> {
-    Ok((
-        r.try_get(0).map_err(pg_err)?,
-        RawBlock {
-            name: r.try_get(1).map_err(pg_err)?,
-            min_time_ms: r.try_get(2).map_err(pg_err)?,
-            max_time_ms: r.try_get(3).map_err(pg_err)?,
-            count: r.try_get(4).map_err(pg_err)?,
-            zstd: r.try_get(5).map_err(pg_err)?,
-        },
-    ))
-}
-
 const RAW_AFTER: &str = "SELECT id, name, min_time_ms, max_time_ms, count, data FROM raw_blocks
                          WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3";
 
@@ -67,7 +54,7 @@ pub(super) async fn raw_blocks_after(
     limit: u32,
 ) -> Result<Vec<(i64, RawBlock)>, StoreError> {
     let rows = client.query(RAW_AFTER, &[&after, &upto, &i64::from(limit)]).await.map_err(pg_err)?;
-    rows.iter().map(raw_from_row).collect()
+    rows.iter().map(raw_block_from_row).collect()
 }
 
 pub(super) async fn raw_pruned_before(client: &Client) -> Result<Option<i64>, StoreError> {
@@ -184,7 +171,7 @@ pub(super) async fn swap(
         .map_err(pg_err)?;
     let progress = check_lease(&tx, job.id, owner).await?;
     let rows = tx.query(RAW_AFTER, &[&progress, &i64::MAX, &i64::MAX]).await.map_err(pg_err)?;
-    let tail = rows.iter().map(raw_from_row).collect::<Result<Vec<_>, _>>()?;
+    let tail = rows.iter().map(raw_block_from_row).collect::<Result<Vec<_>, _>>()?;
     let rebuilt = fold(tail).map_err(StoreError::Rejected)?;
     let metrics = &job.spec.metrics;
     let from = job.spec.from_s.unwrap_or(i64::MIN);
@@ -268,19 +255,6 @@ pub(super) async fn dead_letters_after(
         .await
         .map_err(pg_err)?;
     rows.iter()
-        .map(|r| {
-            Ok(StoredDeadLetter {
-                id: r.try_get(0).map_err(pg_err)?,
-                letter: NewDeadLetter {
-                    received_ms: r.try_get(1).map_err(pg_err)?,
-                    source: r.try_get(2).map_err(pg_err)?,
-                    reason: r.try_get(3).map_err(pg_err)?,
-                    raw: r.try_get(4).map_err(pg_err)?,
-                    topic: r.try_get(5).map_err(pg_err)?,
-                    partition: r.try_get(6).map_err(pg_err)?,
-                    offset: r.try_get(7).map_err(pg_err)?,
-                },
-            })
-        })
+        .map(|r| Ok(StoredDeadLetter { id: r.try_get(0).map_err(pg_err)?, letter: letter_from_row(r)? }))
         .collect()
 }

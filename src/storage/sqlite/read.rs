@@ -206,19 +206,7 @@ pub(super) fn dead_letters(c: &Connection, before: Option<i64>, limit: u32) -> R
         .map_err(db_err)?;
     let rows = s
         .query_map(params![before.unwrap_or(i64::MAX), limit, DEAD_LETTER_PAGE_RAW], |r| {
-            Ok(DeadLetter {
-                id: r.get(0)?,
-                raw_size: r.get(8)?,
-                letter: NewDeadLetter {
-                    received_ms: r.get(1)?,
-                    source: r.get(2)?,
-                    reason: r.get(3)?,
-                    raw: r.get(4)?,
-                    topic: r.get(5)?,
-                    partition: r.get(6)?,
-                    offset: r.get(7)?,
-                },
-            })
+            Ok(DeadLetter { id: r.get(0)?, raw_size: r.get(8)?, letter: letter_from_row(r)? })
         })
         .map_err(db_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
@@ -236,21 +224,29 @@ pub(super) fn raw_blocks(
              WHERE name = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
         )
         .map_err(db_err)?;
-    let rows = s
-        .query_map(params![name, before.unwrap_or(i64::MAX), limit], |r| {
-            Ok((
-                r.get(0)?,
-                RawBlock {
-                    name: r.get(1)?,
-                    min_time_ms: r.get(2)?,
-                    max_time_ms: r.get(3)?,
-                    count: r.get(4)?,
-                    zstd: r.get(5)?,
-                },
-            ))
-        })
-        .map_err(db_err)?;
+    let rows = s.query_map(params![name, before.unwrap_or(i64::MAX), limit], raw_block_from_row).map_err(db_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+}
+
+/// `id, name, min_time_ms, max_time_ms, count, data` of `raw_blocks`.
+pub(super) fn raw_block_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, RawBlock)> {
+    Ok((
+        r.get(0)?,
+        RawBlock { name: r.get(1)?, min_time_ms: r.get(2)?, max_time_ms: r.get(3)?, count: r.get(4)?, zstd: r.get(5)? },
+    ))
+}
+
+/// Columns 1 to 7 of a dead-letter row: `received_ms, source, reason, raw, topic, partition, "offset"`.
+pub(super) fn letter_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NewDeadLetter> {
+    Ok(NewDeadLetter {
+        received_ms: r.get(1)?,
+        source: r.get(2)?,
+        reason: r.get(3)?,
+        raw: r.get(4)?,
+        topic: r.get(5)?,
+        partition: r.get(6)?,
+        offset: r.get(7)?,
+    })
 }
 
 pub(super) fn list_tokens(c: &Connection) -> Result<Vec<TokenRecord>, StoreError> {

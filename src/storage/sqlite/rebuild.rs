@@ -5,10 +5,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::conn::{WriterConn, db_err};
 use super::decimal::agg_from_row;
 use super::maintain::merge_rows;
+use super::read::{letter_from_row, raw_block_from_row};
 use super::write::{ADD_ROWS, dim_values, series_ids, upsert};
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
 use crate::storage::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped, swap_batch};
-use crate::storage::{ClaimRequest, NewDeadLetter, RawBlock, RebuildStep, StoreError};
+use crate::storage::{ClaimRequest, RawBlock, RebuildStep, StoreError};
 
 const JOB_COLUMNS: &str = "id, spec, state, owner, lease_until_ms, started_ms, updated_ms, progress_block, \
                            target_block, events_read, events_skipped";
@@ -47,20 +48,7 @@ pub(super) fn raw_blocks_after(
              WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
         )
         .map_err(db_err)?;
-    let rows = s
-        .query_map(params![after, upto, limit], |r| {
-            Ok((
-                r.get(0)?,
-                RawBlock {
-                    name: r.get(1)?,
-                    min_time_ms: r.get(2)?,
-                    max_time_ms: r.get(3)?,
-                    count: r.get(4)?,
-                    zstd: r.get(5)?,
-                },
-            ))
-        })
-        .map_err(db_err)?;
+    let rows = s.query_map(params![after, upto, limit], raw_block_from_row).map_err(db_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
 }
 
@@ -314,20 +302,7 @@ pub(super) fn dead_letters_after(c: &Connection, after: i64, limit: u32) -> Resu
         )
         .map_err(db_err)?;
     let rows = s
-        .query_map(params![after, limit], |r| {
-            Ok(StoredDeadLetter {
-                id: r.get(0)?,
-                letter: NewDeadLetter {
-                    received_ms: r.get(1)?,
-                    source: r.get(2)?,
-                    reason: r.get(3)?,
-                    raw: r.get(4)?,
-                    topic: r.get(5)?,
-                    partition: r.get(6)?,
-                    offset: r.get(7)?,
-                },
-            })
-        })
+        .query_map(params![after, limit], |r| Ok(StoredDeadLetter { id: r.get(0)?, letter: letter_from_row(r)? }))
         .map_err(db_err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
 }
