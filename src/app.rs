@@ -82,7 +82,7 @@ impl Application {
             .await
             .context("comparing the declared metrics with the store's")?;
         crate::rebuild::defs::report(&changes, store_url);
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(tokens.clone().keep_fresh(store.clone())),
             tokio::spawn(prune_forever(store.clone(), settings.clone())),
             tokio::spawn(watch_disk(store.clone(), writer.clone(), health.clone(), settings.storage.min_free_bytes)),
@@ -103,6 +103,9 @@ impl Application {
             routes: Arc::default(),
             rebuilds: Arc::default(),
         };
+        if let Some(foreign) = state.store.foreign_commits() {
+            background.push(tokio::spawn(follow_foreign_commits(foreign, state.cache.clone(), state.commits.clone())));
+        }
         if state.settings.rollups.auto_rebuild && !changes.to_rebuild().is_empty() {
             start_auto_rebuild(&state, changes.to_rebuild()).await;
         }
@@ -326,5 +329,24 @@ async fn start_auto_rebuild(state: &AppState, metrics: Vec<String>) {
     match state.rebuilds.start(state.store.clone(), state.settings.clone(), req, move || cache.invalidate_all()).await {
         Ok(job) => tracing::info!(job = job.id, ?metrics, "rebuilding new and changed metrics (rollups.auto_rebuild)"),
         Err(e) => tracing::warn!(error = %e, ?metrics, "could not start the automatic rebuild"),
+    }
+}
+
+/// At most one reaction to other processes' commits per this: a fleet instance sees another's
+/// writes within about this (plus a read), and a busy fleet does not clear every cache at every
+/// commit.
+const FOREIGN_COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Another process committed to the shared store (PostgreSQL `LISTEN`): what this one cached may
+/// be stale, and its live streams may have new figures.
+async fn follow_foreign_commits(
+    mut foreign: tokio::sync::watch::Receiver<u64>,
+    cache: Arc<ReadCache>,
+    bell: Arc<api::CommitBell>,
+) {
+    while foreign.changed().await.is_ok() {
+        cache.invalidate_all();
+        bell.ring_foreign();
+        tokio::time::sleep(FOREIGN_COALESCE).await;
     }
 }

@@ -34,6 +34,11 @@ impl CommitBell {
         self.rings.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Another process committed to the shared store: streams re-read their figures.
+    pub fn ring_foreign(&self) {
+        self.ring();
+    }
+
     /// The server is stopping: open streams end (instead of holding the shutdown up).
     pub fn close(&self) {
         self.closing.store(true, std::sync::atomic::Ordering::SeqCst);

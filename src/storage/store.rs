@@ -286,6 +286,12 @@ pub trait Store: Send + Sync + 'static {
     /// A number that changes whenever a token is created or revoked.
     async fn tokens_version(&self) -> Result<i64, StoreError>;
     async fn prune(&self, before: PruneBefore) -> Result<Pruned, StoreError>;
+    /// A counter bumped whenever another process commits to this store, for a backend that can
+    /// tell (PostgreSQL: `LISTEN`); `None` where it cannot (other processes' writes then show
+    /// within the read cache's ttl).
+    fn foreign_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
     /// How much disk the store takes, and how much is left where it lives (when it can tell).
     async fn footprint(&self) -> Result<Footprint, StoreError>;
 

@@ -24,6 +24,7 @@
 //!   [`read`]: every read.
 
 mod error;
+mod listen;
 mod read;
 mod rebuild;
 mod schema;
@@ -51,6 +52,10 @@ const POOL_SIZE: usize = 8;
 
 pub struct PgStore {
     pool: Pool,
+    /// For the connection that listens to other processes' commits (see [`listen`]).
+    config: tokio_postgres::Config,
+    tls: PgTls,
+    foreign: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
     /// This process's writer id in `writer_positions` (random per process).
     writer: i64,
     /// The last commit number handed out; numbers are never reused, even by a failed commit,
@@ -75,7 +80,7 @@ impl PgStore {
     pub async fn open(config: tokio_postgres::Config, tls: &PgTls) -> Result<Self, StoreError> {
         let connector = tls::connector(tls)?;
         let manager =
-            Manager::from_config(config, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(config.clone(), connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -84,7 +89,15 @@ impl PgStore {
             .build()
             .map_err(StoreError::backend)?;
         let writer = rand::random::<i64>().abs();
-        let store = Self { pool, writer, seq: AtomicU64::new(0), committing: Default::default() };
+        let store = Self {
+            pool,
+            config,
+            tls: tls.clone(),
+            foreign: std::sync::OnceLock::new(),
+            writer,
+            seq: AtomicU64::new(0),
+            committing: Default::default(),
+        };
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
         Ok(store)
@@ -262,6 +275,15 @@ impl Store for PgStore {
 
     async fn dead_letters_after(&self, after: i64, limit: u32) -> Result<Vec<StoredDeadLetter>, StoreError> {
         rebuild::dead_letters_after(&self.client().await?, after, limit).await
+    }
+
+    fn foreign_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let tx = self.foreign.get_or_init(|| {
+            let (tx, _) = tokio::sync::watch::channel(0);
+            tokio::spawn(listen::listen(self.config.clone(), self.tls.clone(), self.writer, tx.clone()));
+            tx
+        });
+        Some(tx.subscribe())
     }
 
     async fn footprint(&self) -> Result<Footprint, StoreError> {

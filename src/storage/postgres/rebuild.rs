@@ -204,6 +204,8 @@ pub(super) async fn swap(
     .map_err(pg_err)?;
     tx.execute("DELETE FROM rebuild_chunks WHERE job = $1", &[&job.id]).await.map_err(pg_err)?;
     put_records(&tx, defs).await?;
+    // Other instances' caches learn of the swap at once (see `listen`).
+    tx.execute("SELECT pg_notify($1, 'swap')", &[&super::listen::CHANNEL]).await.map_err(pg_err)?;
     tx.commit().await.map_err(pg_err)?;
     Ok(Swapped { rows_deleted: deleted, rows_written: batch.rollups.len() as u64, tail_events: rebuilt.events })
 }

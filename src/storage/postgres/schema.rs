@@ -77,6 +77,17 @@ CREATE TABLE metric_defs (
     name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, updated_ms BIGINT NOT NULL
 );
 "#,
+    // 7: every commit notifies the other processes (`LISTEN jetstream_commits`, payload: the
+    // writer id), through the row each commit writes anyway: no extra round trip.
+    r#"
+CREATE FUNCTION jetstream_notify_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jetstream_commits', NEW.writer::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER writer_positions_notify AFTER INSERT OR UPDATE ON writer_positions
+    FOR EACH ROW EXECUTE FUNCTION jetstream_notify_commit();
+"#,
 ];
 
 /// Advisory lock key (per database): one instance migrates at a time.
