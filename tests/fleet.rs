@@ -34,6 +34,18 @@ async fn an_ack_on_one_instance_is_visible_on_another_within_milliseconds() {
         }
         lags.push(acked.elapsed());
     }
+    // A product B has just answered 404 for (and keeps as unknown for the ttl) becomes known there
+    // as soon as A acknowledges its first event.
+    let (s, _) = b.get("/api/product/sale/9999").await;
+    assert_eq!(s.as_u16(), 404);
+    a.ingest(&json!({"event_name": "productSold", "product_id": 9999, "no_of_units": 1, "amount": "1"})).await;
+    let acked = Instant::now();
+    while b.get("/api/product/sale/9999").await.0.as_u16() == 404 {
+        assert!(acked.elapsed() < Duration::from_secs(5), "never known on the other instance");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let new_product = acked.elapsed();
+    assert!(new_product < Duration::from_millis(400), "a new product stayed 404 on B for {new_product:?}");
     lags.sort();
     eprintln!("ack on A -> visible on B: median {:?}, max {:?} (cache ttl 1 s)", lags[10], lags[19]);
     // Without the notifications, B answers from its cache for up to the ttl (1 s).

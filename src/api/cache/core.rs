@@ -317,9 +317,15 @@ impl Core {
     /// Forgets every answer, and discards the fills of reads that began before (rollups were
     /// replaced under them: a rebuild's swap, a replay committed straight to the store).
     pub(super) fn invalidate_all(&self) {
-        let mut e = self.entries();
-        e.failures += 1;
-        e.by_series.clear();
+        {
+            let mut e = self.entries();
+            e.failures += 1;
+            e.by_series.clear();
+        }
+        // Another process may have added a value read as unknown here.
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.epoch += 1;
+        u.at.clear();
     }
 
     /// A local commit failed; it may have touched `touched`.
