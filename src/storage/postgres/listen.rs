@@ -38,9 +38,11 @@ async fn once(
     first: bool,
 ) -> anyhow::Result<()> {
     let (client, mut connection) = config.connect(tls::connector(tls).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
-    let (msgs_tx, mut msgs) = futures::channel::mpsc::unbounded();
+    // Bounded: the driver waits for the loop below (a connection that keeps failing must not
+    // fill memory), and it is aborted whenever this function returns.
+    let (msgs_tx, mut msgs) = futures::channel::mpsc::channel(64);
     let stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let driver = tokio::spawn(stream.map(Ok).forward(msgs_tx));
+    let _driver = AbortOnDrop(tokio::spawn(stream.map(Ok).forward(msgs_tx)));
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     if !first {
         tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -48,10 +50,7 @@ async fn once(
     let mut closed = std::pin::pin!(tx.closed());
     loop {
         tokio::select! {
-            _ = &mut closed => {
-                driver.abort();
-                return Ok(());
-            }
+            _ = &mut closed => return Ok(()),
             m = msgs.next() => match m {
                 Some(Ok(AsyncMessage::Notification(n))) if n.payload() != own => {
                     tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -61,5 +60,14 @@ async fn once(
                 None => anyhow::bail!("the listening connection closed"),
             },
         }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
