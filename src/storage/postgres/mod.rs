@@ -278,12 +278,16 @@ impl Store for PgStore {
     }
 
     fn foreign_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // The listener stops once no receiver is left: the first receiver must exist before it
+        // starts (created with the channel, not subscribed after the spawn, which raced it).
+        let mut first = None;
         let tx = self.foreign.get_or_init(|| {
-            let (tx, _) = tokio::sync::watch::channel(0);
+            let (tx, rx) = tokio::sync::watch::channel(0);
+            first = Some(rx);
             tokio::spawn(listen::listen(self.config.clone(), self.tls.clone(), self.writer, tx.clone()));
             tx
         });
-        Some(tx.subscribe())
+        Some(first.unwrap_or_else(|| tx.subscribe()))
     }
 
     async fn footprint(&self) -> Result<Footprint, StoreError> {
