@@ -37,6 +37,25 @@ t1=$(date +%s.%N)
 wait "$SEND"
 INGEST=$(python3 -c "print(round($EVENTS / ($t1 - $t0)))")
 
+# The reference (PostgreSQL only): COPY of the same events, as rows, into an unindexed table of the
+# same database, from the client side (psql \copy), timed from the start of the copy to its commit.
+COPY_REF=""
+if [[ ${CLUSTER_STORE:-postgres} == postgres ]] && command -v psql >/dev/null; then
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    print(e["product_id"], e["no_of_units"], e["amount"], sep=",")' \
+    <"$JETSTREAM_CLUSTER_DIR/events.ndjson" >"$JETSTREAM_CLUSTER_DIR/events.csv"
+  psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS copy_reference" \
+    -c "CREATE TABLE copy_reference (product_id bigint, no_of_units bigint, amount numeric, at timestamptz DEFAULT now())"
+  c0=$(date +%s.%N)
+  psql -q "$DATABASE_URL" -c "\\copy copy_reference (product_id, no_of_units, amount) FROM '$JETSTREAM_CLUSTER_DIR/events.csv' WITH (FORMAT csv)"
+  c1=$(date +%s.%N)
+  COPY_REF=$(python3 -c "print(round($EVENTS / ($c1 - $c0)))")
+  psql -q "$DATABASE_URL" -c "DROP TABLE copy_reference"
+fi
+
 cat >"$JETSTREAM_CLUSTER_DIR/q.lua" <<LUA
 local n = 0
 request = function()
@@ -54,5 +73,6 @@ cat <<OUT
 
 == Jetstream fleet on ${CLUSTER_STORE:-postgres} ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)) ==
 ingest from Kafka (2 consumers)   $INGEST events/s  ($EVENTS events, send + consume overlapped)
-queries through nginx (2 APIs)    $RPS req/s, p50 $P50, p99 $P99  (wrk -t$THREADS -c$CONNS -d${DURATION}s; non-2xx: ${NON2XX:-0})
+${COPY_REF:+reference: PostgreSQL COPY     $COPY_REF rows/s  (the same $EVENTS events as rows, psql \\copy into an unindexed table)
+}queries through nginx (2 APIs)    $RPS req/s, p50 $P50, p99 $P99  (wrk -t$THREADS -c$CONNS -d${DURATION}s; non-2xx: ${NON2XX:-0})
 OUT
