@@ -4,6 +4,12 @@ use clap::Parser;
 use jetstream::cli::{self, Cli};
 use jetstream::telemetry::{errors, logs};
 
+/// mimalloc, not glibc's malloc: glibc gives each thread that allocates (the runtime's workers,
+/// the blocking pool's SQLite readers, the writer) an arena of its own, up to eight per core, and
+/// keeps what is freed in each; RSS grew to ~1.5 GB on a 10M-event store (bench/README.md, "Cost curve").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help/--version.
     let cli = Cli::parse();
