@@ -14,10 +14,10 @@ use crate::storage::{CommitPos, StoreError, TokenRecord, WriteBatch};
 pub(super) const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = agg_merge(agg, excluded.agg)";
 
 /// Series ids the writer remembers; beyond this the cache starts over (it is only a cache).
-const SERIES_CACHE: usize = 1 << 20;
+const SERIES_CACHE: usize = 1 << 18;
 
 /// Dimension values the writer remembers as stored; beyond this the cache starts over.
-const DIMS_CACHE: usize = 1 << 20;
+const DIMS_CACHE: usize = 1 << 18;
 
 /// Series ids the writer has not cached yet, to cache once their transaction has committed.
 pub(super) type FreshIds = Vec<(SeriesKey, i64)>;
