@@ -67,10 +67,31 @@ pub fn install() {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only build and process figures");
         }
+        spawn_upkeep(handle.clone());
         describe();
         gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Recorder { handle, started: Instant::now() }
     });
+}
+
+/// How often histogram samples are folded into their buckets when nobody scrapes `/metrics`.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the recorded histogram samples into their buckets every [`UPKEEP_EVERY`]. A recorder made
+/// with `build_recorder` keeps every sample until it is rendered or upkept: without this, a server
+/// nobody scraped grew by ~40 MB a minute at 30,000 events/s (the freshness histogram takes a sample
+/// per event), the soak in bench/README.md. A thread, not a task: `install` may run before any
+/// runtime, and the thread lives as long as the process.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms are drained only when /metrics is read");
+    }
 }
 
 /// The event names that may be labels (those the configuration declares); the first call wins.
