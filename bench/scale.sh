@@ -64,7 +64,7 @@ mkdir -p "$WORK/store"
 CFG=()
 [[ -n $CONFIG ]] && CFG=(--config "$CONFIG")
 [[ -n $REUSE ]] && CHECKPOINTS=""
-TOKEN=$("$BIN" token create --store "$STORE" "${CFG[@]}" --name scale --scope ingest,read)
+TOKEN=$("$BIN" token create --store "$STORE" "${CFG[@]}" --name "scale-$(date +%s)" --scope ingest,read)
 "$BIN" serve --store "$STORE" "${CFG[@]}" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
 SERVER_PID=$!
 ADDR=$(server_address "$WORK/serve.out" "$WORK/serve.err" "$SERVER_PID") || exit 1
@@ -73,7 +73,7 @@ CMD="scale_bench --checkpoints $CHECKPOINTS --products $PRODUCTS --conns $CONNS 
 {
   echo "== jetstream $VERSION, server $ADDR (pid $SERVER_PID), store $STORE; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "== $CMD"
-} | tee "$OUT/scale.log"
+} | tee -a "$OUT/scale.log"
 [[ -z $REUSE ]] && "$LOADER" --addr "$ADDR" --token "$TOKEN" --server-pid "$SERVER_PID" --store-dir "$WORK/store" \
   --checkpoints "$CHECKPOINTS" --products "$PRODUCTS" --conns "$CONNS" --body-events "$BODY_EVENTS" \
   --query-secs "$QUERY_SECS" --soak-secs 0 --state "$OUT/state.json" \
