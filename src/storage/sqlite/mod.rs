@@ -39,6 +39,11 @@ use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
 /// Read connections kept open.
 const READERS: usize = 4;
 
+/// Reads running at once; the others wait for a turn without a thread. Unbounded, a burst of
+/// slow reads (cold products on a 9 GB store in the soak of bench/README.md) held 200+ blocking
+/// threads, each opening a connection of its own.
+const READ_SLOTS: usize = 2 * READERS;
+
 pub struct SqliteStore {
     path: String,
     writer: Arc<Mutex<WriterConn>>,
@@ -47,6 +52,7 @@ pub struct SqliteStore {
     /// Set while a background merge and checkpoint runs: one at a time.
     maintaining: Arc<std::sync::atomic::AtomicBool>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    read_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl SqliteStore {
@@ -67,6 +73,7 @@ impl SqliteStore {
             wal,
             maintaining: Arc::default(),
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
         })
     }
 
@@ -92,7 +99,9 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let slot = self.read_slots.clone().acquire_owned().await.map_err(StoreError::backend)?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let conn = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut conn = match conn {
                 Some(c) => c,
