@@ -401,7 +401,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     if a.soak_secs > 0 {
         ensure!(!cold.is_empty(), "no cold ids for the soak");
-        soak(&a, &api, &stream, cold, &rss, &mut acked).await?;
+        soak(&a, &api, &stream, cold.clone(), &rss, &mut acked).await?;
+        // The next soak on this store checks against what it holds now.
+        if let Some(path) = &a.state {
+            let state =
+                json!({"sold": acked.sold, "rated": acked.rated, "cents": acked.cents.to_string(), "cold_ids": cold});
+            std::fs::write(path, state.to_string())?;
+        }
     }
     Ok(())
 }
