@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState, ReadCache};
+use crate::api::{self, AppState, ReadCache, Shared};
 use crate::auth::Tokens;
 use crate::clock::now_ms;
 use crate::config::Settings;
@@ -88,7 +88,7 @@ impl Application {
             tokio::spawn(watch_disk(store.clone(), writer.clone(), health.clone(), settings.storage.min_free_bytes)),
         ];
         let ingest_gate = Arc::new(tokio::sync::Semaphore::new(settings.http.max_inflight_ingest_bytes.div_ceil(1024)));
-        let state = AppState {
+        let state = AppState::new(Shared {
             store,
             validator: Arc::new(Validator::new(&settings)),
             metrics: Arc::new(Metrics::new(&settings)),
@@ -102,7 +102,7 @@ impl Application {
             commits,
             routes: Arc::default(),
             rebuilds: Arc::default(),
-        };
+        });
         if let Some(foreign) = state.store.foreign_commits() {
             background.push(tokio::spawn(follow_foreign_commits(foreign, state.cache.clone(), state.commits.clone())));
         }

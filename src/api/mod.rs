@@ -51,7 +51,7 @@ pub use cache::{CacheStats, ReadCache};
 pub use error::ApiError;
 pub use live::{CommitBell, OpenStreams};
 pub use ops::ops_router;
-pub use state::AppState;
+pub use state::{AppState, Shared};
 
 /// The API's routes and its OpenAPI description, built together: a route is served exactly when
 /// it is described.

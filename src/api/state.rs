@@ -1,4 +1,5 @@
-//! What every handler can reach; cheap to clone.
+//! What every handler can reach; cheap to clone: one reference count, whatever it holds (axum
+//! clones the state for every handler that takes `State`, on every request).
 
 use std::sync::{Arc, OnceLock};
 
@@ -14,7 +15,22 @@ use crate::rollup::Metrics;
 use crate::storage::Store;
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub settings: Arc<Settings>,
     pub validator: Arc<Validator>,
