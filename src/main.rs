@@ -28,15 +28,21 @@ fn main() -> ExitCode {
         cli::Command::Demo(_) => "info,jetstream::access=warn",
         _ => "info",
     };
-    logs::init(cli.telemetry.log_format, default_filter, _sentry.is_some().then(errors::tracing_layer));
+    let log_writer =
+        logs::init(cli.telemetry.log_format, default_filter, _sentry.is_some().then(errors::tracing_layer));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
+            drop(log_writer);
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    let outcome = runtime.block_on(cli::run(cli));
+    // What the runtime's tasks log as they stop, then the lines still queued, before the last word.
+    drop(runtime);
+    drop(log_writer);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", cli::describe(&e));

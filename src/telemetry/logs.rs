@@ -4,6 +4,8 @@
 
 use std::io::IsTerminal as _;
 
+use tracing_appender::non_blocking::WorkerGuard;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -32,7 +34,14 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the process's subscriber (logs go to stderr). `extra` is a layer that sees every
 /// event too (error tracking), if any.
-pub fn init<L>(format: LogFormat, default_filter: &str, extra: Option<L>)
+///
+/// Lines are formatted where they are logged and written by a thread of their own, through a
+/// buffer flushed whenever no line is waiting: under load one write(2) carries many lines,
+/// instead of one per access-log line on a request's path (bench/README.md, "The seed endpoints
+/// against nginx"). Nothing is dropped: a logger finding the queue full waits. Keep the guard
+/// until exit; dropping it writes what is still queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init<L>(format: LogFormat, default_filter: &str, extra: Option<L>) -> WorkerGuard
 where
     L: tracing_subscriber::Layer<tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>>
         + Send
@@ -40,11 +49,16 @@ where
         + 'static,
 {
     let filter = EnvFilter::try_from_env("JETSTREAM_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("jetstream-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
     };
     // The filter is global, so that a level it leaves out costs nothing in any layer.
     tracing_subscriber::registry().with(filter).with(extra).with(fmt).init();
+    guard
 }
