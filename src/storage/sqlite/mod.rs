@@ -36,13 +36,13 @@ use super::{
 };
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
 
-/// Read connections kept open.
-const READERS: usize = 4;
-
-/// Reads running at once; the others wait for a turn without a thread. Unbounded, a burst of
-/// slow reads (cold products on a 9 GB store in the soak of bench/README.md) held 200+ blocking
-/// threads, each opening a connection of its own.
-const READ_SLOTS: usize = 2 * READERS;
+/// Reads running at once, each on a pooled connection; the others wait for a turn without a
+/// thread. Unbounded, a burst of slow reads (cold products on a 9 GB store in the soak of
+/// bench/README.md) held 200+ blocking threads, each opening a connection of its own. As many
+/// connections are kept as there are slots: a read on a connection opened for it alone paid for
+/// the open and for preparing its statements (16 % of a cold-read profile, bench/README.md).
+const READ_SLOTS: usize = 8;
+const READERS: usize = READ_SLOTS;
 
 pub struct SqliteStore {
     path: String,
