@@ -97,28 +97,47 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let pool = self.readers.clone();
-        let path = self.path.clone();
         let slot = self.read_slots.clone().acquire_owned().await.map_err(StoreError::backend)?;
+        let (pool, path) = (self.readers.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let conn = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let mut conn = match conn {
-                Some(c) => c,
-                None => open_reader(&path)?,
-            };
-            // One snapshot for all of `f`'s statements: a commit or a merge step between two of
-            // them would otherwise count a delta twice or not at all. Dropped: rolled back.
-            let out = conn.transaction().map_err(db_err).and_then(|tx| f(&tx));
-            let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
-            if p.len() < READERS {
-                p.push(conn);
-            }
-            out
+            read_pooled(&pool, &path, f)
         })
         .await
         .map_err(StoreError::backend)?
     }
+
+    /// Runs `f` on a pooled read-only connection right here, on the runtime's worker thread: for
+    /// the point reads of the request path (a window's few hundred rows at most, or one key),
+    /// where handing the read to the blocking pool and back cost more than the read itself
+    /// (cold seed requests: 16.5k → 23.6k req/s, bench/README.md "The seed endpoints against
+    /// nginx"). What this trades: while such a read waits for a page the kernel does not hold,
+    /// its worker serves nothing else.
+    async fn read_point<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _slot = self.read_slots.acquire().await.map_err(StoreError::backend)?;
+        read_pooled(&self.readers, &self.path, f)
+    }
+}
+
+/// Runs `f` in one read transaction on a connection from `pool` (opened if none is free).
+fn read_pooled<T>(
+    pool: &Mutex<Vec<Connection>>,
+    path: &str,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let conn = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut conn = match conn {
+        Some(c) => c,
+        None => open_reader(path)?,
+    };
+    // One snapshot for all of `f`'s statements: a commit or a merge step between two of them
+    // would otherwise count a delta twice or not at all. Dropped: rolled back.
+    let out = conn.transaction().map_err(db_err).and_then(|tx| f(&tx));
+    let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+    if p.len() < READERS {
+        p.push(conn);
+    }
+    out
 }
 
 #[async_trait]
@@ -156,8 +175,7 @@ impl Store for SqliteStore {
         series: &SeriesKey,
         spans: &[Span],
     ) -> Result<(Agg, Option<CommitPos>), StoreError> {
-        let (series, spans) = (series.clone(), spans.to_vec());
-        self.read(move |c| read::aggregate_at(c, &series, &spans)).await
+        self.read_point(|c| read::aggregate_at(c, series, spans)).await
     }
 
     async fn read_buckets(&self, series: &SeriesKey, bounds: &[i64]) -> Result<Vec<Agg>, StoreError> {
@@ -208,8 +226,7 @@ impl Store for SqliteStore {
     }
 
     async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError> {
-        let (dim, value) = (dim.to_string(), value.to_string());
-        self.read(move |c| read::is_known(c, &dim, &value)).await
+        self.read_point(|c| read::is_known(c, dim, value)).await
     }
 
     async fn stored_offsets(&self, source: &str) -> Result<Vec<(i32, i64)>, StoreError> {
