@@ -166,6 +166,25 @@ async fn metrics_need_their_scope_and_count_a_known_ingest() {
     // The disk watch's figures (every second, and at start): a SQLite file and its file system.
     assert!(last.get("jetstream_store_database_bytes", &[]) > 0.0);
     assert!(last.get("jetstream_store_free_bytes", &[]) > 0.0);
+
+    // HTTP lets a client make up its method: each made-up one is counted as "other", never as a
+    // label of its own (a label per method would grow the registry without bound).
+    for m in ["PURGE", "MADEUP1", "MADEUP2"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        let s = app.client.request(method, app.url("/metrics")).send().await.unwrap().status();
+        assert!(s.is_client_error(), "{m}: {s}");
+    }
+    let text = app.client.get(app.url("/metrics")).bearer_auth(&metrics).send().await.unwrap().text().await.unwrap();
+    let methods = Figures::parse(&text);
+    let other = [("method", "other"), ("route", "/metrics"), ("status", "4xx")];
+    assert_eq!(methods.get("jetstream_http_requests_total", &other), 3.0);
+    assert!(
+        methods
+            .0
+            .samples
+            .iter()
+            .all(|s| !s.labels.get("method").is_some_and(|m| m.starts_with("MADEUP") || m == "PURGE"))
+    );
     app.stop().await;
 }
 

@@ -4,8 +4,8 @@
 //! Every family is a constant here with its help text ([`describe`]), and each thing that
 //! happens is reported by one function, so a call site cannot misspell a name or a label.
 
-use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
@@ -217,15 +217,63 @@ pub fn freshness(source: &'static str, age: Duration, count: u64) {
 /// One HTTP request answered.
 pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
     let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     };
-    let (method, route) = (method.to_string(), route.to_string());
-    counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => class).increment(1);
-    histogram!(HTTP_SECONDS, "method" => method, "route" => route).record(took.as_secs_f64());
+    let method = method_label(method);
+    let found = HTTP_HANDLES
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(route)
+        .and_then(|by_method| by_method.iter().find(|(m, _)| *m == method).map(|(_, h)| h.clone()));
+    let handles = found.unwrap_or_else(|| {
+        let mut all = HTTP_HANDLES.write().unwrap_or_else(|e| e.into_inner());
+        let by_method = all.entry(route.into()).or_default();
+        match by_method.iter().find(|(m, _)| *m == method) {
+            Some((_, h)) => h.clone(),
+            None => {
+                let h = HttpHandles::register(method, route);
+                by_method.push((method, h.clone()));
+                h
+            }
+        }
+    });
+    handles.requests[class].increment(1);
+    handles.seconds.record(took.as_secs_f64());
+}
+
+/// The HTTP metrics of one method and route template, registered once: registering hashes and
+/// allocates the labels, which cost a few per cent of a cached seed request (bench/README.md).
+#[derive(Clone)]
+struct HttpHandles {
+    /// By status class: 1xx … 5xx.
+    requests: [metrics::Counter; 5],
+    seconds: metrics::Histogram,
+}
+
+impl HttpHandles {
+    fn register(method: &'static str, route: &str) -> Self {
+        let route = route.to_string();
+        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => class));
+        Self { requests, seconds: histogram!(HTTP_SECONDS, "method" => method, "route" => route) }
+    }
+}
+
+/// Each route's handles by method.
+type ByMethod = Vec<(&'static str, HttpHandles)>;
+
+/// By route template (a bounded set: the routes, and one label for requests no route matched).
+static HTTP_HANDLES: LazyLock<RwLock<HashMap<Box<str>, ByMethod>>> = LazyLock::new(Default::default);
+
+/// A request's method as a label: HTTP lets a client send any token as its method, and a label
+/// per made-up method would grow the registry without bound.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
 }
 
 /// The read cache's counters since start (kept by the cache itself, copied here when rendered).
