@@ -101,6 +101,34 @@ async fn a_fenced_batch_applies_nothing(backend: Backend) {
     assert_eq!(store.idempotent_answer("p", "k").await.expect("key"), None, "nor its idempotency key");
 }
 
+/// What a seed request for a product not known from memory asks, in one read: is the value
+/// known, and if so the aggregate (the same as `read_aggregate_at` gives).
+async fn one_read_says_whether_a_value_is_known_and_gives_its_aggregate(backend: Backend) {
+    let ts = TestStore::fresh(backend).await;
+    let store = open(&ts).await;
+    let k = key("7", Resolution::All, 0);
+    let mut batch = rollups(vec![(k.clone(), Agg::of(dec("2.5")))]);
+    batch.dims = vec![dim_row("product_id", "7", 1, None)];
+    store.commit(batch).await.expect("commit");
+    let spans = [Span { res: Resolution::All, from: 0, to: 1 }];
+    let (agg, pos) =
+        store.read_known_aggregate_at(("product_id", "7"), &k.series, &spans).await.expect("read").expect("known");
+    assert_eq!(agg, Agg::of(dec("2.5")));
+    assert_eq!((agg, pos), store.read_aggregate_at(&k.series, &spans).await.expect("read"));
+    let unknown = key("8", Resolution::All, 0);
+    assert_eq!(store.read_known_aggregate_at(("product_id", "8"), &unknown.series, &spans).await.expect("read"), None);
+    // Known but without this metric's rows: known, and nothing in it.
+    let mut other = rollups(vec![]);
+    other.dims = vec![dim_row("product_id", "9", 1, None)];
+    store.commit(other).await.expect("commit");
+    let (empty, _) = store
+        .read_known_aggregate_at(("product_id", "9"), &key("9", Resolution::All, 0).series, &spans)
+        .await
+        .expect("read")
+        .expect("known");
+    assert_eq!(empty.count, 0);
+}
+
 async fn offsets_are_fenced(backend: Backend) {
     let ts = TestStore::fresh(backend).await;
     let store = open(&ts).await;
@@ -613,6 +641,7 @@ both_backends!(
     an_idempotency_key_commits_once,
     commits_and_reads_say_where_they_stand_when_the_backend_numbers_commits,
     a_fenced_batch_applies_nothing,
+    one_read_says_whether_a_value_is_known_and_gives_its_aggregate,
     offsets_are_fenced,
     two_first_time_writers_cannot_both_win,
     decimal_sums_are_exact,

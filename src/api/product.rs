@@ -50,15 +50,10 @@ fn configured(state: &AppState, metric: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A known product's canonical id, or the 404 the original design documented.
-async fn known_product(state: &AppState, id: &str) -> Result<String, ApiError> {
-    match crate::event::canonical_id(id) {
-        Some(c) if state.cache.is_known(PRODUCT_DIM, &c).await? => Ok(c),
-        _ => {
-            let shown: String = id.chars().take(64).collect();
-            Err(ApiError::NotFound(format!("No product with id {shown} was found")))
-        }
-    }
+/// The 404 the original design documented.
+fn no_product(id: &str) -> ApiError {
+    let shown: String = id.chars().take(64).collect();
+    ApiError::NotFound(format!("No product with id {shown} was found"))
 }
 
 /// Total sales of a product in the last hour: the 3600 one-second buckets ending with this second.
@@ -80,10 +75,12 @@ pub async fn get_product_sales(
     Path(id): Path<String>,
 ) -> Result<Json<SalesOut>, ApiError> {
     configured(&state, SALES_METRIC)?;
-    let id = known_product(&state, &id).await?;
+    let Some(c) = crate::event::canonical_id(&id) else { return Err(no_product(&id)) };
     let window_s = crate::config::secs_i64(state.settings.api.sales_window);
-    let series = SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &id);
-    let (agg, (from, to)) = state.cache.trailing(&series, window_s, crate::clock::now_ms()).await?;
+    let series = SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &c);
+    let now = crate::clock::now_ms();
+    let found = state.cache.trailing_if_known((PRODUCT_DIM, &c), &series, window_s, now).await?;
+    let Some((agg, (from, to))) = found else { return Err(no_product(&id)) };
     Ok(Json(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
 }
 
@@ -106,9 +103,12 @@ pub async fn get_product_rating(
     Path(id): Path<String>,
 ) -> Result<Json<RatingOut>, ApiError> {
     configured(&state, RATING_METRIC)?;
-    let id = known_product(&state, &id).await?;
+    let Some(c) = crate::event::canonical_id(&id) else { return Err(no_product(&id)) };
     // The all-time bucket: one row, whatever the number of ratings.
-    let agg = state.cache.aggregate(&SeriesKey::new(RATING_METRIC, PRODUCT_DIM, &id), None).await?;
+    let series = SeriesKey::new(RATING_METRIC, PRODUCT_DIM, &c);
+    let Some(agg) = state.cache.aggregate_if_known((PRODUCT_DIM, &c), &series, None).await? else {
+        return Err(no_product(&id));
+    };
     let average_rating = agg.avg().map(|a| Exact(a.round_dp(AVG_DECIMALS)));
     Ok(Json(RatingOut { average_rating, count: agg.count }))
 }

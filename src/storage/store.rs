@@ -270,6 +270,20 @@ pub trait Store: Send + Sync + 'static {
     async fn idempotent_answer(&self, scope: &str, key: &str) -> Result<Option<StoredAnswer>, StoreError>;
     /// Has any accepted event carried `value` for dimension `dim`?
     async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError>;
+    /// `is_known(value.0, value.1)` and, when it is, `read_aggregate_at(series, spans)`: what a
+    /// request for one product asks, in one read where the backend can (SQLite: one snapshot on
+    /// one connection). Values never stop being known, so two reads give the same answer.
+    async fn read_known_aggregate_at(
+        &self,
+        value: (&str, &str),
+        series: &SeriesKey,
+        spans: &[Span],
+    ) -> Result<Option<(Agg, Option<CommitPos>)>, StoreError> {
+        if !self.is_known(value.0, value.1).await? {
+            return Ok(None);
+        }
+        Ok(Some(self.read_aggregate_at(series, spans).await?))
+    }
     /// Next offsets stored for each partition of `source`.
     async fn stored_offsets(&self, source: &str) -> Result<Vec<(i32, i64)>, StoreError>;
     /// Dead letters, newest first, with ids below `before`.

@@ -120,13 +120,78 @@ impl ReadCache {
         now_ms: i64,
     ) -> Result<(Agg, (i64, i64)), StoreError> {
         let (from, to) = trailing_window(now_ms, window_s);
+        self.prefetch_next(series, (from, to), now_ms);
+        Ok((self.aggregate(series, Some((from, to))).await?, (from, to)))
+    }
+
+    /// `trailing` for the series of one dimension value (a product), or `None` when no accepted
+    /// event carried that value: see [`ReadCache::aggregate_if_known`].
+    pub async fn trailing_if_known(
+        self: &Arc<Self>,
+        value: (&str, &str),
+        series: &SeriesKey,
+        window_s: i64,
+        now_ms: i64,
+    ) -> Result<Option<(Agg, (i64, i64))>, StoreError> {
+        let (from, to) = trailing_window(now_ms, window_s);
+        let Some(agg) = self.aggregate_if_known(value, series, Some((from, to))).await? else { return Ok(None) };
+        self.prefetch_next(series, (from, to), now_ms);
+        Ok(Some((agg, (from, to))))
+    }
+
+    /// `aggregate` of a series of one dimension value (`value`: dimension, value), or `None`
+    /// when no accepted event carried that value (the seed endpoints' 404). A value known from
+    /// memory costs what `aggregate` costs; one that is not (asked for the first time, or since
+    /// the known set was last cleared) is checked in the same store read as its aggregate: one
+    /// read, not two.
+    pub async fn aggregate_if_known(
+        self: &Arc<Self>,
+        (dim, value): (&str, &str),
+        series: &SeriesKey,
+        window: Option<(i64, i64)>,
+    ) -> Result<Option<Agg>, StoreError> {
+        if self.core.is_known(dim, value) {
+            return self.aggregate(series, window).await.map(Some);
+        }
+        if self.core.is_unknown(dim, value) {
+            CacheStats::count(&self.stats.hits);
+            return Ok(None);
+        }
+        let key = window.unwrap_or(ALL_TIME);
+        if self.core.get_fresh(series, key).is_some() {
+            // The answer is cached (other routes cache any series): only known-ness is missing.
+            return Ok(if self.is_known(dim, value).await? {
+                Some(self.aggregate(series, window).await?)
+            } else {
+                None
+            });
+        }
+        CacheStats::count(&self.stats.request_reads);
+        let unknown_ticket = self.core.unknown_ticket();
+        let ticket = self.core.ticket();
+        match self.store.read_known_aggregate_at((dim, value), series, &spans_of(key)).await? {
+            None => {
+                self.core.set_unknown(dim, value, unknown_ticket);
+                Ok(None)
+            }
+            Some((agg, pos)) => {
+                self.core.set_known(dim, value);
+                if !self.core.put(series, key, agg.clone(), pos, ticket) {
+                    CacheStats::count(&self.stats.fills_discarded);
+                }
+                Ok(Some(agg))
+            }
+        }
+    }
+
+    /// In the second half of a second, reads the next second's trailing window in the background.
+    fn prefetch_next(self: &Arc<Self>, series: &SeriesKey, (from, to): (i64, i64), now_ms: i64) {
         if now_ms.rem_euclid(1000) >= PREFETCH_AFTER_MS {
             let next = (from + 1, to + 1);
             if self.core.get_fresh(series, next).is_none() {
                 self.refresh(series, next);
             }
         }
-        Ok((self.aggregate(series, Some((from, to))).await?, (from, to)))
     }
 
     /// Forgets every cached answer (see `Core::invalidate_all`).

@@ -229,6 +229,21 @@ impl Store for SqliteStore {
         self.read_point(|c| read::is_known(c, dim, value)).await
     }
 
+    async fn read_known_aggregate_at(
+        &self,
+        (dim, value): (&str, &str),
+        series: &SeriesKey,
+        spans: &[Span],
+    ) -> Result<Option<(Agg, Option<CommitPos>)>, StoreError> {
+        self.read_point(|c| {
+            if !read::is_known(c, dim, value)? {
+                return Ok(None);
+            }
+            read::aggregate_at(c, series, spans).map(Some)
+        })
+        .await
+    }
+
     async fn stored_offsets(&self, source: &str) -> Result<Vec<(i32, i64)>, StoreError> {
         let source = source.to_string();
         self.read(move |c| read::stored_offsets(c, &source)).await
