@@ -56,3 +56,20 @@ EOF
   tail -5 "$work/nginx/error.log" >&2
   return 1
 }
+
+# wrk_medians FILE: one line per label of FILE's "run=N LABEL key=value…" lines (query.lua's RESULT
+# fields): the medians of req/s, p50, p99 and non-2xx, each label's req/s next to nginx's.
+wrk_medians() {
+  python3 - "$1" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    parts = line.split()
+    kv = dict(p.split("=", 1) for p in parts[2:])
+    rows.setdefault(parts[1], []).append(kv)
+med = {k: {f: statistics.median(float(r[f]) for r in v) for f in ("rps", "p50_ms", "p99_ms", "non2xx")} for k, v in rows.items()}
+for k, m in med.items():
+    print(f"   {k:10} median {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  non-2xx {m['non2xx']:.0f}"
+          + ("" if k == "nginx" or "nginx" not in med else f"  = {m['rps'] / med['nginx']['rps']:.2f}x nginx"))
+PY
+}

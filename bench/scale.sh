@@ -94,18 +94,7 @@ if [[ -z $REUSE && -x $NGINX ]] && command -v wrk >/dev/null; then
     wrk_run "run=$r hot" query.lua "http://$ADDR" /api/product/sale/1 0 "$TOKEN"
     wrk_run "run=$r cold" disk-query.lua "http://$ADDR" /api/product/sale/ "$OUT/state.ids" "$TOKEN"
   done
-  python3 - "$OUT/seed.txt" <<'PY' | tee -a "$OUT/scale.log"
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    parts = line.split()
-    kv = dict(p.split("=", 1) for p in parts[2:])
-    rows.setdefault(parts[1], []).append(kv)
-med = {k: {f: statistics.median(float(r[f]) for r in v) for f in ("rps", "p50_ms", "p99_ms", "non2xx")} for k, v in rows.items()}
-for k, m in med.items():
-    print(f"   {k:6} median {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  non-2xx {m['non2xx']:.0f}"
-          + ("" if k == "nginx" else f"  = {m['rps'] / med['nginx']['rps']:.2f}x nginx"))
-PY
+  wrk_medians "$OUT/seed.txt" | tee -a "$OUT/scale.log"
   kill "$NGX_PID" 2>/dev/null || true
 fi
 

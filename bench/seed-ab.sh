@@ -92,16 +92,5 @@ for r in $(seq 1 "$RUNS"); do
   done
 done
 for i in "${!BIN_LIST[@]}"; do echo "   bin$i = ${BIN_LIST[$i]}"; done | tee -a "$OUT/seed-ab.log"
-python3 - "$OUT/seed-ab.txt" <<'PY' | tee -a "$OUT/seed-ab.log"
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    parts = line.split()
-    kv = dict(p.split("=", 1) for p in parts[2:])
-    rows.setdefault(parts[1], []).append(kv)
-med = {k: {f: statistics.median(float(r[f]) for r in v) for f in ("rps", "p50_ms", "p99_ms", "non2xx")} for k, v in rows.items()}
-for k, m in med.items():
-    print(f"   {k:10} median {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms  non-2xx {m['non2xx']:.0f}"
-          + ("" if k == "nginx" else f"  = {m['rps'] / med['nginx']['rps']:.2f}x nginx"))
-PY
+[[ -s $OUT/seed-ab.txt ]] && wrk_medians "$OUT/seed-ab.txt" | tee -a "$OUT/seed-ab.log"
 echo "== load average at the end $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/seed-ab.log"
