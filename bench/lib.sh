@@ -73,3 +73,13 @@ for k, m in med.items():
           + ("" if k == "nginx" or "nginx" not in med else f"  = {m['rps'] / med['nginx']['rps']:.2f}x nginx"))
 PY
 }
+
+# stop_server PID: SIGTERM, then SIGKILL if it has not exited within 10 s (a server on a store of
+# several GB has taken minutes to close it; the WAL makes the kill safe). Returns once it is gone.
+stop_server() {
+  local pid=$1 _
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}

@@ -44,10 +44,7 @@ SERVER_PID=""
 NGX_PID=""
 cleanup() {
   [[ -n $NGX_PID ]] && kill "$NGX_PID" 2>/dev/null
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  [[ -n $SERVER_PID ]] && stop_server "$SERVER_PID"
   if [[ $KEEP == 1 ]]; then echo "scale.sh: kept $WORK"; else rm -rf "$WORK"; fi
   echo "scale.sh: output in $OUT"
 }

@@ -33,18 +33,9 @@ OUT=${OUT:-${TMPDIR:-/tmp}/jetstream-seed-ab-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT" "$WORK/store"
 SERVER_PID=""
 NGX_PID=""
-stop_server() {
-  [[ -n $SERVER_PID ]] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  # A server on a big store may take long to close it; the WAL makes a kill safe.
-  for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-}
 cleanup() {
   [[ -n $NGX_PID ]] && kill "$NGX_PID" 2>/dev/null
-  stop_server
+  [[ -n $SERVER_PID ]] && stop_server "$SERVER_PID"
   if [[ $KEEP == 1 ]]; then echo "seed-ab.sh: kept $WORK"; else rm -rf "$WORK"; fi
   echo "seed-ab.sh: output in $OUT"
 }
@@ -69,7 +60,8 @@ if [[ -z $REUSE ]]; then
   "$LOADER" --addr "$ADDR" --token "$(cat "$WORK/token")" --server-pid "$SERVER_PID" --store-dir "$WORK/store" \
     --checkpoints "$EVENTS" --products "$PRODUCTS" --query-secs 1 --soak-secs 0 --state "$WORK/state.json" \
     >/dev/null 2> >(tee -a "$OUT/seed-ab.log" >&2)
-  stop_server
+  stop_server "$SERVER_PID"
+  SERVER_PID=""
 fi
 TOKEN=$(cat "$WORK/token")
 
@@ -88,7 +80,8 @@ for r in $(seq 1 "$RUNS"); do
     wrk_run "run=$r bin$i-hot" query.lua "http://$ADDR" /api/product/sale/1 0 "$TOKEN"
     wrk_run "run=$r bin$i-cold" disk-query.lua "http://$ADDR" /api/product/sale/ "$WORK/state.ids" "$TOKEN"
     echo "run=$r bin$i RSS after the runs: $(awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$SERVER_PID/status")" | tee -a "$OUT/seed-ab.log"
-    stop_server
+    stop_server "$SERVER_PID"
+    SERVER_PID=""
   done
 done
 for i in "${!BIN_LIST[@]}"; do echo "   bin$i = ${BIN_LIST[$i]}"; done | tee -a "$OUT/seed-ab.log"
