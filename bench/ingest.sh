@@ -35,7 +35,7 @@ done
 WORK=$(mktemp -d /tmp/jetstream-ingest.XXXXXX)
 SERVER_PID=""
 cleanup() {
-  [[ -n $SERVER_PID ]] && { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; }
+  if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   if [[ $KEEP == 1 ]]; then echo "ingest.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT

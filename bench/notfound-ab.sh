@@ -19,7 +19,7 @@ STORE=${STORE:-sqlite}
 : "${BIN_A:?set BIN_A and BIN_B}" "${BIN_B:?set BIN_A and BIN_B}"
 WORK=$(mktemp -d /tmp/jetstream-notfound.XXXXXX)
 SERVER_PID=""
-cleanup() { [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi; rm -rf "$WORK"; }
 trap cleanup EXIT
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); store $STORE; wrk -t2 -c16 -d${DURATION}s -s bench/query.lua" >&2
 for r in $(seq 1 "$RUNS"); do

@@ -38,8 +38,8 @@ WORK=$(mktemp -d /tmp/jetstream-rebuild.XXXXXX)
 SERVER_PID=""
 LOOP_PID=""
 cleanup() {
-  [[ -n $LOOP_PID ]] && { kill "$LOOP_PID" 2>/dev/null; wait "$LOOP_PID" 2>/dev/null; }
-  [[ -n $SERVER_PID ]] && { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; }
+  if [[ -n $LOOP_PID ]]; then kill "$LOOP_PID" 2>/dev/null || true; wait "$LOOP_PID" 2>/dev/null || true; fi
+  if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   if [[ $KEEP == 1 ]]; then echo "rebuild.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT

@@ -34,8 +34,8 @@ mkdir -p "$OUT" "$WORK/store"
 SERVER_PID=""
 NGX_PID=""
 cleanup() {
-  [[ -n $NGX_PID ]] && kill "$NGX_PID" 2>/dev/null
-  [[ -n $SERVER_PID ]] && stop_server "$SERVER_PID"
+  if [[ -n $NGX_PID ]]; then kill "$NGX_PID" 2>/dev/null || true; fi
+  if [[ -n $SERVER_PID ]]; then stop_server "$SERVER_PID"; fi
   if [[ $KEEP == 1 ]]; then echo "seed-ab.sh: kept $WORK"; else rm -rf "$WORK"; fi
   echo "seed-ab.sh: output in $OUT"
 }
