@@ -83,3 +83,13 @@ stop_server() {
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
+
+# stop_work NAME: the exit trap of a script that runs one server and nginx (scale.sh, seed-ab.sh):
+# stops NGX_PID and SERVER_PID if set, removes WORK unless KEEP=1, says where OUT is. A failed
+# kill must not end it early (under set -e it once left servers running).
+stop_work() {
+  if [[ -n ${NGX_PID:-} ]]; then kill "$NGX_PID" 2>/dev/null || true; fi
+  if [[ -n ${SERVER_PID:-} ]]; then stop_server "$SERVER_PID"; fi
+  if [[ ${KEEP:-0} == 1 ]]; then echo "$1: kept $WORK"; else rm -rf "$WORK"; fi
+  echo "$1: output in $OUT"
+}

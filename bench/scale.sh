@@ -42,13 +42,7 @@ WORK=${REUSE:-$(mktemp -d "${TMPDIR:-/tmp}/jetstream-scale.XXXXXX")}
 mkdir -p "$OUT"
 SERVER_PID=""
 NGX_PID=""
-cleanup() {
-  if [[ -n $NGX_PID ]]; then kill "$NGX_PID" 2>/dev/null || true; fi
-  if [[ -n $SERVER_PID ]]; then stop_server "$SERVER_PID"; fi
-  if [[ $KEEP == 1 ]]; then echo "scale.sh: kept $WORK"; else rm -rf "$WORK"; fi
-  echo "scale.sh: output in $OUT"
-}
-trap cleanup EXIT
+trap 'stop_work scale.sh' EXIT
 trap 'exit 130' INT TERM
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then

@@ -33,13 +33,7 @@ OUT=${OUT:-${TMPDIR:-/tmp}/jetstream-seed-ab-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT" "$WORK/store"
 SERVER_PID=""
 NGX_PID=""
-cleanup() {
-  if [[ -n $NGX_PID ]]; then kill "$NGX_PID" 2>/dev/null || true; fi
-  if [[ -n $SERVER_PID ]]; then stop_server "$SERVER_PID"; fi
-  if [[ $KEEP == 1 ]]; then echo "seed-ab.sh: kept $WORK"; else rm -rf "$WORK"; fi
-  echo "seed-ab.sh: output in $OUT"
-}
-trap cleanup EXIT
+trap 'stop_work seed-ab.sh' EXIT
 trap 'exit 130' INT TERM
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
