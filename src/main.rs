@@ -7,6 +7,9 @@ use jetstream::telemetry::{errors, logs};
 /// mimalloc, not glibc's malloc: glibc gives each thread that allocates (the runtime's workers,
 /// the blocking pool's SQLite readers, the writer) an arena of its own, up to eight per core, and
 /// keeps what is freed in each; RSS grew to ~1.5 GB on a 10M-event store (bench/README.md, "Cost curve").
+/// The `system-alloc` feature keeps the system's allocator, for heap profilers that hook `malloc`
+/// (heaptrack: bench/README.md, "Memory").
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
