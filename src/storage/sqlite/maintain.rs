@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::conn::{WriterConn, db_err};
 use super::decimal::agg_from_row;
@@ -78,53 +78,110 @@ pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64) -> Result<usize, Sto
     Ok(n)
 }
 
-/// Series per transaction when the writer merges or prunes in the background: each transaction
-/// holds the writer lock for a few milliseconds, so commits slip in between.
+/// Series per transaction when the writer prunes in the background: each transaction holds the
+/// writer lock for a few milliseconds, so commits slip in between.
 pub(super) const SERIES_PER_STEP: i64 = 256;
 
+/// Pending rows (of `rollup_seconds`, and of `rollup_deltas`) one merge transaction moves, unless a
+/// single series has more: it moves whole.
+pub(super) const ROWS_PER_STEP: i64 = 2048;
+
+/// Takes the writer lock for one step, then pauses, so that a commit waiting for the lock gets it
+/// (a released mutex is otherwise often re-taken by the thread that released it).
+fn locked_step<T>(writer: &Mutex<WriterConn>, step: impl FnOnce(&mut Connection) -> T) -> T {
+    let out = step(&mut writer.lock().unwrap_or_else(|e| e.into_inner()).conn);
+    std::thread::sleep(std::time::Duration::from_micros(500));
+    out
+}
+
 /// Runs `step` on the writer connection for each run of [`SERIES_PER_STEP`] series ids in turn,
-/// taking the writer lock for one run at a time and pausing between runs, so that a commit waiting
-/// for the lock gets it (a released mutex is otherwise often re-taken by the thread that released
-/// it). Returns the sum of what the steps return.
+/// one locked step at a time. Returns the sum of what the steps return.
 pub(super) fn step_through_series(
     writer: &Mutex<WriterConn>,
     mut step: impl FnMut(&mut Connection, i64, i64) -> Result<usize, StoreError>,
 ) -> Result<usize, StoreError> {
-    let lock = || writer.lock().unwrap_or_else(|e| e.into_inner());
-    let max: i64 =
-        lock().conn.query_row("SELECT coalesce(max(id), 0) FROM series", [], |r| r.get(0)).map_err(db_err)?;
+    let max: i64 = locked_step(writer, |c| c.query_row("SELECT coalesce(max(id), 0) FROM series", [], |r| r.get(0)))
+        .map_err(db_err)?;
     let mut total = 0;
     let mut lo = i64::MIN;
     loop {
         // The first run also takes anything below id 0, the last anything above today's max.
         let hi = if lo == i64::MIN { SERIES_PER_STEP } else { lo + SERIES_PER_STEP };
         let hi = if hi > max { i64::MAX } else { hi };
-        total += step(&mut lock().conn, lo, hi)?;
+        total += locked_step(writer, |c| step(c, lo, hi))?;
         if hi == i64::MAX {
             return Ok(total);
         }
         lo = hi;
-        std::thread::sleep(std::time::Duration::from_micros(500));
     }
 }
 
+/// Merges every pending row into `rollups`, going only through the series that have some, about
+/// `rows_per_step` rows a transaction (every pending row of a series in the same one). Stepping
+/// through the whole id space instead made a pass over 1.7M series take minutes under load, so
+/// pending rows piled up, and the next pass's steps held hundreds of MB (bench/README.md, "Memory").
+/// Series that get their first pending row after the pass began wait for the next pass. Returns
+/// the rows merged and the steps taken.
+pub(super) fn merge_pending(writer: &Mutex<WriterConn>, rows_per_step: i64) -> Result<(usize, usize), StoreError> {
+    const TABLES: [&str; 2] = ["rollup_seconds", "rollup_deltas"];
+    let last: Option<i64> = locked_step(writer, |c| {
+        c.query_row(
+            "SELECT max(m) FROM (SELECT max(series) AS m FROM rollup_seconds UNION ALL SELECT max(series) FROM rollup_deltas)",
+            [],
+            |r| r.get(0),
+        )
+    })
+    .map_err(db_err)?;
+    let Some(last) = last else { return Ok((0, 0)) };
+    let (mut lo, mut total, mut steps) = (i64::MIN, 0, 0);
+    while lo <= last {
+        let moved = locked_step(writer, |c| -> Result<Option<(i64, usize)>, StoreError> {
+            let (mut first, mut hi) = (None::<i64>, last.saturating_add(1));
+            for t in TABLES {
+                let next: Option<i64> = c
+                    .prepare_cached(&format!("SELECT min(series) FROM {t} WHERE series >= ?1"))
+                    .and_then(|mut s| s.query_row([lo], |r| r.get(0)))
+                    .map_err(db_err)?;
+                first = match (first, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                // The series of the row after this step's share: the step ends before it.
+                let end: Option<i64> = c
+                    .prepare_cached(&format!(
+                        "SELECT series FROM {t} WHERE series >= ?1 ORDER BY series LIMIT 1 OFFSET ?2"
+                    ))
+                    .and_then(|mut s| s.query_row([lo, rows_per_step], |r| r.get(0)).optional())
+                    .map_err(db_err)?;
+                hi = hi.min(end.unwrap_or(i64::MAX));
+            }
+            let Some(first) = first.filter(|f| *f <= last) else { return Ok(None) };
+            let hi = hi.max(first + 1);
+            Ok(Some((hi, merge_series(c, first, hi)?)))
+        })?;
+        let Some((hi, n)) = moved else { break };
+        (total, steps, lo) = (total + n, steps + 1, hi);
+    }
+    Ok((total, steps))
+}
+
 /// The writer's periodic work, run after the commit that made it due was acknowledged: the deltas
-/// merge, a run of series at a time. It only reorganises committed data, so a failure loses
+/// merge, a few thousand rows at a time. It only reorganises committed data, so a failure loses
 /// nothing and is retried next time. (Checkpoints run on their own: see `wal`.)
 pub(super) fn maintain(writer: &Mutex<WriterConn>) {
     let start = std::time::Instant::now();
-    let rows = step_through_series(writer, merge_series).unwrap_or_else(|e| {
+    let (rows, steps) = merge_pending(writer, ROWS_PER_STEP).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "merging rollup deltas failed; will retry");
-        0
+        (0, 0)
     });
-    tracing::debug!(rows, merge_ms = start.elapsed().as_millis() as u64, "writer maintenance");
+    tracing::debug!(rows, steps, merge_ms = start.elapsed().as_millis() as u64, "writer maintenance");
 }
 
 /// Retention: drops raw blocks, dead letters and idempotency keys past their cut-offs, then expired
 /// second and minute buckets series by series.
 pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, StoreError> {
     // Merged first, so each bucket is one row and the count below is of buckets.
-    step_through_series(w, merge_series)?;
+    merge_pending(w, ROWS_PER_STEP)?;
     let (raw_blocks, dead_letters) = {
         let mut g = w.lock().unwrap_or_else(|e| e.into_inner());
         let tx = g.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
