@@ -490,8 +490,8 @@ async fn a_rebuild_cannot_reach_before_the_raw_retention(backend: Backend) {
         .prune(jetstream::storage::PruneBefore {
             raw_ms: cut,
             dead_letters_ms: 0,
-            second_buckets_s: 0,
-            minute_buckets_s: 0,
+            second_buckets_s: Some(0),
+            minute_buckets_s: Some(0),
             idempotency_keys_ms: 0,
         })
         .await

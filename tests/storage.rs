@@ -357,8 +357,8 @@ async fn an_idempotency_key_commits_once(backend: Backend) {
     let cut = PruneBefore {
         raw_ms: 0,
         dead_letters_ms: 0,
-        second_buckets_s: 0,
-        minute_buckets_s: 0,
+        second_buckets_s: Some(0),
+        minute_buckets_s: Some(0),
         idempotency_keys_ms: 2_000,
     };
     store.prune(cut).await.expect("prune");
@@ -404,8 +404,13 @@ async fn derived_batches_read_the_same_before_and_after_a_merge(backend: Backend
     };
     check(&events, "before the merge").await;
     // Pruning merges first; nothing here is older than these cut-offs.
-    let nothing =
-        PruneBefore { raw_ms: 0, dead_letters_ms: 0, second_buckets_s: 0, minute_buckets_s: 0, idempotency_keys_ms: 0 };
+    let nothing = PruneBefore {
+        raw_ms: 0,
+        dead_letters_ms: 0,
+        second_buckets_s: Some(0),
+        minute_buckets_s: Some(0),
+        idempotency_keys_ms: 0,
+    };
     store.prune(nothing).await.expect("prune");
     check(&events, "after the merge").await;
     commit_seconds(&*store, &series, &mut events, 7000..7100, 3).await;
@@ -599,11 +604,15 @@ async fn prune_removes_only_what_retention_expired(backend: Backend) {
     let cut = PruneBefore {
         raw_ms: 5_000,
         dead_letters_ms: 5_000,
-        second_buckets_s: 4_000,
-        minute_buckets_s: 300,
+        second_buckets_s: Some(4_000),
+        minute_buckets_s: Some(300),
         idempotency_keys_ms: 5_000,
     };
-    assert_eq!(store.prune(cut).await.expect("prune"), Pruned { raw_blocks: 1, dead_letters: 1, buckets: 3 });
+    // Without bucket cut-offs the buckets stay (a pass that only prunes raw events and letters).
+    let no_buckets = PruneBefore { second_buckets_s: None, minute_buckets_s: None, ..cut };
+    assert_eq!(store.prune(no_buckets).await.expect("prune"), Pruned { raw_blocks: 1, dead_letters: 1, buckets: 0 });
+    assert_eq!(store.prune(PruneBefore { second_buckets_s: None, ..cut }).await.expect("prune").buckets, 1);
+    assert_eq!(store.prune(cut).await.expect("prune"), Pruned { raw_blocks: 0, dead_letters: 0, buckets: 2 });
     assert_eq!(store.prune(cut).await.expect("prune"), Pruned::default(), "nothing left to prune");
     for (res, start, count) in [
         (Resolution::All, 0, 1),

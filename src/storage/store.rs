@@ -183,8 +183,10 @@ pub struct Pruned {
 pub struct PruneBefore {
     pub raw_ms: i64,
     pub dead_letters_ms: i64,
-    pub second_buckets_s: i64,
-    pub minute_buckets_s: i64,
+    /// `None`: leave these buckets alone this time (their pass reads every series; see
+    /// `app::prune_forever` for how often it runs).
+    pub second_buckets_s: Option<i64>,
+    pub minute_buckets_s: Option<i64>,
     pub idempotency_keys_ms: i64,
 }
 

@@ -369,7 +369,8 @@ pub(super) async fn prune(client: &mut Client, writer: i64, b: PruneBefore) -> R
         .await
         .map_err(pg_err)?;
     let mut buckets = 0;
-    for (res, before) in [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)] {
+    let cuts = [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)];
+    for (res, before) in cuts.into_iter().filter_map(|(res, cut)| Some((res, cut?))) {
         // The primary key starts with the series, so this scans; it runs once a minute, and an
         // index on (res, bucket) would tax every upsert instead.
         buckets += tx

@@ -204,6 +204,14 @@ pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, Sto
     // Series by series: the primary key starts with the series, so each delete reads only the
     // rows it removes (a delete by resolution and time alone scanned the whole table, holding the
     // writer for ~0.6 s on a store of 2M events, once a minute).
+    let cuts: Vec<(Resolution, i64)> =
+        [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)]
+            .into_iter()
+            .filter_map(|(res, cut)| Some((res, cut?)))
+            .collect();
+    if cuts.is_empty() {
+        return Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: 0 });
+    }
     let buckets = step_through_series(w, |c, lo, hi| {
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
         let ids: Vec<i64> = tx
@@ -214,7 +222,7 @@ pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, Sto
         let mut del =
             tx.prepare_cached("DELETE FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3").map_err(db_err)?;
         for id in ids {
-            for (res, before) in [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)] {
+            for (res, before) in &cuts {
                 n += del.execute(params![id, res.seconds(), before]).map_err(db_err)?;
             }
         }

@@ -92,8 +92,8 @@ async fn merged_and_recent_parts_of_a_bucket_read_as_one() {
     let before = PruneBefore {
         raw_ms: 0,
         dead_letters_ms: 0,
-        second_buckets_s: 0,
-        minute_buckets_s: 100,
+        second_buckets_s: Some(0),
+        minute_buckets_s: Some(100),
         idempotency_keys_ms: 0,
     };
     assert_eq!(store.prune(before).await.expect("prune").buckets, 1);
