@@ -57,7 +57,10 @@ impl Application {
 
     async fn build_with(settings: Settings, store_url: &str, listen: Option<&str>) -> anyhow::Result<Self> {
         // Redacted: a PostgreSQL URL may carry a password, and this context is printed.
-        let options = storage::StoreOptions { wal_limit_bytes: settings.storage.wal_limit_bytes };
+        let options = storage::StoreOptions {
+            wal_limit_bytes: settings.storage.wal_limit_bytes,
+            second_buckets_s: Some(crate::config::secs_i64(settings.retention.second_buckets)),
+        };
         let url = storage::StoreUrl::parse(store_url)?;
         let store = storage::open_url(&url, options).await.with_context(|| format!("opening store {url}"))?;
         let listener = match listen {

@@ -162,11 +162,15 @@ pub struct Footprint {
 pub struct StoreOptions {
     /// SQLite: the size the WAL is kept under (see `sqlite::wal`).
     pub wal_limit_bytes: u64,
+    /// SQLite: second buckets older than this many seconds (`retention.second_buckets`) are not
+    /// written to `rollups` when pending rows are merged (their minute, hour and day buckets are);
+    /// `None` keeps them until `prune`.
+    pub second_buckets_s: Option<i64>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { wal_limit_bytes: 256 * 1024 * 1024 }
+        Self { wal_limit_bytes: 256 * 1024 * 1024, second_buckets_s: None }
     }
 }
 

@@ -18,6 +18,8 @@ pub(super) struct WriterConn {
     pub(super) dims: DimCache,
     /// When the recent tables were last merged into `rollups`.
     pub(super) merged_at: std::time::Instant,
+    /// Second buckets older than this many seconds are left out of merges (`StoreOptions`).
+    pub(super) second_buckets_s: Option<i64>,
 }
 
 impl std::ops::Deref for WriterConn {

@@ -20,20 +20,21 @@ pub(super) const MERGE_EVERY: std::time::Duration = std::time::Duration::from_se
 /// (what reads want), so adding a second's worth of rows to it touches a page per active series;
 /// doing that once a second instead of once per commit is what keeps ingest fast on a big store.
 pub(super) fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
-    merge_series(c, i64::MIN, i64::MAX)
+    merge_series(c, i64::MIN, i64::MAX, i64::MIN)
 }
 
 /// [`merge_deltas`] for the series with ids in `[lo, hi)` only: every recent row of a series moves
-/// in one transaction, so a read of any one series still sees each delta exactly once.
-pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64) -> Result<usize, StoreError> {
+/// in one transaction, so a read of any one series still sees each delta exactly once. Second
+/// buckets before `seconds_from` are left out (past their retention; see `StoreOptions`).
+pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64, seconds_from: i64) -> Result<usize, StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-    let n = merge_rows(&tx, lo, hi)?;
+    let n = merge_rows(&tx, lo, hi, seconds_from)?;
     tx.commit().map_err(db_err)?;
     Ok(n)
 }
 
 /// [`merge_series`] inside the caller's write transaction.
-pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64) -> Result<usize, StoreError> {
+pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64, seconds_from: i64) -> Result<usize, StoreError> {
     let mut n = tx
         .prepare_cached(&format!(
             "INSERT INTO rollups (series, res, bucket, agg)
@@ -59,7 +60,13 @@ pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64) -> Result<usize, Sto
             let series = group[0].0;
             let secs: Vec<(i64, Agg)> = group.iter().map(|(_, t, a)| (*t, a.clone())).collect();
             rows.extend(coarser_buckets(&secs).map(|(res, start, agg)| (series, res.seconds(), start, agg)));
-            rows.extend(secs.into_iter().map(|(t, agg)| (series, Resolution::Second.seconds(), t, agg)));
+            // A second past its retention (a late event) would only wait for `prune`: its coarser
+            // buckets above hold it.
+            rows.extend(
+                secs.into_iter()
+                    .filter(|(t, _)| *t >= seconds_from)
+                    .map(|(t, agg)| (series, Resolution::Second.seconds(), t, agg)),
+            );
         }
         let mut up = tx
             .prepare_cached(&format!(
@@ -133,6 +140,8 @@ pub(super) fn merge_pending(writer: &Mutex<WriterConn>, rows_per_step: i64) -> R
     })
     .map_err(db_err)?;
     let Some(last) = last else { return Ok((0, 0)) };
+    let keep = writer.lock().unwrap_or_else(|e| e.into_inner()).second_buckets_s;
+    let seconds_from = keep.map_or(i64::MIN, |k| (crate::clock::now_ms() / 1000).saturating_sub(k));
     let (mut lo, mut total, mut steps) = (i64::MIN, 0, 0);
     while lo <= last {
         let moved = locked_step(writer, |c| -> Result<Option<(i64, usize)>, StoreError> {
@@ -157,7 +166,7 @@ pub(super) fn merge_pending(writer: &Mutex<WriterConn>, rows_per_step: i64) -> R
             }
             let Some(first) = first.filter(|f| *f <= last) else { return Ok(None) };
             let hi = hi.max(first + 1);
-            Ok(Some((hi, merge_series(c, first, hi)?)))
+            Ok(Some((hi, merge_series(c, first, hi, seconds_from)?)))
         })?;
         let Some((hi, n)) = moved else { break };
         (total, steps, lo) = (total + n, steps + 1, hi);

@@ -65,6 +65,7 @@ impl SqliteStore {
             series: FastMap::default(),
             dims: FastMap::default(),
             merged_at: std::time::Instant::now(),
+            second_buckets_s: options.second_buckets_s,
         };
         let wal = Mutex::new(wal::WalKeeper::start(&path, options.wal_limit_bytes)?);
         Ok(Self {

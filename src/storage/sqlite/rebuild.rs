@@ -181,7 +181,7 @@ pub(super) fn swap(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     let progress = check_lease(&tx, job.id, owner)?;
     // Every recent row into `rollups`, so the rows to replace are all in one table.
-    merge_rows(&tx, i64::MIN, i64::MAX)?;
+    merge_rows(&tx, i64::MIN, i64::MAX, i64::MIN)?;
     let tail = raw_blocks_after(&tx, progress, i64::MAX, u32::MAX)?;
     let rebuilt = fold(tail).map_err(StoreError::Rejected)?;
     let series = metric_series(&tx, &job.spec.metrics)?;

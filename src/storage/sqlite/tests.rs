@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
-use super::maintain::{merge_deltas, merge_pending};
+use super::maintain::{ROWS_PER_STEP, merge_deltas, merge_pending};
 use super::schema::MIGRATIONS;
 use super::*;
 use crate::storage::{PruneBefore, Store, StoreOptions, WriteBatch};
@@ -150,4 +150,35 @@ async fn a_merge_in_steps_moves_every_series_once() {
         let (count, sum) = if i == 7 { (80, Decimal::from(2 * 7 + 78)) } else { (2, Decimal::from(2 * i)) };
         assert_eq!((got.count, got.sum), (count, sum), "series {i}");
     }
+}
+
+/// A second past `second_buckets_s` (a late event) is not written to `rollups` by the merge; its
+/// minute, hour, day and all-time buckets are.
+#[tokio::test]
+async fn a_merge_leaves_out_seconds_past_their_retention() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("late.db");
+    let options = StoreOptions { second_buckets_s: Some(3_600), ..Default::default() };
+    let store = SqliteStore::open(path.to_str().expect("utf-8"), options).await.expect("open");
+    let s = SeriesKey::new("m", "product_id", "1");
+    let now = crate::clock::now_ms() / 1000;
+    let seconds = [now - 7_200, now - 10].map(|t| (s.clone(), t, Agg::of(Decimal::ONE)));
+    let batch = WriteBatch { rollups: crate::rollup::RollupRows::from_seconds(seconds), ..Default::default() };
+    store.commit(batch).await.expect("commit");
+    let w = store.writer.clone();
+    tokio::task::spawn_blocking(move || merge_pending(&w, ROWS_PER_STEP)).await.expect("join").expect("merge");
+    let kept: Vec<i64> = store
+        .read(|c| {
+            c.prepare("SELECT bucket FROM rollups WHERE res = 1")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .map_err(db_err)
+        })
+        .await
+        .expect("seconds");
+    assert_eq!(kept, [now - 10], "only the second within retention");
+    let all = store.read_aggregate(&s, &[Span { res: Resolution::All, from: 0, to: 1 }]).await.expect("read");
+    assert_eq!(all.count, 2, "the late event still counts in the coarser buckets");
+    let old_hour = (now - 7_200).div_euclid(3_600) * 3_600;
+    let hour = [Span { res: Resolution::Hour, from: old_hour, to: old_hour + 3_600 }];
+    assert_eq!(store.read_aggregate(&s, &hour).await.expect("read").count, 1);
 }
