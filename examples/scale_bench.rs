@@ -326,7 +326,12 @@ async fn main() -> ExitCode {
 
 async fn run(a: Args) -> anyhow::Result<()> {
     let api = Api {
-        http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+        // Idle connections are dropped before the server's own 10-s idle close
+        // (`http.header_read_timeout`): reusing one the server is closing fails the request.
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()?,
         base: format!("http://{}", a.addr),
         auth: format!("Bearer {}", a.token),
     };
@@ -623,7 +628,10 @@ async fn soak(
                     if let Ok(mut l) = reads.lock() {
                         match r {
                             Ok(_) => l.all.push(s.elapsed()),
-                            Err(_) => l.errors += 1,
+                            Err(e) => {
+                                l.errors += 1;
+                                eprintln!("   GET failed: {e:#}");
+                            }
                         }
                     }
                 });
