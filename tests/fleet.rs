@@ -34,6 +34,18 @@ async fn an_ack_on_one_instance_is_visible_on_another_within_milliseconds() {
         }
         lags.push(acked.elapsed());
     }
+    eprintln!("ack on A -> visible on B, in order: {lags:?}");
+    lags.sort();
+    eprintln!("ack on A -> visible on B: median {:?}, max {:?} (cache ttl 1 s)", lags[10], lags[19]);
+    // Without the notifications, B answers from its cache until the refresh at half the ttl:
+    // 400-500 ms. With them, the wait is the rest of B's 100 ms coalescing pause plus a read (seen:
+    // 2-119 ms over 11 runs, 8 of them four side by side). Every trial is checked, not the median: one
+    // missed notification is what a fleet user would see as a stale figure.
+    assert!(
+        lags[19] < Duration::from_millis(300),
+        "max {:?}: a write by another instance waited for the cache ttl",
+        lags[19]
+    );
     // A product B has just answered 404 for (and keeps as unknown for the ttl) becomes known there
     // as soon as A acknowledges its first event.
     let (s, _) = b.get("/api/product/sale/9999").await;
@@ -47,16 +59,6 @@ async fn an_ack_on_one_instance_is_visible_on_another_within_milliseconds() {
     let new_product = acked.elapsed();
     eprintln!("first event of a product acked on A -> known on B: {new_product:?}");
     assert!(new_product < Duration::from_millis(400), "a new product stayed 404 on B for {new_product:?}");
-    lags.sort();
-    eprintln!("ack on A -> visible on B: median {:?}, max {:?} (cache ttl 1 s)", lags[10], lags[19]);
-    // Without the notifications, B answers from its cache for up to the ttl (1 s): median ~500 ms.
-    // (The median, not the p95: in about one run in three a few trials still take the ttl — the
-    // listening connection does not drop; the cause is not found yet.)
-    assert!(
-        lags[10] < Duration::from_millis(300),
-        "median {:?}: other instances' writes waited for the cache ttl",
-        lags[10]
-    );
     b.stop().await;
     a.stop().await;
 }

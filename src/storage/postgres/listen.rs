@@ -15,28 +15,20 @@ use crate::storage::url::PgTls;
 
 pub(super) const CHANNEL: &str = "jetstream_commits";
 
-/// Listens until every receiver is gone; counts foreign commits in `tx` (and bumps it after each
-/// reconnection, when notifications may have been missed).
+/// Listens until every receiver is gone; counts foreign commits in `tx` (and bumps it each time
+/// listening starts, when notifications may have been missed).
 pub(super) async fn listen(config: tokio_postgres::Config, tls: PgTls, writer: i64, tx: watch::Sender<u64>) {
     let own = writer.to_string();
-    let mut first = true;
     while !tx.is_closed() {
-        match once(&config, &tls, &own, &tx, first).await {
+        match once(&config, &tls, &own, &tx).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "listening for other instances' commits failed; reconnecting in 1 s"),
         }
-        first = false;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn once(
-    config: &tokio_postgres::Config,
-    tls: &PgTls,
-    own: &str,
-    tx: &watch::Sender<u64>,
-    first: bool,
-) -> anyhow::Result<()> {
+async fn once(config: &tokio_postgres::Config, tls: &PgTls, own: &str, tx: &watch::Sender<u64>) -> anyhow::Result<()> {
     let (client, mut connection) = config.connect(tls::connector(tls).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
     // Bounded: the driver waits for the loop below (a connection that keeps failing must not
     // fill memory), and it is aborted whenever this function returns.
@@ -44,9 +36,10 @@ async fn once(
     let stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let _driver = AbortOnDrop(tokio::spawn(stream.map(Ok).forward(msgs_tx)));
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    if !first {
-        tx.send_modify(|n| *n = n.wrapping_add(1));
-    }
+    // Commits made before this point were not heard: whatever was cached meanwhile — before a
+    // reconnection, or at start-up, where requests are served while this connection is being
+    // opened — may miss them. Counting one commit clears it.
+    tx.send_modify(|n| *n = n.wrapping_add(1));
     let mut closed = std::pin::pin!(tx.closed());
     loop {
         tokio::select! {
