@@ -9,6 +9,10 @@
                                              post R events/s for S seconds on a fixed schedule
                                              (open loop: a late request does not delay the schedule)
   loader.py totals  --addr A --token T       all-time totals from the API (what the store holds)
+  loader.py fresh   --addr A --token T --read-addr B --read-token T2 [--markers N] [--every MS]
+                                             freshness across a fleet: post one marker sale to A,
+                                             and from its acknowledgement poll B's seed endpoint
+                                             every 2 ms until B counts it (p50/p99/max of the lags)
 
 Every body has the same composition (700 productSold + 300 productRated, the same multiset of
 amounts, shuffled over ~1,000 products), so "acknowledged bodies x per-body totals" is exactly what
@@ -253,6 +257,50 @@ def cmd_totals(a):
     print(json.dumps({"events": events, "sold": sold, "rated": rated, "amount": str(Decimal(str(amount)))}))
 
 
+def cmd_fresh(a):
+    # The marker product has no other events: its count on B must reach exactly the markers acked.
+    path = f"/api/product/sale/{a.product}"
+    post = connect(a.addr)
+    read = connect(a.read_addr)
+    body = json.dumps({"event_name": "productSold", "product_id": a.product, "no_of_units": 1, "amount": "1"})
+
+    def count_on_b():
+        read.request("GET", path, headers={"Authorization": f"Bearer {a.read_token}"})
+        r = read.getresponse()
+        data = r.read()
+        if r.status == 404:
+            return 0
+        if r.status != 200:
+            raise SystemExit(f"GET {path} on B: {r.status} {data[:200]!r}")
+        return json.loads(data)["count"]
+
+    lags = []
+    start = count_on_b()
+    for i in range(1, a.markers + 1):
+        t_next = time.perf_counter() + a.every / 1000
+        post.request("POST", "/api/v1/events", body=body,
+                     headers={"Authorization": f"Bearer {a.token}", "Content-Type": "application/json"})
+        r = post.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise SystemExit(f"POST marker on A: {r.status} {data[:200]!r}")
+        acked = time.perf_counter()
+        while count_on_b() < start + i:
+            if time.perf_counter() - acked > 10:
+                raise SystemExit(f"marker {i} not visible on B after 10 s")
+            time.sleep(0.002)
+        lags.append((time.perf_counter() - acked) * 1000)
+        time.sleep(max(0.0, t_next - time.perf_counter()))
+    s = sorted(lags)
+    print(json.dumps({
+        "markers": len(s),
+        "p50_ms": round(percentile(s, 50), 1),
+        "p99_ms": round(percentile(s, 99), 1),
+        "max_ms": round(s[-1], 1),
+        "over_250_ms": sum(1 for x in s if x > 250),
+    }))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -273,8 +321,16 @@ def main():
             s.add_argument("--rate", type=float, required=True, help="events per second")
             s.add_argument("--duration", type=float, required=True, help="seconds")
             s.add_argument("--bodies", type=int, default=16)
+    f = sub.add_parser("fresh")
+    f.add_argument("--addr", required=True, help="HOST:PORT of the instance the markers are posted to")
+    f.add_argument("--token", required=True, help="an ingest token")
+    f.add_argument("--read-addr", required=True, help="HOST:PORT of the instance polled")
+    f.add_argument("--read-token", required=True)
+    f.add_argument("--markers", type=int, default=200)
+    f.add_argument("--every", type=float, default=50, help="ms between markers")
+    f.add_argument("--product", type=int, default=9_000_000)
     a = ap.parse_args()
-    {"gen": cmd_gen, "preload": cmd_preload, "paced": cmd_paced, "totals": cmd_totals}[a.cmd](a)
+    {"gen": cmd_gen, "preload": cmd_preload, "paced": cmd_paced, "totals": cmd_totals, "fresh": cmd_fresh}[a.cmd](a)
 
 
 if __name__ == "__main__":
