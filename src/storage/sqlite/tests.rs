@@ -138,6 +138,12 @@ async fn a_merge_in_steps_moves_every_series_once() {
     // Each series: its seconds and the minute, hour, day and all-time buckets derived from them
     // (series 7: 40 seconds, 100-139, in two minutes, one hour and one day).
     assert_eq!(moved, 5 * (n as usize - 1) + 40 + 5);
+    // The steps commit without an fsync of their own; acknowledged commits still wait for one.
+    let sync: i64 = store
+        .write(|w| w.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).map_err(db_err))
+        .await
+        .expect("pragma");
+    assert_eq!(sync, 2, "the writer is back to synchronous=FULL after a merge");
     store.commit(batch(200)).await.expect("commit after the merge");
     let recent: i64 = store
         .read(|c| c.query_row("SELECT count(*) FROM rollup_seconds", [], |r| r.get(0)).map_err(db_err))
