@@ -18,6 +18,8 @@ pub(super) struct WriterConn {
     pub(super) dims: DimCache,
     /// When the recent tables were last merged into `rollups`.
     pub(super) merged_at: std::time::Instant,
+    /// Rows the next merge step moves, sized from the last steps' times (see `maintain`).
+    pub(super) merge_step_rows: i64,
     /// Second buckets older than this many seconds are left out of merges (`StoreOptions`).
     pub(super) second_buckets_s: Option<i64>,
 }

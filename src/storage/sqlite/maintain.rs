@@ -89,16 +89,34 @@ pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64, seconds_from: i64) -
 /// writer lock for a few milliseconds, so commits slip in between.
 pub(super) const SERIES_PER_STEP: i64 = 256;
 
-/// Pending rows (of `rollup_seconds`, and of `rollup_deltas`) one merge transaction moves, unless a
-/// single series has more: it moves whole. A row costs several times more merged in small
-/// transactions: at 2,048 rows a step the merge fell behind a 2M-event store's ingest (a pass took
-/// 18-51 s) and HTTP ingest halved; at 32,768 a step moves ~250k rows a second, and holds a few MB.
-pub(super) const ROWS_PER_STEP: i64 = 32_768;
+/// Pending rows (of `rollup_seconds`, and of `rollup_deltas`) one merge transaction moves at most,
+/// unless a single series has more: it moves whole. Within that, a step is sized to take about
+/// [`STEP_TARGET`] of writer time, from the last step's rows and time, and never fewer than
+/// [`MIN_STEP_ROWS`] rows. A row costs several times more merged in small transactions: at a fixed
+/// 2,048 rows a step the merge fell behind a 2M-event store's ingest over 1,000 products (a pass
+/// took 18-51 s) and HTTP ingest halved; a fixed 32,768 held the writer longer over 1M products,
+/// where each row is a page of its own (bench/README.md).
+pub(super) const ROWS_PER_STEP: i64 = 65_536;
+pub(super) const MIN_STEP_ROWS: i64 = 2_048;
+const STEP_TARGET: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The next step's rows, from a full step of `rows` that took `took`: scaled to [`STEP_TARGET`].
+fn next_step_rows(rows: i64, took: std::time::Duration) -> i64 {
+    let fit = rows as f64 * STEP_TARGET.as_secs_f64() / took.as_secs_f64().max(1e-6);
+    (fit as i64).clamp(MIN_STEP_ROWS, ROWS_PER_STEP)
+}
 
 /// Takes the writer lock for one step, then pauses, so that a commit waiting for the lock gets it
 /// (a released mutex is otherwise often re-taken by the thread that released it).
 fn locked_step<T>(writer: &Mutex<WriterConn>, step: impl FnOnce(&mut Connection) -> T) -> T {
     let out = step(&mut writer.lock().unwrap_or_else(|e| e.into_inner()).conn);
+    std::thread::sleep(std::time::Duration::from_micros(500));
+    out
+}
+
+/// [`locked_step`] with the whole writer state.
+fn locked_step_writer<T>(writer: &Mutex<WriterConn>, step: impl FnOnce(&mut WriterConn) -> T) -> T {
+    let out = step(&mut writer.lock().unwrap_or_else(|e| e.into_inner()));
     std::thread::sleep(std::time::Duration::from_micros(500));
     out
 }
@@ -146,7 +164,10 @@ pub(super) fn merge_pending(writer: &Mutex<WriterConn>, rows_per_step: i64) -> R
     let seconds_from = keep.map_or(i64::MIN, |k| (crate::clock::now_ms() / 1000).saturating_sub(k));
     let (mut lo, mut total, mut steps) = (i64::MIN, 0, 0);
     while lo <= last {
-        let moved = locked_step(writer, |c| -> Result<Option<(i64, usize)>, StoreError> {
+        let moved = locked_step_writer(writer, |w| -> Result<Option<(i64, usize)>, StoreError> {
+            let rows_per_step = rows_per_step.min(w.merge_step_rows);
+            let started = std::time::Instant::now();
+            let c = &mut w.conn;
             let (mut first, mut hi) = (None::<i64>, last.saturating_add(1));
             for t in TABLES {
                 let next: Option<i64> = c
@@ -168,7 +189,12 @@ pub(super) fn merge_pending(writer: &Mutex<WriterConn>, rows_per_step: i64) -> R
             }
             let Some(first) = first.filter(|f| *f <= last) else { return Ok(None) };
             let hi = hi.max(first + 1);
-            Ok(Some((hi, without_fsync(c, |c| merge_series(c, first, hi, seconds_from))?)))
+            let n = without_fsync(c, |c| merge_series(c, first, hi, seconds_from))?;
+            if hi <= last {
+                // The step was full (it ended at the rows bound, not at the last pending series).
+                w.merge_step_rows = next_step_rows(rows_per_step, started.elapsed());
+            }
+            Ok(Some((hi, n)))
         })?;
         let Some((hi, n)) = moved else { break };
         (total, steps, lo) = (total + n, steps + 1, hi);

@@ -65,6 +65,7 @@ impl SqliteStore {
             series: FastMap::default(),
             dims: FastMap::default(),
             merged_at: std::time::Instant::now(),
+            merge_step_rows: maintain::MIN_STEP_ROWS,
             second_buckets_s: options.second_buckets_s,
         };
         let wal = Mutex::new(wal::WalKeeper::start(&path, options.wal_limit_bytes)?);
