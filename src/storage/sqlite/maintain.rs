@@ -108,17 +108,15 @@ fn next_step_rows(rows: i64, took: std::time::Duration) -> i64 {
 
 /// Takes the writer lock for one step, then pauses, so that a commit waiting for the lock gets it
 /// (a released mutex is otherwise often re-taken by the thread that released it).
-fn locked_step<T>(writer: &Mutex<WriterConn>, step: impl FnOnce(&mut Connection) -> T) -> T {
-    let out = step(&mut writer.lock().unwrap_or_else(|e| e.into_inner()).conn);
-    std::thread::sleep(std::time::Duration::from_micros(500));
-    out
-}
-
-/// [`locked_step`] with the whole writer state.
 fn locked_step_writer<T>(writer: &Mutex<WriterConn>, step: impl FnOnce(&mut WriterConn) -> T) -> T {
     let out = step(&mut writer.lock().unwrap_or_else(|e| e.into_inner()));
     std::thread::sleep(std::time::Duration::from_micros(500));
     out
+}
+
+/// [`locked_step_writer`] with the writer's connection alone.
+fn locked_step<T>(writer: &Mutex<WriterConn>, step: impl FnOnce(&mut Connection) -> T) -> T {
+    locked_step_writer(writer, |w| step(&mut w.conn))
 }
 
 /// Runs `step` on the writer connection for each run of [`SERIES_PER_STEP`] series ids in turn,
