@@ -82,8 +82,14 @@ pub enum AuthError {
     Forbidden(Scope),
 }
 
+/// What the store keeps of a token: its SHA-256, in hex.
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hex::encode(digest_token(token))
+}
+
+/// A token's SHA-256: the key of the in-memory table (no hex string built per request).
+fn digest_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Creates a token named `name`; returns the secret (shown once, never stored).
@@ -112,7 +118,7 @@ pub async fn create_token(
 
 #[derive(Debug)]
 struct Known {
-    name: String,
+    name: Arc<str>,
     scopes: Vec<Scope>,
     expires_ms: Option<i64>,
     revoked: bool,
@@ -121,7 +127,7 @@ struct Known {
 /// The in-memory token table of a server.
 #[derive(Debug, Default)]
 pub struct Tokens {
-    by_hash: RwLock<Arc<HashMap<String, Known>>>,
+    by_hash: RwLock<Arc<HashMap<[u8; 32], Known>>>,
     /// Serialises reloads: without it a reload that listed the tokens earlier could replace the
     /// table after one that listed later, hiding a just-created token until the next refresh.
     reloading: tokio::sync::Mutex<()>,
@@ -129,14 +135,14 @@ pub struct Tokens {
 
 impl Tokens {
     /// Checks the `Authorization` header value; returns the token's name.
-    pub fn authorize(&self, header: Option<&str>, scope: Scope, now_ms: i64) -> Result<String, AuthError> {
+    pub fn authorize(&self, header: Option<&str>, scope: Scope, now_ms: i64) -> Result<Arc<str>, AuthError> {
         let token = header
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
         let table = self.by_hash.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let k = table.get(&hash_token(token)).ok_or(AuthError::Invalid)?;
+        let k = table.get(&digest_token(token)).ok_or(AuthError::Invalid)?;
         if k.revoked {
             return Err(AuthError::Revoked);
         }
@@ -155,14 +161,18 @@ impl Tokens {
         let records = store.list_tokens().await?;
         let map = records
             .into_iter()
-            .map(|r| {
+            .filter_map(|r| {
+                let Some(key) = hex::decode(&r.hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()) else {
+                    tracing::warn!(token = %r.name, "a stored token hash is not a SHA-256 in hex; the token cannot be used");
+                    return None;
+                };
                 let known = Known {
                     scopes: r.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
-                    name: r.name,
+                    name: r.name.into(),
                     expires_ms: r.expires_ms,
                     revoked: r.revoked_ms.is_some(),
                 };
-                (r.hash, known)
+                Some((key, known))
             })
             .collect();
         *self.by_hash.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);

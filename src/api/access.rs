@@ -30,11 +30,11 @@ const UNMATCHED: &str = "unmatched";
 /// The token's name, once an access extractor has checked it: filled in by the extractor, read
 /// by the access log (a handler's extractors cannot change the response).
 #[derive(Debug, Clone, Default)]
-pub struct TokenName(Arc<OnceLock<String>>);
+pub struct TokenName(Arc<OnceLock<Arc<str>>>);
 
 impl TokenName {
-    pub fn set(&self, name: &str) {
-        let _ = self.0.set(name.to_string());
+    pub fn set(&self, name: Arc<str>) {
+        let _ = self.0.set(name);
     }
 }
 
@@ -47,28 +47,26 @@ pub struct AccessConfig {
 pub async fn log_access(State(config): State<AccessConfig>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED, |p| p.as_str()).to_string();
-    let request_id: String = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .chars()
-        .take(MAX_ID_CHARS)
-        .collect();
+    // Owned, without copying strings: the matched route is an `Arc<str>`, the id a shared header.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    let id_header = req.headers().get(REQUEST_ID).cloned();
+    // `to_str` accepts visible ASCII only, so cutting at a byte count cuts at a character.
+    let request_id = id_header.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let request_id = &request_id[..request_id.len().min(MAX_ID_CHARS)];
     let client = client_addr(&req, &config.trusted_proxies);
     let token = TokenName::default();
     req.extensions_mut().insert(token.clone());
     // Error reports of this request carry its route and id (a no-op without error tracking).
     sentry::configure_scope(|scope| {
-        scope.set_tag("route", &route);
-        scope.set_tag("request_id", &request_id);
+        scope.set_tag("route", route);
+        scope.set_tag("request_id", request_id);
     });
     let span = tracing::info_span!("request", request_id = %request_id, route = %route);
     let resp = next.run(req).instrument(span.clone()).await;
     let took = started.elapsed();
     let status = resp.status().as_u16();
-    metrics::http_request(method.as_str(), &route, status, took);
+    metrics::http_request(method.as_str(), route, status, took);
     let _enter = span.enter();
     tracing::info!(
         target: "jetstream::access",
@@ -77,7 +75,7 @@ pub async fn log_access(State(config): State<AccessConfig>, mut req: Request, ne
         status,
         latency_ms = took.as_secs_f64() * 1000.0,
         bytes = resp.body().size_hint().exact(),
-        token = token.0.get().map(String::as_str),
+        token = token.0.get().map(|n| &**n),
         request_id = %request_id,
         client = %client.map_or_else(|| "-".to_string(), |c| c.to_string()),
         "request"

@@ -114,7 +114,7 @@ pub async fn ingest_events(
     if let (Some(key), Some(fingerprint)) = (&key, &fingerprint) {
         let answer = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.into()))?;
         pending.idempotency = Some(IdempotencyRecord {
-            scope: token.clone(),
+            scope: token.to_string(),
             key: key.clone(),
             answer,
             at_ms: crate::clock::now_ms(),

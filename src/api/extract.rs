@@ -4,6 +4,8 @@
 //! cannot be forgotten. Put the access extractor first: extractors run in order, so the token is
 //! checked before the query string or the body are looked at.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -39,11 +41,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 }
 
 /// Checks the request's bearer token for `scope`; the token's name.
-fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<String, ApiError> {
+fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Arc<str>, ApiError> {
     let h = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let name = state.tokens.authorize(h, scope, crate::clock::now_ms())?;
     if let Some(slot) = parts.extensions.get::<TokenName>() {
-        slot.set(&name);
+        slot.set(name.clone());
     }
     Ok(name)
 }
@@ -55,7 +57,7 @@ macro_rules! access {
         pub struct $name {
             /// The token's name (what idempotency keys and logs are scoped to).
             #[allow(dead_code)] // only the ingest handler reads it today
-            pub token: String,
+            pub token: Arc<str>,
         }
 
         impl FromRequestParts<AppState> for $name {
