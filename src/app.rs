@@ -106,7 +106,9 @@ impl Application {
             routes: Arc::default(),
             rebuilds: Arc::default(),
         });
-        if let Some(foreign) = state.store.foreign_commits() {
+        let foreign = state.store.foreign_commits();
+        background.push(tokio::spawn(state.cache.clone().keep_index(foreign.is_some())));
+        if let Some(foreign) = foreign {
             background.push(tokio::spawn(follow_foreign_commits(foreign, state.cache.clone(), state.commits.clone())));
         }
         if state.settings.rollups.auto_rebuild && !changes.to_rebuild().is_empty() {

@@ -113,7 +113,7 @@ pub async fn get_dead_letters(
         (status = 503, description = "The store is unavailable; retry", body = ErrorOut),
     ))]
 pub async fn get_stats(_: AdminAccess, State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "writer": state.writer.stats(), "cache": state.cache.stats }))
+    Json(json!({ "writer": state.writer.stats(), "cache": state.cache.stats, "index": state.cache.index_state() }))
 }
 
 /// Per-partition lag of the configured topic: the broker's high watermark against the store's

@@ -13,9 +13,9 @@ mod store;
 mod url;
 
 pub use store::{
-    ClaimRequest, CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, Footprint, IdempotencyRecord, NewDeadLetter,
-    OffsetAdvance, PruneBefore, Pruned, RawBlock, RebuildStep, Store, StoreError, StoreOptions, StoredAnswer,
-    TokenRecord, WriteBatch,
+    ClaimRequest, CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, Footprint, IdempotencyRecord, LatestVisitor,
+    NewDeadLetter, OffsetAdvance, PruneBefore, Pruned, RawBlock, RebuildStep, Store, StoreError, StoreOptions,
+    StoredAnswer, TokenRecord, WriteBatch,
 };
 pub use url::{PgTls, SslMode, StoreUrl, redact};
 

@@ -226,6 +226,18 @@ pub struct ClaimRequest {
 /// `p`. The read cache uses it to add to a read just the local commits its snapshot missed.
 pub type CommitPos = u64;
 
+/// What `Store::scan_latest` reports, row by row, on a blocking thread.
+pub trait LatestVisitor: Send {
+    /// Before the scan's snapshot: an upper bound of the number of series.
+    fn begin(&mut self, series: u64);
+    /// A dimension value that exists.
+    fn value(&mut self, dim: &str, value: &str);
+    /// The start of the latest bucket of series `(metric, dim, value)` at `res`.
+    fn bucket(&mut self, series: (&str, &str, &str), res: Resolution, start: i64);
+    /// Every row was visited.
+    fn end(&mut self);
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies a batch in one transaction, or nothing of it; returns the commit's position when
@@ -311,6 +323,15 @@ pub trait Store: Send + Sync + 'static {
     /// within the read cache's ttl).
     fn foreign_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
+    }
+    /// Every dimension value, and every series' latest bucket at each resolution below all-time
+    /// (merged or not; an unmerged second counts for the coarser buckets it will make), from one
+    /// snapshot, for the read cache's index (`api::cache::index`). `visit.begin` is called before
+    /// that snapshot is taken. False: the backend does not offer it (the index then stays
+    /// incomplete and the cache reads the store as before).
+    async fn scan_latest(&self, visit: Box<dyn LatestVisitor>) -> Result<bool, StoreError> {
+        let _ = visit;
+        Ok(false)
     }
     /// How much disk the store takes, and how much is left where it lives (when it can tell).
     async fn footprint(&self) -> Result<Footprint, StoreError>;

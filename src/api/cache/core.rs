@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::index::Index;
 use crate::ingest::writer::Committed;
 use crate::rollup::{Agg, SeriesKey};
 use crate::storage::CommitPos;
@@ -34,8 +35,9 @@ struct Entry {
 pub(super) struct Core {
     ttl: Duration,
     entries: Mutex<Entries>,
-    /// Dimension values known to exist (they never stop existing), keyed `dim\0value`.
-    known: Mutex<HashSet<String>>,
+    /// Dimension values known to exist (they never stop existing), and bounds of every series'
+    /// latest buckets: what the cache can answer without a read (see `index`).
+    pub(super) index: Index,
     /// Dimension values a store read found unknown: a 404 for a made-up id is answered from here
     /// for `ttl`, without a store read (a local commit that adds the value removes it at once).
     unknown: Mutex<Unknown>,
@@ -86,8 +88,7 @@ struct Unknown {
     epoch: u64,
 }
 
-/// Most dimension values kept as known, and as unknown (each ~100 bytes).
-const MAX_KNOWN: usize = 1 << 18;
+/// Most dimension values kept as unknown (each ~100 bytes).
 const MAX_UNKNOWN: usize = 1 << 16;
 
 fn dim_key(buf: &mut String, dim: &str, value: &str) {
@@ -109,7 +110,7 @@ impl Core {
         Self {
             ttl,
             entries: Mutex::default(),
-            known: Mutex::default(),
+            index: Index::default(),
             unknown: Mutex::default(),
             refreshing: Mutex::default(),
         }
@@ -194,19 +195,11 @@ impl Core {
     }
 
     pub(super) fn is_known(&self, dim: &str, value: &str) -> bool {
-        let mut k = String::with_capacity(dim.len() + value.len() + 1);
-        dim_key(&mut k, dim, value);
-        self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(&k)
+        self.index.is_known(dim, value)
     }
 
     pub(super) fn set_known(&self, dim: &str, value: &str) {
-        let mut k = String::new();
-        dim_key(&mut k, dim, value);
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() >= MAX_KNOWN {
-            known.clear();
-        }
-        known.insert(k);
+        self.index.note_known(dim, value);
     }
 
     /// Call before a store read of whether a value is known; pass it to `set_unknown`.
@@ -245,22 +238,19 @@ impl Core {
 
     /// The dimension values of a durable local commit are known from now on.
     fn note_dims(&self, series: &[SeriesKey]) {
-        let mut k = String::new();
         let mut fresh = Vec::new();
-        {
-            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            for s in series.iter().filter(|s| !s.dim.is_empty()) {
+        for s in series.iter().filter(|s| !s.dim.is_empty()) {
+            if self.index.note_known(&s.dim, &s.value) {
+                let mut k = String::new();
                 dim_key(&mut k, &s.dim, &s.value);
-                if !known.contains(&k) {
-                    if known.len() >= MAX_KNOWN {
-                        known.clear();
-                    }
-                    known.insert(k.clone());
-                    fresh.push(k.clone());
-                }
+                fresh.push(k);
             }
         }
         if !fresh.is_empty() {
+            if self.index.outgrown() {
+                // Reloaded with slots sized for the store as it is now.
+                self.index.stale();
+            }
             let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
             u.epoch += 1;
             for k in fresh {
@@ -275,6 +265,17 @@ impl Core {
     /// to every cached window that holds them, unless the entry's snapshot holds the commit.
     pub(super) fn committed(&self, commit: &Committed<'_>) {
         self.note_dims(commit.series);
+        match commit.seconds {
+            // Bounds are maxima: a series' latest second in the commit is all they need.
+            Some(seconds) => {
+                for run in seconds.chunk_by(|a, b| a.0 == b.0) {
+                    if let (Some(s), Some(t)) = (commit.series.get(run[0].0 as usize), run.iter().map(|r| r.1).max()) {
+                        self.index.note_second(s, t);
+                    }
+                }
+            }
+            None => commit.series.iter().for_each(|s| self.index.note_unbounded(s)),
+        }
         let mut e = self.entries();
         let Some(seconds) = commit.seconds else {
             // No per-second deltas to apply: forget what the commit touched, and make sure no
@@ -317,6 +318,7 @@ impl Core {
     /// Forgets every answer, and discards the fills of reads that began before (rollups were
     /// replaced under them: a rebuild's swap, a replay committed straight to the store).
     pub(super) fn invalidate_all(&self) {
+        self.index.stale();
         {
             let mut e = self.entries();
             e.failures += 1;
@@ -330,6 +332,8 @@ impl Core {
 
     /// A local commit failed; it may have touched `touched`.
     pub(super) fn commit_failed(&self, touched: &[SeriesKey]) {
+        // It may have added values and buckets the index does not hold.
+        self.index.stale();
         let mut e = self.entries();
         e.failures += 1;
         // A failed commit applied nothing, unless it failed while its outcome was already decided

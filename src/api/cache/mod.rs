@@ -26,6 +26,7 @@
 //! fill the cache themselves; [`core`] holds the state and the rules, free of I/O.
 
 mod core;
+mod index;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,7 @@ use std::time::Duration;
 use self::core::Core;
 use crate::ingest::writer::{CommitObserver, Committed};
 use crate::rollup::{Agg, Resolution, SeriesKey, Span, cover, trailing_window};
-use crate::storage::{Store, StoreError};
+use crate::storage::{LatestVisitor, Store, StoreError};
 
 /// Background refreshes that may read the store at the same time: at each second's turn every
 /// trailing window asks for one, and unbounded they would crowd out the requests they spare.
@@ -58,6 +59,11 @@ pub struct CacheStats {
     pub background_reads: AtomicU64,
     /// Store reads not cached because they raced a commit they could not be squared with.
     pub fills_discarded: AtomicU64,
+    /// Answers the index gave without a read: a window with no bucket, a value never seen.
+    pub index_answers: AtomicU64,
+    /// Times the index was loaded from the store, and those that ended complete.
+    pub index_loads: AtomicU64,
+    pub index_loads_complete: AtomicU64,
 }
 
 impl CacheStats {
@@ -71,6 +77,8 @@ pub struct ReadCache {
     core: Core,
     store: Arc<dyn Store>,
     refresh_slots: tokio::sync::Semaphore,
+    /// Wakes the index's loader when the index became incomplete.
+    index_stale: tokio::sync::Notify,
     pub stats: CacheStats,
 }
 
@@ -81,6 +89,7 @@ impl ReadCache {
             core: Core::new(ttl),
             store,
             refresh_slots: tokio::sync::Semaphore::new(REFRESH_SLOTS),
+            index_stale: tokio::sync::Notify::new(),
             stats: CacheStats::default(),
         })
     }
@@ -100,6 +109,10 @@ impl ReadCache {
                 self.refresh(series, key);
             }
             return Ok(a);
+        }
+        if key != ALL_TIME && self.core.index.empty_over(series, &spans_of(key)) {
+            CacheStats::count(&self.stats.index_answers);
+            return Ok(Agg::default());
         }
         CacheStats::count(&self.stats.request_reads);
         self.load(series, key).await
@@ -157,6 +170,11 @@ impl ReadCache {
             CacheStats::count(&self.stats.hits);
             return Ok(None);
         }
+        if self.core.index.is_complete() {
+            // Every value of the store is known here: this one does not exist.
+            CacheStats::count(&self.stats.index_answers);
+            return Ok(None);
+        }
         let key = window.unwrap_or(ALL_TIME);
         if self.core.get_fresh(series, key).is_some() {
             // The answer is cached (other routes cache any series): only known-ness is missing.
@@ -194,9 +212,51 @@ impl ReadCache {
         }
     }
 
-    /// Forgets every cached answer (see `Core::invalidate_all`).
+    /// Forgets every cached answer (see `Core::invalidate_all`); the index is reloaded.
     pub fn invalidate_all(&self) {
         self.core.invalidate_all();
+        self.index_stale.notify_one();
+    }
+
+    /// Keeps the index loaded (runs for the server's life): loads it at start, and again
+    /// whenever it became incomplete (another process's commit, an invalidation, a failed
+    /// commit) or the store outgrew its slots. Loads are spaced by ten times the last one's
+    /// duration, so a store that keeps changing under it costs at most a tenth of a core. Ends
+    /// when the store cannot be scanned (PostgreSQL) or the index gave up.
+    ///
+    /// `foreign`: the store tells other processes' commits, and the first notice (when it starts
+    /// watching, it counts one) is awaited before the first load, which it would overtake.
+    pub async fn keep_index(self: Arc<Self>, foreign: bool) {
+        if foreign {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.index_stale.notified()).await;
+        }
+        loop {
+            if self.core.index.outgrown() {
+                self.core.index.stale();
+            }
+            if self.core.index.is_complete() {
+                self.index_stale.notified().await;
+                continue;
+            }
+            let started = std::time::Instant::now();
+            CacheStats::count(&self.stats.index_loads);
+            let loader = Box::new(IndexLoader {
+                cache: self.clone(),
+                ticket: None,
+                started: std::time::Instant::now(),
+                values: 0,
+                buckets: 0,
+            });
+            match self.store.scan_latest(loader).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %e, "loading the read cache's index failed; retrying"),
+            }
+            if self.core.index.given_up() {
+                return;
+            }
+            tokio::time::sleep((started.elapsed() * 10).max(INDEX_LOAD_GAP)).await;
+        }
     }
 
     /// Whether any accepted event carried `value` for `dim` (values never stop existing). Known
@@ -208,6 +268,10 @@ impl ReadCache {
         }
         if self.core.is_unknown(dim, value) {
             CacheStats::count(&self.stats.hits);
+            return Ok(false);
+        }
+        if self.core.index.is_complete() {
+            CacheStats::count(&self.stats.index_answers);
             return Ok(false);
         }
         let ticket = self.core.unknown_ticket();
@@ -233,6 +297,10 @@ impl ReadCache {
 
     /// Reads `key` into the cache in the background (at most one refresh per entry at a time).
     fn refresh(self: &Arc<Self>, series: &SeriesKey, key: (i64, i64)) {
+        // Nothing to read ahead for a window the index answers.
+        if key != ALL_TIME && self.core.index.empty_over(series, &spans_of(key)) {
+            return;
+        }
         if !self.core.begin_refresh(series, key) {
             return;
         }
@@ -252,16 +320,73 @@ impl ReadCache {
 impl CommitObserver for ReadCache {
     fn committed(&self, commit: &Committed<'_>) {
         self.core.committed(commit);
+        if !self.core.index.is_complete() {
+            self.index_stale.notify_one();
+        }
     }
 
     fn commit_failed(&self, series: &[SeriesKey]) {
         self.core.commit_failed(series);
+        self.index_stale.notify_one();
     }
 }
 
 /// The buckets covering a cache key: a window, or all time.
 fn spans_of(key: (i64, i64)) -> Vec<Span> {
     if key == ALL_TIME { vec![Span { res: Resolution::All, from: 0, to: 1 }] } else { cover(key.0, key.1) }
+}
+
+/// What `GET /api/v1/admin/stats` shows of the index.
+#[derive(Debug, serde::Serialize)]
+pub struct IndexState {
+    /// Whether it answers (see `index`).
+    pub complete: bool,
+    pub known_values: usize,
+    pub slots: usize,
+}
+
+impl ReadCache {
+    pub fn index_state(&self) -> IndexState {
+        let i = &self.core.index;
+        IndexState { complete: i.is_complete(), known_values: i.known_len(), slots: i.slot_count() }
+    }
+}
+
+/// The least time between two loads of the index.
+const INDEX_LOAD_GAP: Duration = Duration::from_millis(100);
+
+/// Fills the index from `Store::scan_latest`.
+struct IndexLoader {
+    cache: Arc<ReadCache>,
+    ticket: Option<index::LoadTicket>,
+    started: std::time::Instant,
+    values: u64,
+    buckets: u64,
+}
+
+impl LatestVisitor for IndexLoader {
+    fn begin(&mut self, series: u64) {
+        self.ticket = self.cache.core.index.begin_load(series);
+    }
+
+    fn value(&mut self, dim: &str, value: &str) {
+        self.values += 1;
+        self.cache.core.index.note_known(dim, value);
+    }
+
+    fn bucket(&mut self, series: (&str, &str, &str), res: Resolution, start: i64) {
+        self.buckets += 1;
+        self.cache.core.index.note_bucket(series, res, start);
+    }
+
+    fn end(&mut self) {
+        let Some(ticket) = self.ticket.take() else { return };
+        if self.cache.core.index.finish_load(ticket) {
+            CacheStats::count(&self.cache.stats.index_loads_complete);
+            let took_ms = self.started.elapsed().as_millis() as u64;
+            tracing::info!(values = self.values, buckets = self.buckets, took_ms, "read cache index loaded");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! - [`maintain`]: merging recent rows into `rollups`, WAL checkpoints, retention;
 //! - [`read`]: every read, in one snapshot each.
 
+mod commits;
 mod conn;
 mod decimal;
 mod maintain;
@@ -31,8 +32,8 @@ use self::conn::{WriterConn, db_err};
 use self::schema::{open_reader, open_writer};
 use super::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped};
 use super::{
-    ClaimRequest, CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, RebuildStep, Store, StoreError,
-    StoreOptions, StoredAnswer, TokenRecord, WriteBatch,
+    ClaimRequest, CommitPos, DeadLetter, Footprint, LatestVisitor, PruneBefore, Pruned, RawBlock, RebuildStep, Store,
+    StoreError, StoreOptions, StoredAnswer, TokenRecord, WriteBatch,
 };
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey, Span};
 
@@ -53,6 +54,9 @@ pub struct SqliteStore {
     maintaining: Arc<std::sync::atomic::AtomicBool>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_slots: Arc<tokio::sync::Semaphore>,
+    /// The writer's commit numbers, and the channel of other processes' commits once asked for.
+    own: Arc<commits::OwnCommits>,
+    foreign: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
 }
 
 impl SqliteStore {
@@ -60,6 +64,7 @@ impl SqliteStore {
         let path = path.to_string();
         let p = path.clone();
         let writer = tokio::task::spawn_blocking(move || open_writer(&p)).await.map_err(StoreError::backend)??;
+        let own = Arc::new(commits::OwnCommits::default());
         let writer = WriterConn {
             conn: writer,
             series: FastMap::default(),
@@ -67,6 +72,7 @@ impl SqliteStore {
             merged_at: std::time::Instant::now(),
             merge_step_rows: maintain::MIN_STEP_ROWS,
             second_buckets_s: options.second_buckets_s,
+            own: own.clone(),
         };
         let wal = Mutex::new(wal::WalKeeper::start(&path, options.wal_limit_bytes)?);
         Ok(Self {
@@ -76,6 +82,8 @@ impl SqliteStore {
             maintaining: Arc::default(),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
+            own,
+            foreign: std::sync::OnceLock::new(),
         })
     }
 
@@ -229,6 +237,32 @@ impl Store for SqliteStore {
 
     async fn is_known(&self, dim: &str, value: &str) -> Result<bool, StoreError> {
         self.read_point(|c| read::is_known(c, dim, value)).await
+    }
+
+    fn foreign_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // As on PostgreSQL: the first receiver exists before the watcher starts, which stops
+        // once none is left.
+        let mut first = None;
+        let tx = self.foreign.get_or_init(|| {
+            let (tx, rx) = tokio::sync::watch::channel(0);
+            first = Some(rx);
+            commits::watch(self.path.clone(), self.own.clone(), tx.clone());
+            tx
+        });
+        Some(first.unwrap_or_else(|| tx.subscribe()))
+    }
+
+    async fn scan_latest(&self, mut visit: Box<dyn LatestVisitor>) -> Result<bool, StoreError> {
+        let bound = self.read(read::series_bound).await?;
+        // Before the snapshot below: every commit from here on is noted by the visitor's owner.
+        visit.begin(bound);
+        self.read(move |c| {
+            read::scan_latest(c, &mut *visit)?;
+            visit.end();
+            Ok(())
+        })
+        .await?;
+        Ok(true)
     }
 
     async fn read_known_aggregate_at(

@@ -6,7 +6,8 @@ use super::conn::db_err;
 use super::decimal::agg_from_row;
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 use crate::storage::{
-    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, NewDeadLetter, RawBlock, StoreError, StoredAnswer, TokenRecord,
+    CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, LatestVisitor, NewDeadLetter, RawBlock, StoreError, StoredAnswer,
+    TokenRecord,
 };
 
 /// A series' id in the store, if it has one.
@@ -272,4 +273,73 @@ pub(super) fn tokens_version(c: &Connection) -> Result<i64, StoreError> {
     c.prepare_cached("SELECT value FROM meta WHERE key = 'tokens_version'")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(db_err)
+}
+
+/// An upper bound of the number of series (ids are never reused; `begin` of a scan).
+pub(super) fn series_bound(c: &Connection) -> Result<u64, StoreError> {
+    c.query_row("SELECT coalesce(max(id), 0) FROM series", [], |r| r.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+        .map_err(db_err)
+}
+
+/// `Store::scan_latest`'s rows, in the caller's snapshot: every dimension value, then each
+/// series (in id order) with its latest merged bucket per resolution and, from the small tables
+/// of rows not merged yet, their latest buckets too.
+pub(super) fn scan_latest(c: &Connection, visit: &mut dyn LatestVisitor) -> Result<(), StoreError> {
+    let mut values = c.prepare("SELECT dim, val FROM dim_values").map_err(db_err)?;
+    let mut rows = values.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        visit.value(text(r, 0)?, text(r, 1)?);
+    }
+    // Rows not merged yet: a second or so of commits.
+    let mut pending: crate::rollup::FastMap<i64, Vec<(Resolution, i64)>> = Default::default();
+    let mut deltas = c
+        .prepare("SELECT series, res, max(bucket) FROM rollup_deltas WHERE res > 0 GROUP BY series, res")
+        .map_err(db_err)?;
+    let mut rows = deltas.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        if let Some(res) = Resolution::from_seconds(r.get(1).map_err(db_err)?) {
+            pending.entry(r.get(0).map_err(db_err)?).or_default().push((res, r.get(2).map_err(db_err)?));
+        }
+    }
+    let mut seconds = c.prepare("SELECT series, max(bucket) FROM rollup_seconds GROUP BY series").map_err(db_err)?;
+    let mut rows = seconds.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let t: i64 = r.get(1).map_err(db_err)?;
+        let coarser = [Resolution::Day, Resolution::Hour, Resolution::Minute, Resolution::Second];
+        pending.entry(r.get(0).map_err(db_err)?).or_default().extend(coarser.map(|res| (res, res.bucket_of(t))));
+    }
+    // Both in series order: one pass over each, side by side.
+    let mut series = c.prepare("SELECT id, metric, dim, val FROM series ORDER BY id").map_err(db_err)?;
+    let mut merged = c
+        .prepare("SELECT series, res, max(bucket) FROM rollups WHERE res > 0 GROUP BY series, res ORDER BY series, res")
+        .map_err(db_err)?;
+    let mut latest = merged.query([]).map_err(db_err)?;
+    let next_latest = |latest: &mut rusqlite::Rows<'_>| -> Result<Option<(i64, i64, i64)>, StoreError> {
+        match latest.next().map_err(db_err)? {
+            Some(r) => Ok(Some((r.get(0).map_err(db_err)?, r.get(1).map_err(db_err)?, r.get(2).map_err(db_err)?))),
+            None => Ok(None),
+        }
+    };
+    let mut cur = next_latest(&mut latest)?;
+    let mut rows = series.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let id: i64 = r.get(0).map_err(db_err)?;
+        let key = (text(r, 1)?, text(r, 2)?, text(r, 3)?);
+        while let Some((s, res, bucket)) = cur.filter(|c| c.0 <= id) {
+            if let (true, Some(res)) = (s == id, Resolution::from_seconds(res)) {
+                visit.bucket(key, res, bucket);
+            }
+            cur = next_latest(&mut latest)?;
+        }
+        for (res, bucket) in pending.get(&id).into_iter().flatten() {
+            visit.bucket(key, *res, *bucket);
+        }
+    }
+    Ok(())
+}
+
+/// A text column, borrowed from the row.
+fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    r.get_ref(i).and_then(|v| v.as_str().map_err(Into::into)).map_err(db_err)
 }

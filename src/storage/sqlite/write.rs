@@ -42,7 +42,12 @@ pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch) -> Result<CommitPos
         .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'commit_seq' RETURNING value")
         .and_then(|mut st| st.query_row([], |r| r.get(0)))
         .map_err(db_err)?;
-    tx.commit().map_err(db_err)?;
+    let pos = pos as u64;
+    w.own.took(pos);
+    if let Err(e) = tx.commit() {
+        w.own.failed(pos);
+        return Err(db_err(e));
+    }
     if w.dims.values().map(FastMap::len).sum::<usize>() + fresh_dims.len() > DIMS_CACHE {
         w.dims.clear();
     }
@@ -53,7 +58,7 @@ pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch) -> Result<CommitPos
         w.series.clear();
     }
     w.series.extend(fresh);
-    Ok(pos as u64)
+    Ok(pos)
 }
 
 /// Each key once per scope, ever (within retention): a key committed before refuses the batch.
