@@ -10,7 +10,8 @@
 #   BINS="/tmp/js-old target/release/jetstream" bench/seed-ab.sh
 #
 # Settings (environment): BINS (binaries, the first fills the store), EVENTS (2000000), PRODUCTS
-# (1000000), RUNS (3 rounds), WRK_SECS (8), JETSTREAM_LOG (unset: the server's default, `info`,
+# (1000000), RUNS (3 rounds), WRK_SECS (8), WARMUP_SECS (1: the first pass on each start; a
+# server loading its read cache's index, ~3 s on this store, is still doing so), JETSTREAM_LOG (unset: the server's default, `info`,
 # with its access log line per request, written to a file), NGINX, SKIP_BUILD, OUT.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,6 +23,7 @@ EVENTS=${EVENTS:-2000000}
 PRODUCTS=${PRODUCTS:-1000000}
 RUNS=${RUNS:-3}
 WRK_SECS=${WRK_SECS:-8}
+WARMUP_SECS=${WARMUP_SECS:-1}
 NGINX=${NGINX:-/usr/sbin/nginx}
 LOADER=$ROOT/target/release/examples/scale_bench
 # KEEP=1 keeps the filled store (its directory is printed); REUSE=that directory skips the fill.
@@ -70,7 +72,7 @@ for r in $(seq 1 "$RUNS"); do
   for i in "${!BIN_LIST[@]}"; do
     start_server "${BIN_LIST[$i]}"
     # One short pass first: the page cache and the read cache's connections, as in a running server.
-    wrk -t2 -c16 -d1s -s "$HERE/disk-query.lua" "http://$ADDR" -- /api/product/sale/ "$WORK/state.ids" "$TOKEN" >/dev/null
+    wrk -t2 -c16 -d"${WARMUP_SECS}s" -s "$HERE/disk-query.lua" "http://$ADDR" -- /api/product/sale/ "$WORK/state.ids" "$TOKEN" >/dev/null
     wrk_run "run=$r bin$i-hot" query.lua "http://$ADDR" /api/product/sale/1 0 "$TOKEN"
     wrk_run "run=$r bin$i-cold" disk-query.lua "http://$ADDR" /api/product/sale/ "$WORK/state.ids" "$TOKEN"
     echo "run=$r bin$i RSS after the runs: $(awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$SERVER_PID/status")" | tee -a "$OUT/seed-ab.log"
