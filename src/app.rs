@@ -107,7 +107,10 @@ impl Application {
             rebuilds: Arc::default(),
         });
         let foreign = state.store.foreign_commits();
-        background.push(tokio::spawn(state.cache.clone().keep_index(foreign.is_some())));
+        if listener.is_some() {
+            // Only a process that answers queries has a use for the index.
+            background.push(tokio::spawn(state.cache.clone().keep_index(foreign.is_some())));
+        }
         if let Some(foreign) = foreign {
             background.push(tokio::spawn(follow_foreign_commits(foreign, state.cache.clone(), state.commits.clone())));
         }

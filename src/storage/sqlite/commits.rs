@@ -19,12 +19,18 @@ use crate::storage::StoreError;
 /// How often the counter is read: other processes' commits show within about this.
 const POLL: Duration = Duration::from_millis(10);
 
+/// Most numbers kept for the poller; beyond, they are dropped and the next poll counts a
+/// foreign commit (a poller that stopped must not make them pile up).
+const MAX_TAKEN: usize = 1 << 16;
+
 /// The commit numbers this process's writer took and the poller has not seen yet.
 #[derive(Debug, Default)]
 pub(super) struct OwnCommits(Mutex<Own>);
 
 #[derive(Debug, Default)]
 struct Own {
+    /// Set while a poller runs: without one, nothing is kept.
+    watched: bool,
     taken: BTreeSet<u64>,
     /// A commit of ours failed after taking a number.
     doubt: bool,
@@ -37,7 +43,22 @@ impl OwnCommits {
 
     /// The writer took number `n`, in a transaction not committed yet.
     pub(super) fn took(&self, n: u64) {
-        self.own().taken.insert(n);
+        let mut own = self.own();
+        if !own.watched {
+            return;
+        }
+        if own.taken.len() >= MAX_TAKEN {
+            own.taken.clear();
+            own.doubt = true;
+        }
+        own.taken.insert(n);
+    }
+
+    /// A poller starts (true) or stops.
+    fn watched(&self, on: bool) {
+        let mut own = self.own();
+        own.watched = on;
+        own.taken.clear();
     }
 
     /// The transaction that took `n` failed: whoever commits next may take `n` again.
@@ -70,6 +91,7 @@ fn commit_seq(c: &Connection) -> Result<u64, StoreError> {
 /// Polls on a thread of its own until every receiver of `tx` is gone; bumps `tx` at each foreign
 /// commit, and once at the start (what was cached before may miss commits not seen).
 pub(super) fn watch(path: String, own: std::sync::Arc<OwnCommits>, tx: watch::Sender<u64>) {
+    own.watched(true);
     let spawned = std::thread::Builder::new().name("sqlite-commits".into()).spawn(move || {
         let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
         let mut conn: Option<Connection> = None;
@@ -100,6 +122,7 @@ pub(super) fn watch(path: String, own: std::sync::Arc<OwnCommits>, tx: watch::Se
             }
             std::thread::sleep(POLL);
         }
+        own.watched(false);
     });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start watching other processes' commits; they show within the cache's ttl");
@@ -113,6 +136,9 @@ mod tests {
     #[test]
     fn numbers_not_taken_here_are_foreign() {
         let own = OwnCommits::default();
+        own.took(1);
+        assert!(own.own().taken.is_empty(), "nothing is kept while no poller runs");
+        own.watched(true);
         assert!(!own.foreign_between(5, 5));
         own.took(6);
         own.took(7);

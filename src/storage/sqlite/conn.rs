@@ -22,8 +22,6 @@ pub(super) struct WriterConn {
     pub(super) merge_step_rows: i64,
     /// Second buckets older than this many seconds are left out of merges (`StoreOptions`).
     pub(super) second_buckets_s: Option<i64>,
-    /// The commit numbers it takes, for telling other processes' commits from its own.
-    pub(super) own: std::sync::Arc<super::commits::OwnCommits>,
 }
 
 impl std::ops::Deref for WriterConn {

@@ -72,7 +72,6 @@ impl SqliteStore {
             merged_at: std::time::Instant::now(),
             merge_step_rows: maintain::MIN_STEP_ROWS,
             second_buckets_s: options.second_buckets_s,
-            own: own.clone(),
         };
         let wal = Mutex::new(wal::WalKeeper::start(&path, options.wal_limit_bytes)?);
         Ok(Self {
@@ -153,9 +152,10 @@ fn read_pooled<T>(
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: WriteBatch) -> Result<Option<CommitPos>, StoreError> {
+        let own = self.own.clone();
         let (due, pos) = self
             .write(move |w| {
-                let pos = write::commit(w, &batch)?;
+                let pos = write::commit(w, &batch, &own)?;
                 let due = w.merged_at.elapsed() >= maintain::MERGE_EVERY;
                 if due {
                     w.merged_at = std::time::Instant::now();

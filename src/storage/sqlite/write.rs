@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::commits::OwnCommits;
 use super::conn::{DimCache, WriterConn, db_err};
 use super::decimal::encode_agg;
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
@@ -27,7 +28,8 @@ pub(super) type FreshDims = Vec<(Arc<str>, String, Option<String>)>;
 
 /// Applies `batch` in one transaction and numbers the commit; the caches learn what it added
 /// only once it has committed (a rolled-back id must never be cached).
-pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch) -> Result<CommitPos, StoreError> {
+/// `own` learns the commit's number before it commits (see `commits`).
+pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch, own: &OwnCommits) -> Result<CommitPos, StoreError> {
     let tx = w.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     // On error the dropped transaction rolls back.
     idempotency_keys(&tx, batch)?;
@@ -43,9 +45,9 @@ pub(super) fn commit(w: &mut WriterConn, batch: &WriteBatch) -> Result<CommitPos
         .and_then(|mut st| st.query_row([], |r| r.get(0)))
         .map_err(db_err)?;
     let pos = pos as u64;
-    w.own.took(pos);
+    own.took(pos);
     if let Err(e) = tx.commit() {
-        w.own.failed(pos);
+        own.failed(pos);
         return Err(db_err(e));
     }
     if w.dims.values().map(FastMap::len).sum::<usize>() + fresh_dims.len() > DIMS_CACHE {
