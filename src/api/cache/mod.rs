@@ -102,20 +102,29 @@ impl ReadCache {
         series: &SeriesKey,
         window: Option<(i64, i64)>,
     ) -> Result<Agg, StoreError> {
+        Ok(self.answer(series, window).await?.0)
+    }
+
+    /// `aggregate`, and whether the index gave the answer (the window holds no bucket).
+    async fn answer(
+        self: &Arc<Self>,
+        series: &SeriesKey,
+        window: Option<(i64, i64)>,
+    ) -> Result<(Agg, bool), StoreError> {
         let key = window.unwrap_or(ALL_TIME);
         if let Some((a, old)) = self.core.get_fresh(series, key) {
             CacheStats::count(&self.stats.hits);
             if old {
                 self.refresh(series, key);
             }
-            return Ok(a);
+            return Ok((a, false));
         }
         if key != ALL_TIME && self.core.index.empty_over(series, &spans_of(key)) {
             CacheStats::count(&self.stats.index_answers);
-            return Ok(Agg::default());
+            return Ok((Agg::default(), true));
         }
         CacheStats::count(&self.stats.request_reads);
-        self.load(series, key).await
+        Ok((self.load(series, key).await?, false))
     }
 
     /// The trailing window of `window_s` seconds ending with the second of `now_ms`, and its
@@ -147,8 +156,14 @@ impl ReadCache {
         now_ms: i64,
     ) -> Result<Option<(Agg, (i64, i64))>, StoreError> {
         let (from, to) = trailing_window(now_ms, window_s);
-        let Some(agg) = self.aggregate_if_known(value, series, Some((from, to))).await? else { return Ok(None) };
-        self.prefetch_next(series, (from, to), now_ms);
+        let Some((agg, from_index)) = self.answer_if_known(value, series, Some((from, to))).await? else {
+            return Ok(None);
+        };
+        // A window the index found empty is followed by one it finds empty too, unless a commit
+        // comes between, which the index notes: nothing to read ahead.
+        if !from_index {
+            self.prefetch_next(series, (from, to), now_ms);
+        }
         Ok(Some((agg, (from, to))))
     }
 
@@ -159,30 +174,36 @@ impl ReadCache {
     /// read, not two.
     pub async fn aggregate_if_known(
         self: &Arc<Self>,
-        (dim, value): (&str, &str),
+        value: (&str, &str),
         series: &SeriesKey,
         window: Option<(i64, i64)>,
     ) -> Result<Option<Agg>, StoreError> {
+        Ok(self.answer_if_known(value, series, window).await?.map(|(agg, _)| agg))
+    }
+
+    /// `aggregate_if_known`, and whether the index gave the answer.
+    async fn answer_if_known(
+        self: &Arc<Self>,
+        (dim, value): (&str, &str),
+        series: &SeriesKey,
+        window: Option<(i64, i64)>,
+    ) -> Result<Option<(Agg, bool)>, StoreError> {
         if self.core.is_known(dim, value) {
-            return self.aggregate(series, window).await.map(Some);
-        }
-        if self.core.is_unknown(dim, value) {
-            CacheStats::count(&self.stats.hits);
-            return Ok(None);
+            return self.answer(series, window).await.map(Some);
         }
         if self.core.index.is_complete() {
             // Every value of the store is known here: this one does not exist.
             CacheStats::count(&self.stats.index_answers);
             return Ok(None);
         }
+        if self.core.is_unknown(dim, value) {
+            CacheStats::count(&self.stats.hits);
+            return Ok(None);
+        }
         let key = window.unwrap_or(ALL_TIME);
         if self.core.get_fresh(series, key).is_some() {
             // The answer is cached (other routes cache any series): only known-ness is missing.
-            return Ok(if self.is_known(dim, value).await? {
-                Some(self.aggregate(series, window).await?)
-            } else {
-                None
-            });
+            return Ok(if self.is_known(dim, value).await? { Some(self.answer(series, window).await?) } else { None });
         }
         CacheStats::count(&self.stats.request_reads);
         let unknown_ticket = self.core.unknown_ticket();
@@ -197,7 +218,7 @@ impl ReadCache {
                 if !self.core.put(series, key, agg.clone(), pos, ticket) {
                     CacheStats::count(&self.stats.fills_discarded);
                 }
-                Ok(Some(agg))
+                Ok(Some((agg, false)))
             }
         }
     }
@@ -266,12 +287,12 @@ impl ReadCache {
         if self.core.is_known(dim, value) {
             return Ok(true);
         }
-        if self.core.is_unknown(dim, value) {
-            CacheStats::count(&self.stats.hits);
-            return Ok(false);
-        }
         if self.core.index.is_complete() {
             CacheStats::count(&self.stats.index_answers);
+            return Ok(false);
+        }
+        if self.core.is_unknown(dim, value) {
+            CacheStats::count(&self.stats.hits);
             return Ok(false);
         }
         let ticket = self.core.unknown_ticket();
