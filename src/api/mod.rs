@@ -42,7 +42,6 @@ use sentry::integrations::tower as sentry_tower;
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -66,14 +65,18 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(rollups::post_rebuild))
         .routes(routes!(rollups::post_replay))
         .layer(RequestDecompressionLayer::new());
-    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+    // Answers of one fixed shape and a few hundred bytes at most, which gzip would not shrink:
+    // they skip the compression layer, which costs every request it wraps (the seed endpoints
+    // are the hottest routes; bench/README.md, "The HTTP edge in one layer").
+    let small = OpenApiRouter::new()
         .routes(routes!(health::get_health))
         .routes(routes!(health::get_readiness))
         .routes(routes!(product::get_product_sales))
         .routes(routes!(product::get_product_rating))
+        .routes(routes!(metrics::get_metric_aggregate));
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
         .routes(routes!(events::get_raw_events))
         .routes(routes!(metrics::list_metrics))
-        .routes(routes!(metrics::get_metric_aggregate))
         .routes(routes!(metrics::get_metric_series))
         .routes(routes!(explore::get_metric_top))
         .routes(routes!(explore::get_dimension_values))
@@ -84,6 +87,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(rollups::get_rollups))
         .routes(routes!(ops::get_metrics))
         .merge(with_bodies)
+        .layer(CompressionLayer::new())
+        .merge(small)
         .split_for_parts()
 }
 
@@ -97,12 +102,15 @@ pub fn router(state: AppState) -> Router {
     // Answers asked from inside (batch queries, live streams) go through the same routes.
     let _ = state.routes.set(router.clone());
     let doc: Arc<str> = doc.to_pretty_json().expect("the OpenAPI description serialises").into();
-    let router = router
+    let documents = Router::new()
         .route(
             "/api/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response() }),
         )
         .merge(crate::dashboard::routes())
+        .layer(CompressionLayer::new());
+    let router = router
+        .merge(documents)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::Status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
@@ -112,22 +120,19 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// What every answer goes through, outermost first: error tracking's per-request scope (when a
-/// DSN is configured), the request id (taken or generated, and returned), CORS (when origins
-/// are configured), gzip answers, and the access log and HTTP metrics (inside compression, so
-/// they see the route's own answer and its size). Gzip request bodies are decompressed by the
-/// routes that read a body (see [`routes`]).
+/// DSN is configured), `access` (the request id, taken or made up and returned; the access log
+/// and the HTTP metrics; error tracking's tags), and CORS (when origins are configured). Each
+/// route's own layers are inside them: gzip answers on the routes whose answers can be large,
+/// gzip request bodies on the routes that read one (see [`routes`]).
 fn with_http_layers(router: Router, state: &AppState) -> Router {
     let http = &state.settings.http;
-    let access = access::AccessConfig { trusted_proxies: http.trusted_proxies.clone().into() };
     let sentry = sentry::Hub::main().client().is_some_and(|c| c.is_enabled());
+    let access = access::AccessConfig { trusted_proxies: http.trusted_proxies.clone().into(), sentry };
     router.layer(
         ServiceBuilder::new()
             .option_layer(sentry.then(sentry_tower::NewSentryLayer::<axum::extract::Request>::new_from_top))
             .option_layer(sentry.then(sentry_tower::SentryHttpLayer::new))
-            .layer(SetRequestIdLayer::new(header::HeaderName::from_static(access::REQUEST_ID), MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::new(header::HeaderName::from_static(access::REQUEST_ID)))
-            .option_layer(cors::layer(&http.cors_origins))
-            .layer(CompressionLayer::new())
-            .layer(axum::middleware::from_fn_with_state(access, access::log_access)),
+            .layer(access::AccessLayer(access))
+            .option_layer(cors::layer(&http.cors_origins)),
     )
 }
