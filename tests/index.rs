@@ -27,7 +27,7 @@ async fn stats(app: &TestApp) -> Value {
     stats["cache"].clone()
 }
 
-/// Waits until the index is complete (SQLite; PostgreSQL's never is).
+/// Waits until the index is complete.
 async fn index_complete(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -62,10 +62,7 @@ async fn windows_without_buckets_and_unknown_products_are_answered_from_memory(b
         ]))
         .await;
     assert_eq!((s.as_u16(), &out["accepted"]), (200, &json!(4)), "{out}");
-    let sqlite = backend == Backend::Sqlite;
-    if sqlite {
-        index_complete(&app).await;
-    }
+    index_complete(&app).await;
     let before = stats(&app).await;
     assert_eq!(sale(&app, 1).await, (200, "0".into(), 0), "no sale of product 1 in the last hour");
     assert_eq!(sale(&app, 2).await, (200, "2.25".into(), 1));
@@ -74,11 +71,7 @@ async fn windows_without_buckets_and_unknown_products_are_answered_from_memory(b
     assert_eq!(app.get("/api/product/rating/999").await.0.as_u16(), 404);
     let after = stats(&app).await;
     let from_memory = counter(&after, "index_answers") - counter(&before, "index_answers");
-    if sqlite {
-        assert!(from_memory >= 4, "products 1 and 3 (empty windows), 999 twice: {after}");
-    } else {
-        assert_eq!(from_memory, 0, "PostgreSQL's index is never complete: {after}");
-    }
+    assert!(from_memory >= 4, "products 1 and 3 (empty windows), 999 twice: {after}");
 
     // Acknowledged, then asked: the answer holds it, the index having noted it before the ack.
     for (p, amount, at) in [(1, "4", now_ms()), (2, "1", now_ms() - 30 * 60_000), (77, "7.77", now_ms())] {
@@ -96,9 +89,7 @@ async fn windows_without_buckets_and_unknown_products_are_answered_from_memory(b
     // After a restart the index is loaded from the store alone.
     let store = app.stop().await;
     let app = TestApp::spawn_on(store, Settings::default()).await;
-    if sqlite {
-        index_complete(&app).await;
-    }
+    index_complete(&app).await;
     let before = stats(&app).await;
     assert_eq!(sale(&app, 1).await, (200, "4".into(), 1));
     assert_eq!(sale(&app, 2).await, (200, "3.25".into(), 2));
@@ -106,16 +97,16 @@ async fn windows_without_buckets_and_unknown_products_are_answered_from_memory(b
     assert_eq!(sale(&app, 77).await, (200, "7.77".into(), 1));
     assert_eq!(sale(&app, 78).await.0, 404);
     let from_memory = counter(&stats(&app).await, "index_answers") - counter(&before, "index_answers");
-    assert_eq!(from_memory > 0, sqlite, "product 3's window and product 78 come from the index on SQLite");
+    assert!(from_memory > 0, "product 3's window and product 78 come from the index");
     app.stop().await;
 }
 
-/// Two servers on one SQLite file (each its own store, writer and cache, as two processes would
-/// be): what one commits shows on the other within a poll of the commit counter, whether it
-/// turns a product from unknown to known or fills a window the other's index had as empty.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_processs_commits_reach_the_index_within_milliseconds() {
-    let store = common::TestStore::fresh(Backend::Sqlite).await;
+/// Two servers on one store (each its own store handle, writer and cache, as two processes would
+/// be): what one commits shows on the other within milliseconds (SQLite: a poll of the commit
+/// counter; PostgreSQL: LISTEN), whether it turns a product from unknown to known or fills a
+/// window the other's index had as empty.
+async fn another_processs_commits_reach_the_index_within_milliseconds(backend: Backend) {
+    let store = common::TestStore::fresh(backend).await;
     let url = store.url.clone();
     let a = TestApp::spawn_on(store, Settings::default()).await;
     let b = TestApp::spawn_on(common::TestStore::at(url), Settings::default()).await;
@@ -142,15 +133,20 @@ async fn another_processs_commits_reach_the_index_within_milliseconds() {
         }
         eprintln!("product {p}: visible on the other server {:?} after the ack", acked.elapsed());
     }
-    // The index comes back complete, with both commits in it, and answers again.
+    // The index comes back complete, with both commits in it, and answers again. The other
+    // server stops first: its background merges are commits too, and one landing between the
+    // wait and the requests would make the index incomplete again.
+    b.stop().await;
     index_complete(&a).await;
     let before = counter(&stats(&a).await, "index_answers");
     assert_eq!(sale(&a, 5).await, (200, "5.5".into(), 1));
     assert_eq!(sale(&a, 1).await, (200, "2".into(), 1));
     assert_eq!(sale(&a, 6).await.0, 404);
     assert!(counter(&stats(&a).await, "index_answers") > before);
-    b.stop().await;
     a.stop().await;
 }
 
-both_backends!(windows_without_buckets_and_unknown_products_are_answered_from_memory);
+both_backends!(
+    windows_without_buckets_and_unknown_products_are_answered_from_memory,
+    another_processs_commits_reach_the_index_within_milliseconds,
+);

@@ -226,7 +226,8 @@ pub struct ClaimRequest {
 /// `p`. The read cache uses it to add to a read just the local commits its snapshot missed.
 pub type CommitPos = u64;
 
-/// What `Store::scan_latest` reports, row by row, on a blocking thread.
+/// What `Store::scan_latest` reports, row by row (SQLite: on a blocking thread; PostgreSQL: on
+/// the runtime, in short runs between yields).
 pub trait LatestVisitor: Send {
     /// Before the scan's snapshot: an upper bound of the number of series.
     fn begin(&mut self, series: u64);

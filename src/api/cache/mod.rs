@@ -242,8 +242,9 @@ impl ReadCache {
     /// Keeps the index loaded (runs for the server's life): loads it at start, and again
     /// whenever it became incomplete (another process's commit, an invalidation, a failed
     /// commit) or the store outgrew its slots. Loads are spaced by ten times the last one's
-    /// duration, so a store that keeps changing under it costs at most a tenth of a core. Ends
-    /// when the store cannot be scanned (PostgreSQL) or the index gave up.
+    /// duration, so a store that keeps changing under it costs at most a tenth of a core, and
+    /// by twice as much after each load that did not end complete. Ends when the store cannot
+    /// be scanned or the index gave up.
     ///
     /// `foreign`: the store tells other processes' commits, and the first notice (when it starts
     /// watching, it counts one) is awaited before the first load, which it would overtake.
@@ -251,6 +252,10 @@ impl ReadCache {
         if foreign {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.index_stale.notified()).await;
         }
+        // Loads in a row that did not leave the index complete (other processes commit all the
+        // time, as in a fleet): each doubles the gap before the next, so a store that never
+        // holds still is not scanned over and over for an index that would never answer.
+        let mut misses = 0u32;
         loop {
             if self.core.index.outgrown() {
                 self.core.index.stale();
@@ -276,7 +281,9 @@ impl ReadCache {
             if self.core.index.given_up() {
                 return;
             }
-            tokio::time::sleep((started.elapsed() * 10).max(INDEX_LOAD_GAP)).await;
+            misses = if self.core.index.is_complete() { 0 } else { (misses + 1).min(INDEX_MAX_MISSES) };
+            let gap = (started.elapsed() * 10).max(INDEX_LOAD_GAP) * (1 << misses);
+            tokio::time::sleep(gap.min(INDEX_MAX_GAP.max(started.elapsed() * 10))).await;
         }
     }
 
@@ -375,6 +382,11 @@ impl ReadCache {
 
 /// The least time between two loads of the index.
 const INDEX_LOAD_GAP: Duration = Duration::from_millis(100);
+
+/// The most the gap between loads grows after loads that did not complete (a doubling each),
+/// and its ceiling (unless ten times a load is longer).
+const INDEX_MAX_MISSES: u32 = 12;
+const INDEX_MAX_GAP: Duration = Duration::from_secs(300);
 
 /// Fills the index from `Store::scan_latest`.
 struct IndexLoader {

@@ -42,8 +42,8 @@ use self::write::Position;
 use super::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped};
 use super::url::PgTls;
 use super::{
-    ClaimRequest, CommitPos, DeadLetter, Footprint, PruneBefore, Pruned, RawBlock, RebuildStep, Store, StoreError,
-    StoredAnswer, TokenRecord, WriteBatch,
+    ClaimRequest, CommitPos, DeadLetter, Footprint, LatestVisitor, PruneBefore, Pruned, RawBlock, RebuildStep, Store,
+    StoreError, StoredAnswer, TokenRecord, WriteBatch,
 };
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 
@@ -288,6 +288,16 @@ impl Store for PgStore {
             tx
         });
         Some(first.unwrap_or_else(|| tx.subscribe()))
+    }
+
+    async fn scan_latest(&self, mut visit: Box<dyn LatestVisitor>) -> Result<bool, StoreError> {
+        let bound = read::series_bound(&self.client().await?).await?;
+        // Before the snapshot below: every local commit from here on is noted by the visitor's
+        // owner, and another instance's is heard (LISTEN) and makes the index stale again.
+        visit.begin(bound);
+        read::scan_latest(&mut self.client().await?, &mut *visit).await?;
+        visit.end();
+        Ok(true)
     }
 
     async fn footprint(&self) -> Result<Footprint, StoreError> {

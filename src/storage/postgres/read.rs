@@ -292,3 +292,72 @@ pub(super) async fn tokens_version(client: &Client) -> Result<i64, StoreError> {
     let st = client.prepare_cached("SELECT value FROM meta WHERE key = 'tokens_version'").await.map_err(pg_err)?;
     Ok(client.query_one(&st, &[]).await.map_err(pg_err)?.get(0))
 }
+
+/// Rows visited between two yields to the runtime: a scan of millions of rows feeds the visitor
+/// on the request threads, in short runs.
+const SCAN_RUN: u32 = 4096;
+
+/// `Store::scan_latest`'s rows, from one snapshot (a read-only REPEATABLE READ transaction): every
+/// dimension value, then each series' latest bucket per resolution below all-time. Every
+/// resolution lives in `rollups` here (no pending tables), so one grouped scan has them all.
+pub(super) async fn scan_latest(
+    client: &mut Client,
+    visit: &mut dyn crate::storage::LatestVisitor,
+) -> Result<(), StoreError> {
+    use futures::StreamExt as _;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_err)?;
+    let mut run = 0u32;
+    let values = tx.query_raw("SELECT dim, val FROM dim_values", std::iter::empty::<i32>()).await.map_err(pg_err)?;
+    let mut values = std::pin::pin!(values);
+    while let Some(r) = values.next().await {
+        let r = r.map_err(pg_err)?;
+        visit.value(r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?);
+        run += 1;
+        if run % SCAN_RUN == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let latest = tx
+        .query_raw(
+            "SELECT metric, dim, val, res, max(bucket) FROM rollups WHERE res > 0 GROUP BY metric, dim, val, res",
+            std::iter::empty::<i32>(),
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut latest = std::pin::pin!(latest);
+    while let Some(r) = latest.next().await {
+        let r = r.map_err(pg_err)?;
+        let res: i32 = r.try_get(3).map_err(pg_err)?;
+        if let Some(res) = Resolution::from_seconds(i64::from(res)) {
+            let key = (r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?, r.try_get(2).map_err(pg_err)?);
+            visit.bucket(key, res, r.try_get(4).map_err(pg_err)?);
+        }
+        run += 1;
+        if run % SCAN_RUN == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tx.commit().await.map_err(pg_err)
+}
+
+/// An upper bound of the number of series, for sizing the index before its scan: the planner's
+/// row count of `rollups` (every series has a row per resolution, so rows outnumber series),
+/// or the number of dimension values when the table was never analysed.
+pub(super) async fn series_bound(client: &Client) -> Result<u64, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT greatest((SELECT reltuples FROM pg_class WHERE oid = 'rollups'::regclass)::int8,
+                             (SELECT count(*) FROM dim_values), 0)",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    let n: i64 = row.try_get(0).map_err(pg_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
