@@ -40,6 +40,26 @@ pub fn rfc3339(t_s: i64) -> String {
         .unwrap_or_default()
 }
 
+/// `rfc3339`, remembered per thread for the last two instants asked: every answer of one second
+/// shows the same window bounds, and formatting them took ~4 % of a seed request's instructions.
+fn rfc3339_recent(t_s: i64) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static RECENT: RefCell<[(i64, String); 2]> =
+            const { RefCell::new([(i64::MIN, String::new()), (i64::MIN, String::new())]) };
+    }
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some((_, text)) = recent.iter().find(|(at, _)| *at == t_s) {
+            return text.clone();
+        }
+        let text = rfc3339(t_s);
+        recent.swap(0, 1);
+        recent[0] = (t_s, text.clone());
+        text
+    })
+}
+
 /// A window's bounds in answers: `[from, to)`, RFC 3339.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WindowOut {
@@ -49,6 +69,16 @@ pub struct WindowOut {
 
 impl WindowOut {
     pub fn new(from: i64, to: i64) -> Self {
-        Self { from: rfc3339(from), to: rfc3339(to) }
+        Self { from: rfc3339_recent(from), to: rfc3339_recent(to) }
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    #[test]
+    fn recent_instants_format_as_any_other() {
+        for t in [0, 1_764_547_200, 1_764_547_201, 0, 1_764_547_200, -1, i64::MIN, i64::MAX] {
+            assert_eq!(super::rfc3339_recent(t), super::rfc3339(t), "{t}");
+        }
     }
 }
