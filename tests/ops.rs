@@ -382,6 +382,24 @@ fn json_logs_have_an_access_line_per_request_and_no_error_for_an_expected_503() 
     assert!(stderr.contains("jetstream started") && !stderr.contains('\u{1b}'), "{stderr}");
 }
 
+/// A SIGTERM that comes right after the address line (as a supervisor or a test sends it) takes
+/// the graceful path: exit 0, and every log line written, the last one included. The signal
+/// handlers once were installed only after the announcement, and such a SIGTERM killed the
+/// process with its buffered log lines unwritten.
+#[test]
+fn a_sigterm_right_after_the_announcement_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite://{}/t.db", dir.path().display());
+    for _ in 0..10 {
+        let (child, _) = start(&["serve", "--store", &store, "--listen", "127.0.0.1:0"], &[("JETSTREAM_LOG", "info")]);
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let out = child.wait_with_output().expect("exits");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{:?}: {stderr}", out.status);
+        assert!(stderr.contains("jetstream started") && stderr.contains("stopped cleanly"), "{stderr}");
+    }
+}
+
 /// A stand-in for a Sentry-protocol collector: accepts HTTP requests on loopback and keeps each
 /// body (decompressed when gzip), answering 200.
 struct Collector {

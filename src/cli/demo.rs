@@ -70,6 +70,7 @@ pub async fn run(mut a: DemoArgs) -> anyhow::Result<()> {
         create_token(&*store, &format!("demo-ingest-{stamp}"), &[Scope::Ingest], Some(DEMO_TOKEN_LIFETIME), stamp)
             .await?;
     app.state().tokens.reload(&*store).await?;
+    let stop = shutdown_signal();
     announce(&app);
     let base = format!("http://{addr}");
     let via = match &kafka {
@@ -108,7 +109,7 @@ pub async fn run(mut a: DemoArgs) -> anyhow::Result<()> {
     let stop_sim = sim.abort_handle();
     let result = app
         .run_until(async move {
-            shutdown_signal().await;
+            stop.await;
             stop_sim.abort();
         })
         .await;

@@ -76,8 +76,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(ops) = &a.ops_listen {
         app = app.with_ops_listener(ops).await?;
     }
+    let stop = shutdown_signal();
     announce(&app);
-    app.run_until(shutdown_signal()).await
+    app.run_until(stop).await
 }
 
 async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
@@ -99,6 +100,7 @@ async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
     );
     let _ = std::io::stdout().flush();
     let mut app = Application::build_consumer(settings, &a.store.store).await?;
+    let stop = shutdown_signal();
     if let Some(ops) = &a.ops_listen {
         app = app.with_ops_listener(ops).await?;
         if let Some(addr) = app.ops_addr() {
@@ -107,5 +109,5 @@ async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
         }
     }
     app.log_startup();
-    app.run_until(shutdown_signal()).await
+    app.run_until(stop).await
 }
