@@ -22,6 +22,7 @@ server_address() {
 # start_nginx_reference NGINX WORK BODY: the reference of the HTTP figures, nginx serving BODY as
 # /static.json from WORK/nginx on a free loopback port (keep-alive for as long as the load runs).
 # Sets NGX_PORT and NGX_PID (the caller stops it); fails, showing nginx's log, if it does not answer.
+# NGINX_PREFIX (optional) is a command nginx runs under, such as "taskset -c 1".
 start_nginx_reference() {
   local nginx=$1 work=$2 body=$3
   NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -48,7 +49,8 @@ http {
   }
 }
 EOF
-  "$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" 2>>"$work/nginx/error.log" &
+  # shellcheck disable=SC2086 # NGINX_PREFIX is words
+  ${NGINX_PREFIX:-} "$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" 2>>"$work/nginx/error.log" &
   NGX_PID=$!
   local _
   for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" 2>/dev/null && return 0; sleep 0.1; done

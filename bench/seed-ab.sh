@@ -12,7 +12,9 @@
 # Settings (environment): BINS (binaries, the first fills the store), EVENTS (2000000), PRODUCTS
 # (1000000), RUNS (3 rounds), WRK_SECS (8), WARMUP_SECS (1: the first pass on each start; a
 # server loading its read cache's index, ~3 s on this store, is still doing so), JETSTREAM_LOG (unset: the server's default, `info`,
-# with its access log line per request, written to a file), NGINX, SKIP_BUILD, OUT.
+# with its access log line per request, written to a file), NGINX, SKIP_BUILD, OUT, PIN (unset: no
+# pinning; "0:1" runs wrk on CPU 0 and nginx and each jetstream on CPU 1, so that the load
+# generator does not take the measured server's core; a pinned jetstream runs one tokio worker).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
@@ -37,6 +39,12 @@ SERVER_PID=""
 NGX_PID=""
 trap 'stop_work seed-ab.sh' EXIT
 trap 'exit 130' INT TERM
+WRK_PIN=()
+SERVER_PIN=()
+if [[ -n ${PIN:-} ]]; then
+  WRK_PIN=(taskset -c "${PIN%%:*}")
+  SERVER_PIN=(taskset -c "${PIN##*:}")
+fi
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   (cd "$ROOT" && cargo build --release --bin jetstream --example scale_bench 2>&1 | tail -2)
@@ -44,7 +52,7 @@ fi
 read -r -a BIN_LIST <<<"$BINS"
 STORE="sqlite://$WORK/store/js.db"
 start_server() { # binary
-  "$1" serve --store "$STORE" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
+  "${SERVER_PIN[@]}" "$1" serve --store "$STORE" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
   SERVER_PID=$!
   ADDR=$(server_address "$WORK/serve.out" "$WORK/serve.err" "$SERVER_PID") || exit 1
 }
@@ -61,10 +69,10 @@ if [[ -z $REUSE ]]; then
 fi
 TOKEN=$(cat "$WORK/token")
 
-start_nginx_reference "$NGINX" "$WORK" '{"total":1234.56,"count":42}' || exit 1
-echo "== wrk -t2 -c16 -d${WRK_SECS}s --latency, $RUNS rounds (bench/query.lua, bench/disk-query.lua); JETSTREAM_LOG=${JETSTREAM_LOG:-(default)}" | tee -a "$OUT/seed-ab.log"
+NGINX_PREFIX="${SERVER_PIN[*]}" start_nginx_reference "$NGINX" "$WORK" '{"total":1234.56,"count":42}' || exit 1
+echo "== wrk -t2 -c16 -d${WRK_SECS}s --latency, $RUNS rounds (bench/query.lua, bench/disk-query.lua); JETSTREAM_LOG=${JETSTREAM_LOG:-(default)}; PIN=${PIN:-(none)}" | tee -a "$OUT/seed-ab.log"
 wrk_run() { # label script url prefix arg [token]
-  wrk -t2 -c16 -d"${WRK_SECS}s" --latency -s "$HERE/$2" "$3" -- "$4" "$5" "${6:-}" >"$WORK/wrk.out"
+  "${WRK_PIN[@]}" wrk -t2 -c16 -d"${WRK_SECS}s" --latency -s "$HERE/$2" "$3" -- "$4" "$5" "${6:-}" >"$WORK/wrk.out"
   echo "$1 $(sed -n 's/^RESULT //p' "$WORK/wrk.out")" | tee -a "$OUT/seed-ab.log" "$OUT/seed-ab.txt"
 }
 for r in $(seq 1 "$RUNS"); do
@@ -72,7 +80,7 @@ for r in $(seq 1 "$RUNS"); do
   for i in "${!BIN_LIST[@]}"; do
     start_server "${BIN_LIST[$i]}"
     # One short pass first: the page cache and the read cache's connections, as in a running server.
-    wrk -t2 -c16 -d"${WARMUP_SECS}s" -s "$HERE/disk-query.lua" "http://$ADDR" -- /api/product/sale/ "$WORK/state.ids" "$TOKEN" >/dev/null
+    "${WRK_PIN[@]}" wrk -t2 -c16 -d"${WARMUP_SECS}s" -s "$HERE/disk-query.lua" "http://$ADDR" -- /api/product/sale/ "$WORK/state.ids" "$TOKEN" >/dev/null
     wrk_run "run=$r bin$i-hot" query.lua "http://$ADDR" /api/product/sale/1 0 "$TOKEN"
     wrk_run "run=$r bin$i-cold" disk-query.lua "http://$ADDR" /api/product/sale/ "$WORK/state.ids" "$TOKEN"
     echo "run=$r bin$i RSS after the runs: $(awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$SERVER_PID/status")" | tee -a "$OUT/seed-ab.log"
