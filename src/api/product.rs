@@ -37,11 +37,13 @@ pub struct RatingOut {
 }
 
 /// The metric an endpoint reads must be configured with the product dimension; if a settings
-/// file left it out, say so (not "no product").
-fn configured(state: &AppState, metric: &str) -> Result<(), ApiError> {
-    match state.metrics.get(metric) {
-        Some(m) if m.dims.iter().any(|d| &**d == PRODUCT_DIM) => Ok(()),
-        _ => Err(ApiError::Status(
+/// file left it out, say so (not "no product"). Returns the metric's series by product with its
+/// value still empty, the names shared with the configuration's (no allocation on this path).
+fn product_series(state: &AppState, metric: &str) -> Result<SeriesKey, ApiError> {
+    let m = state.metrics.get(metric);
+    match m.and_then(|m| Some((m, m.dims.iter().find(|d| &***d == PRODUCT_DIM)?))) {
+        Some((m, dim)) => Ok(SeriesKey { metric: m.name.clone(), dim: dim.clone(), value: String::new() }),
+        None => Err(ApiError::Status(
             StatusCode::NOT_IMPLEMENTED,
             format!(
                 "this endpoint reads the metric {metric:?} by {PRODUCT_DIM:?}, which the configuration does not declare"
@@ -74,12 +76,12 @@ pub async fn get_product_sales(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SalesOut>, ApiError> {
-    configured(&state, SALES_METRIC)?;
+    let mut series = product_series(&state, SALES_METRIC)?;
     let Some(c) = crate::event::canonical_id(&id) else { return Err(no_product(&id)) };
+    series.value = c;
     let window_s = crate::config::secs_i64(state.settings.api.sales_window);
-    let series = SeriesKey::new(SALES_METRIC, PRODUCT_DIM, &c);
     let now = crate::clock::now_ms();
-    let found = state.cache.trailing_if_known((PRODUCT_DIM, &c), &series, window_s, now).await?;
+    let found = state.cache.trailing_if_known((PRODUCT_DIM, &series.value), &series, window_s, now).await?;
     let Some((agg, (from, to))) = found else { return Err(no_product(&id)) };
     Ok(Json(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
 }
@@ -102,11 +104,11 @@ pub async fn get_product_rating(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<RatingOut>, ApiError> {
-    configured(&state, RATING_METRIC)?;
+    let mut series = product_series(&state, RATING_METRIC)?;
     let Some(c) = crate::event::canonical_id(&id) else { return Err(no_product(&id)) };
+    series.value = c;
     // The all-time bucket: one row, whatever the number of ratings.
-    let series = SeriesKey::new(RATING_METRIC, PRODUCT_DIM, &c);
-    let Some(agg) = state.cache.aggregate_if_known((PRODUCT_DIM, &c), &series, None).await? else {
+    let Some(agg) = state.cache.aggregate_if_known((PRODUCT_DIM, &series.value), &series, None).await? else {
         return Err(no_product(&id));
     };
     let average_rating = agg.avg().map(|a| Exact(a.round_dp(AVG_DECIMALS)));

@@ -82,7 +82,7 @@ impl Slots {
 /// Dimension values, exactly; numbers (canonical product ids) as `u64`.
 #[derive(Default)]
 struct Known {
-    dims: HashMap<Box<str>, Values>,
+    dims: HashMap<Box<str>, Values, foldhash::fast::RandomState>,
     len: usize,
 }
 
