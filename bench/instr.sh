@@ -40,26 +40,24 @@ read -r -a BIN_LIST <<<"$BINS"
 STORE="sqlite://$WORK/js.db"
 TOKEN=$("${BIN_LIST[0]}" token create --store "$STORE" --name "instr" --scope ingest,read)
 
+# send URL N [TOKEN]: N GETs of URL on one keep-alive connection.
+send() {
+  python3 - "$@" <<'EOF'
+import http.client, sys, urllib.parse
+u = urllib.parse.urlsplit(sys.argv[1]); n = int(sys.argv[2]); token = sys.argv[3] if len(sys.argv) > 3 else ""
+c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+h = {"Authorization": f"Bearer {token}"} if token else {}
+for _ in range(n):
+    c.request("GET", u.path, headers=h); c.getresponse().read()
+EOF
+}
+
 # count PID LABEL URL [TOKEN]: warm up, zero, send REQUESTS, dump; prints instructions per request.
 count() {
   local pid=$1 label=$2 url=$3 token=${4:-}
-  python3 - "$url" "$WARMUP" "$token" <<'EOF'
-import http.client, sys, urllib.parse
-u = urllib.parse.urlsplit(sys.argv[1]); n = int(sys.argv[2]); token = sys.argv[3]
-c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-h = {"Authorization": f"Bearer {token}"} if token else {}
-for _ in range(n):
-    c.request("GET", u.path, headers=h); c.getresponse().read()
-EOF
+  send "$url" "$WARMUP" "$token"
   callgrind_control --zero "$pid" >/dev/null 2>&1
-  python3 - "$url" "$REQUESTS" "$token" <<'EOF'
-import http.client, sys, urllib.parse
-u = urllib.parse.urlsplit(sys.argv[1]); n = int(sys.argv[2]); token = sys.argv[3]
-c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-h = {"Authorization": f"Bearer {token}"} if token else {}
-for _ in range(n):
-    c.request("GET", u.path, headers=h); c.getresponse().read()
-EOF
+  send "$url" "$REQUESTS" "$token"
   callgrind_control --dump="$label" "$pid" >/dev/null 2>&1
   local file total
   sleep 0.5
@@ -110,35 +108,8 @@ for i in "${!BIN_LIST[@]}"; do
 done
 if [[ -n $NGINX ]]; then
   rm -f "$WORK"/cg.*
-  NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$WORK/nginx/www" "$WORK/nginx/tmp"
-  chmod o+x "$WORK" "$WORK/nginx"
-  printf '%s' '{"total":1234.56,"count":42}' >"$WORK/nginx/www/static.json"
-  cat >"$WORK/nginx/nginx.conf" <<EOF
-master_process off;
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$NGX_PORT;
-    location / { root $WORK/nginx/www; default_type application/json; }
-  }
-}
-EOF
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
-    "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" 2>>"$WORK/nginx/error.log" &
-  NGX_PID=$!
-  wait_http "http://127.0.0.1:$NGX_PORT/static.json"
-  echo "$(count "$NGX_PID" nginx-static "http://127.0.0.1:$NGX_PORT/static.json")" | tee -a "$OUT/instr.txt"
+  NGINX_ONE=1 NGINX_PREFIX="valgrind --tool=callgrind --callgrind-out-file=$WORK/cg.%p" \
+    start_nginx_reference "$NGINX" "$WORK" '{"total":1234.56,"count":42}' || exit 1
+  count "$NGX_PID" nginx-static "http://127.0.0.1:$NGX_PORT/static.json" | tee -a "$OUT/instr.txt"
 fi
 for i in "${!BIN_LIST[@]}"; do echo "   bin$i = ${BIN_LIST[$i]}"; done | tee -a "$OUT/instr.txt"

@@ -22,15 +22,18 @@ server_address() {
 # start_nginx_reference NGINX WORK BODY: the reference of the HTTP figures, nginx serving BODY as
 # /static.json from WORK/nginx on a free loopback port (keep-alive for as long as the load runs).
 # Sets NGX_PORT and NGX_PID (the caller stops it); fails, showing nginx's log, if it does not answer.
-# NGINX_PREFIX (optional) is a command nginx runs under, such as "taskset -c 1".
+# NGINX_PREFIX (optional) is a command nginx runs under, such as "taskset -c 1"; NGINX_ONE=1 runs
+# one worker and no master process (what callgrind can follow, in bench/instr.sh).
 start_nginx_reference() {
   local nginx=$1 work=$2 body=$3
   NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   mkdir -p "$work/nginx/www" "$work/nginx/tmp"
   chmod o+x "$work" "$work/nginx" # nginx workers run as nobody when started by root
   printf '%s' "$body" >"$work/nginx/www/static.json"
+  local processes="worker_processes auto;"
+  [[ ${NGINX_ONE:-0} == 1 ]] && processes="master_process off; worker_processes 1;"
   cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes auto;
+$processes
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log warn;
@@ -53,7 +56,7 @@ EOF
   ${NGINX_PREFIX:-} "$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" 2>>"$work/nginx/error.log" &
   NGX_PID=$!
   local _
-  for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" 2>/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq 1 150); do curl -fsS -o /dev/null "http://127.0.0.1:$NGX_PORT/static.json" 2>/dev/null && return 0; sleep 0.1; done
   echo "bench: nginx did not start" >&2
   tail -5 "$work/nginx/error.log" >&2
   return 1
