@@ -2,16 +2,16 @@
 //! `GET /api/product/sale/{id}` → `{"total": …}` and `GET /api/product/rating/{id}` →
 //! `{"average_rating": …}`. Extra fields are additions; a product never seen is a 404 on both.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::doc::ErrorOut;
 use super::error::ApiError;
 use super::extract::{Path, ReadAccess};
-use super::json::{AVG_DECIMALS, Exact, WindowOut};
+use super::json::{AVG_DECIMALS, Exact, JsonWriter, WindowOut};
 use super::state::AppState;
 use crate::rollup::SeriesKey;
 
@@ -34,6 +34,30 @@ pub struct SalesOut {
 pub struct RatingOut {
     average_rating: Option<Exact>,
     count: i64,
+}
+
+// The two answers are written by hand (`JsonWriter`): they are the hottest responses, and serde's
+// output for the same structs is what the tests below hold them to.
+impl IntoResponse for SalesOut {
+    fn into_response(self) -> Response {
+        let mut w = JsonWriter::new();
+        w.raw("{\"total\":").exact(self.total.0).raw(",\"count\":").int(self.count);
+        w.raw(",\"window\":").window(self.window.from, self.window.to).raw("}");
+        w.into_response()
+    }
+}
+
+impl IntoResponse for RatingOut {
+    fn into_response(self) -> Response {
+        let mut w = JsonWriter::new();
+        w.raw("{\"average_rating\":");
+        match self.average_rating {
+            Some(a) => w.exact(a.0),
+            None => w.raw("null"),
+        };
+        w.raw(",\"count\":").int(self.count).raw("}");
+        w.into_response()
+    }
 }
 
 /// The metric an endpoint reads must be configured with the product dimension; if a settings
@@ -75,7 +99,7 @@ pub async fn get_product_sales(
     _: ReadAccess,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<SalesOut>, ApiError> {
+) -> Result<SalesOut, ApiError> {
     let mut series = product_series(&state, SALES_METRIC)?;
     let Some(c) = crate::event::canonical_id(&id) else { return Err(no_product(&id)) };
     series.value = c;
@@ -83,7 +107,7 @@ pub async fn get_product_sales(
     let now = crate::clock::now_ms();
     let found = state.cache.trailing_if_known((PRODUCT_DIM, &series.value), &series, window_s, now).await?;
     let Some((agg, (from, to))) = found else { return Err(no_product(&id)) };
-    Ok(Json(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) }))
+    Ok(SalesOut { total: Exact(agg.sum), count: agg.count, window: WindowOut::new(from, to) })
 }
 
 /// The average rating of a product over all time.
@@ -103,7 +127,7 @@ pub async fn get_product_rating(
     _: ReadAccess,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<RatingOut>, ApiError> {
+) -> Result<RatingOut, ApiError> {
     let mut series = product_series(&state, RATING_METRIC)?;
     let Some(c) = crate::event::canonical_id(&id) else { return Err(no_product(&id)) };
     series.value = c;
@@ -112,5 +136,47 @@ pub async fn get_product_rating(
         return Err(no_product(&id));
     };
     let average_rating = agg.avg().map(|a| Exact(a.round_dp(AVG_DECIMALS)));
-    Ok(Json(RatingOut { average_rating, count: agg.count }))
+    Ok(RatingOut { average_rating, count: agg.count })
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    async fn body(r: Response) -> (String, String) {
+        let ct = r.headers()[axum::http::header::CONTENT_TYPE].to_str().expect("ascii").to_string();
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.expect("a body");
+        (ct, String::from_utf8(b.to_vec()).expect("utf-8"))
+    }
+
+    /// The hand-written answers are byte for byte what serde writes for the same structs (the
+    /// oracle), over decimals of every scale and sign, counts and times far apart.
+    #[tokio::test]
+    async fn hand_written_answers_are_serdes_bytes() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut decimals = vec![Decimal::ZERO, Decimal::new(-0, 2), Decimal::new(10, 1), Decimal::MAX, Decimal::MIN];
+        for _ in 0..2000 {
+            let scale = (next() % 29) as u32;
+            decimals.push(Decimal::from_i128_with_scale(i128::from(next() as i64), scale));
+        }
+        for (i, d) in decimals.into_iter().enumerate() {
+            let count = next() as i64 >> (next() % 64);
+            let from = (next() % 20_000_000_000) as i64 - 10_000_000_000;
+            let sales = SalesOut { total: Exact(d), count, window: WindowOut::new(from, from + 3600) };
+            let want = serde_json::to_string(&sales).expect("serialises");
+            assert_eq!(body(sales.into_response()).await, ("application/json".into(), want));
+            let average_rating = (i % 3 != 0).then_some(Exact(d));
+            let rating = RatingOut { average_rating, count };
+            let want = serde_json::to_string(&rating).expect("serialises");
+            assert_eq!(body(rating.into_response()).await, ("application/json".into(), want));
+        }
+    }
 }
