@@ -224,30 +224,32 @@ pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
         _ => 4,
     };
     let method = method_label(method);
-    let found = HTTP_HANDLES
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(route)
-        .and_then(|by_method| by_method.iter().find(|(m, _)| *m == method).map(|(_, h)| h.clone()));
-    let handles = found.unwrap_or_else(|| {
-        let mut all = HTTP_HANDLES.write().unwrap_or_else(|e| e.into_inner());
-        let by_method = all.entry(route.into()).or_default();
-        match by_method.iter().find(|(m, _)| *m == method) {
-            Some((_, h)) => h.clone(),
-            None => {
-                let h = HttpHandles::register(method, route);
-                by_method.push((method, h.clone()));
-                h
-            }
+    let record = |h: &HttpHandles| {
+        h.requests[class].increment(1);
+        h.seconds.record(took.as_secs_f64());
+    };
+    // Recorded under the read lock: no clone of the handles' six `Arc`s per request.
+    {
+        let all = HTTP_HANDLES.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = all.get(route).and_then(|by_method| by_method.iter().find(|(m, _)| *m == method)) {
+            record(h);
+            return;
         }
-    });
-    handles.requests[class].increment(1);
-    handles.seconds.record(took.as_secs_f64());
+    }
+    let mut all = HTTP_HANDLES.write().unwrap_or_else(|e| e.into_inner());
+    let by_method = all.entry(route.into()).or_default();
+    match by_method.iter().find(|(m, _)| *m == method) {
+        Some((_, h)) => record(h),
+        None => {
+            let h = HttpHandles::register(method, route);
+            record(&h);
+            by_method.push((method, h));
+        }
+    }
 }
 
 /// The HTTP metrics of one method and route template, registered once: registering hashes and
 /// allocates the labels, which cost a few per cent of a cached seed request (bench/README.md).
-#[derive(Clone)]
 struct HttpHandles {
     /// By status class: 1xx … 5xx.
     requests: [metrics::Counter; 5],
@@ -267,7 +269,8 @@ impl HttpHandles {
 type ByMethod = Vec<(&'static str, HttpHandles)>;
 
 /// By route template (a bounded set: the routes, and one label for requests no route matched).
-static HTTP_HANDLES: LazyLock<RwLock<HashMap<Box<str>, ByMethod>>> = LazyLock::new(Default::default);
+static HTTP_HANDLES: LazyLock<RwLock<HashMap<Box<str>, ByMethod, foldhash::fast::RandomState>>> =
+    LazyLock::new(Default::default);
 
 /// A request's method as a label: HTTP lets a client send any token as its method, and a label
 /// per made-up method would grow the registry without bound.
