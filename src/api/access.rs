@@ -92,20 +92,18 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
         let header = HeaderName::from_static(REQUEST_ID);
-        let id = match req.headers().get(&header) {
-            Some(v) => v.clone(),
-            None => {
-                let v = new_request_id();
-                req.headers_mut().insert(header.clone(), v.clone());
-                v
-            }
-        };
+        // Returned with the answer, not added to the request: nothing behind this layer reads it
+        // from the headers (the span carries it), and the insert was a header map insert per request.
+        let id = req.headers().get(&header).cloned().unwrap_or_else(new_request_id);
         let method = req.method().clone();
         // Owned, without copying strings: the matched route is an `Arc<str>`.
         let matched = req.extensions().get::<MatchedPath>().cloned();
-        let token = TokenName::default();
-        req.extensions_mut().insert(token.clone());
         let logged = tracing::enabled!(target: "jetstream::access", tracing::Level::INFO);
+        // Only the access log reads the token's name: the slot goes into the request when it is on.
+        let token = logged.then(TokenName::default);
+        if let Some(token) = &token {
+            req.extensions_mut().insert(token.clone());
+        }
         let client = if logged { client_addr(&req, &self.config.trusted_proxies) } else { None };
         let sentry = self.config.sentry;
         Box::pin(async move {
@@ -134,7 +132,7 @@ where
                     status,
                     latency_ms = took.as_secs_f64() * 1000.0,
                     bytes = resp.body().size_hint().exact(),
-                    token = token.0.get().map(|n| &**n),
+                    token = token.as_ref().and_then(|t| t.0.get()).map(|n| &**n),
                     request_id = %request_id,
                     client = %client.map_or_else(|| "-".to_string(), |c| c.to_string()),
                     "request"
