@@ -64,12 +64,14 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let message = match &self {
+        let message = match self {
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
                 "internal error".to_string()
             }
-            e => e.to_string(),
+            // The message itself, moved (their `Display` is the message: no copy).
+            ApiError::NotFound(m) | ApiError::BadRequest(m) | ApiError::Status(_, m) | ApiError::Unavailable(m) => m,
+            e @ ApiError::Auth(_) => e.to_string(),
         };
         // A typed struct, not `json!`: no map built per error (the 404 of a made-up id is a hot path).
         #[derive(serde::Serialize)]

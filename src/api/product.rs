@@ -78,8 +78,9 @@ fn product_series(state: &AppState, metric: &str) -> Result<SeriesKey, ApiError>
 
 /// The 404 the original design documented.
 fn no_product(id: &str) -> ApiError {
-    let shown: String = id.chars().take(64).collect();
-    ApiError::NotFound(format!("No product with id {shown} was found"))
+    // At most 64 characters of what the client sent (cut at a character boundary).
+    let end = id.char_indices().nth(64).map_or(id.len(), |(i, _)| i);
+    ApiError::NotFound(format!("No product with id {} was found", &id[..end]))
 }
 
 /// Total sales of a product in the last hour: the 3600 one-second buckets ending with this second.
@@ -149,6 +150,20 @@ mod tests {
         let ct = r.headers()[axum::http::header::CONTENT_TYPE].to_str().expect("ascii").to_string();
         let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.expect("a body");
         (ct, String::from_utf8(b.to_vec()).expect("utf-8"))
+    }
+
+    /// The 404 shows at most 64 characters of the id, cut at a character boundary.
+    #[test]
+    fn a_long_id_is_cut_at_64_characters() {
+        let message = |id: &str| match no_product(id) {
+            ApiError::NotFound(m) => m,
+            e => panic!("not a 404: {e}"),
+        };
+        assert_eq!(message("12"), "No product with id 12 was found");
+        let long = "é".repeat(100);
+        assert_eq!(message(&long), format!("No product with id {} was found", "é".repeat(64)));
+        let exact = "x".repeat(64);
+        assert_eq!(message(&exact), format!("No product with id {exact} was found"));
     }
 
     /// The hand-written answers are byte for byte what serde writes for the same structs (the
