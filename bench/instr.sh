@@ -11,7 +11,7 @@
 #
 # Paths: hot (/api/product/sale/1, a product with sales this second: the read cache's answer,
 # recomputed once a second), cold (/api/product/sale/2, last sold two hours ago: answered by the
-# read cache's index), 404 (/api/product/sale/999999, never seen). Settings (environment): BINS,
+# read cache's index), 404 (/api/product/sale/999999, never seen). Settings (environment): BINS, LOG (warn),
 # REQUESTS (2000), WARMUP (500), NGINX (/usr/sbin/nginx; NGINX= skips the reference), SKIP_BUILD.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,6 +21,7 @@ ROOT=$(dirname "$HERE")
 BINS=${BINS:-$ROOT/target/release/jetstream}
 REQUESTS=${REQUESTS:-2000}
 WARMUP=${WARMUP:-500}
+LOG=${LOG:-warn} # the servers' JETSTREAM_LOG: `info` counts the access log line per request too
 NGINX=${NGINX-/usr/sbin/nginx}
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || {
   echo "bench/instr.sh needs valgrind (Debian: apt-get install valgrind)" >&2
@@ -94,7 +95,7 @@ SERVER_PID=""
 echo "== instructions per request (callgrind, $REQUESTS requests after $WARMUP, one keep-alive connection)" | tee "$OUT/instr.txt"
 for i in "${!BIN_LIST[@]}"; do
   rm -f "$WORK"/cg.*
-  JETSTREAM_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
+  JETSTREAM_LOG=$LOG valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
     "${BIN_LIST[$i]}" serve --store "$STORE" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
   SERVER_PID=$!
   ADDR=$(server_address "$WORK/serve.out" "$WORK/serve.err" "$SERVER_PID") || exit 1
