@@ -380,6 +380,11 @@ fn json_logs_have_an_access_line_per_request_and_no_error_for_an_expected_503() 
     let (child, _) = start(&["serve", "--store", &store, "--listen", "127.0.0.1:0"], &[("JETSTREAM_LOG", "info")]);
     let stderr = stop(child);
     assert!(stderr.contains("jetstream started") && !stderr.contains('\u{1b}'), "{stderr}");
+    // The fields as tracing-subscriber's default text format writes them (written by our plain
+    // formatter off a terminal): the message bare, then `name=value`, strings quoted.
+    let started =
+        format!(" INFO jetstream::app: jetstream started version=\"{}\" store=sqlite://", env!("CARGO_PKG_VERSION"));
+    assert!(stderr.contains(&started), "{stderr}");
 }
 
 /// A SIGTERM that comes right after the address line (as a supervisor or a test sends it) takes
