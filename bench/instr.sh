@@ -29,11 +29,7 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || {
 }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/jetstream-instr.XXXXXX")
 OUT=${OUT:-${TMPDIR:-/tmp}/jetstream-instr-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT"
-SERVER_PID=""
-NGX_PID=""
-trap 'stop_work instr.sh' EXIT
-trap 'exit 130' INT TERM
+work_traps instr.sh
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   (cd "$ROOT" && cargo build --release --bin jetstream 2>&1 | tail -2)
 fi

@@ -89,6 +89,17 @@ stop_server() {
   wait "$pid" 2>/dev/null || true
 }
 
+# work_traps NAME: what a script running one server and nginx sets up once WORK and OUT are
+# chosen: OUT made, no server or nginx yet, stop_work on exit and on Ctrl-C.
+work_traps() {
+  mkdir -p "$OUT"
+  SERVER_PID=""
+  NGX_PID=""
+  # shellcheck disable=SC2064 # the name is fixed when the trap is set
+  trap "stop_work $1" EXIT
+  trap 'exit 130' INT TERM
+}
+
 # stop_work NAME: the exit trap of a script that runs one server and nginx (scale.sh, seed-ab.sh):
 # stops NGX_PID and SERVER_PID if set, removes WORK unless KEEP=1, says where OUT is. A failed
 # kill must not end it early (under set -e it once left servers running).

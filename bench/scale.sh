@@ -39,11 +39,7 @@ OUT=${OUT:-${TMPDIR:-/tmp}/jetstream-scale-$(date +%Y%m%d-%H%M%S)}
 REUSE=${REUSE:-}
 WORK=${REUSE:-$(mktemp -d "${TMPDIR:-/tmp}/jetstream-scale.XXXXXX")}
 [[ -n $REUSE ]] && KEEP=1
-mkdir -p "$OUT"
-SERVER_PID=""
-NGX_PID=""
-trap 'stop_work scale.sh' EXIT
-trap 'exit 130' INT TERM
+work_traps scale.sh
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   (cd "$ROOT" && cargo build --release --bin jetstream --example scale_bench 2>&1 | tail -2)

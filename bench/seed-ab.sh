@@ -34,11 +34,8 @@ KEEP=${KEEP:-0}
 [[ -n $REUSE ]] && KEEP=1
 WORK=${REUSE:-$(mktemp -d "${TMPDIR:-/tmp}/jetstream-seed.XXXXXX")}
 OUT=${OUT:-${TMPDIR:-/tmp}/jetstream-seed-ab-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT" "$WORK/store"
-SERVER_PID=""
-NGX_PID=""
-trap 'stop_work seed-ab.sh' EXIT
-trap 'exit 130' INT TERM
+mkdir -p "$WORK/store"
+work_traps seed-ab.sh
 WRK_PIN=()
 SERVER_PIN=()
 if [[ -n ${PIN:-} ]]; then
