@@ -26,7 +26,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use tracing::Instrument as _;
 
-use crate::telemetry::metrics;
+use crate::telemetry::{logs, metrics};
 
 /// The request id header.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -98,7 +98,7 @@ where
         let method = req.method().clone();
         // Owned, without copying strings: the matched route is an `Arc<str>`.
         let matched = req.extensions().get::<MatchedPath>().cloned();
-        let logged = tracing::enabled!(target: "jetstream::access", tracing::Level::INFO);
+        let logged = tracing::enabled!(target: logs::ACCESS_TARGET, tracing::Level::INFO);
         // Only the access log reads the token's name: the slot goes into the request when it is on.
         let token = logged.then(TokenName::default);
         if let Some(token) = &token {
@@ -126,18 +126,16 @@ where
             if logged {
                 // Outside the request's span: the line carries its route and id as its own fields,
                 // and the span's prefix repeated them (a quarter of the line's formatting).
-                tracing::info!(
-                    target: "jetstream::access",
-                    method = %method,
-                    route = %route,
+                logs::access(&logs::AccessLine {
+                    method: method.as_str(),
+                    route,
                     status,
-                    latency_ms = took.as_secs_f64() * 1000.0,
-                    bytes = resp.body().size_hint().exact(),
-                    token = token.as_ref().and_then(|t| t.0.get()).map(|n| &**n),
-                    request_id = %request_id,
-                    client = %client.map_or_else(|| "-".to_string(), |c| c.to_string()),
-                    "request"
-                );
+                    latency_ms: took.as_secs_f64() * 1000.0,
+                    bytes: resp.body().size_hint().exact(),
+                    token: token.as_ref().and_then(|t| t.0.get()).map(|n| &**n),
+                    request_id,
+                    client,
+                });
             }
             resp.headers_mut().insert(header, id);
             Ok(resp)
