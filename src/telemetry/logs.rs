@@ -216,18 +216,48 @@ fn text_access(buf: &mut Vec<u8>, timestamp: &str, l: &AccessLine<'_>) {
     buf.extend_from_slice(l.route.as_bytes());
     buf.extend_from_slice(b" status=");
     buf.extend_from_slice(ints.format(l.status).as_bytes());
-    // Writing to a `Vec` cannot fail.
+    // Writing to a `Vec` cannot fail. (ryu would be cheaper, but where two shortest digit
+    // strings are equally near it does not always pick `Debug`'s: 722702184374692.3 for .2.)
     let _ = write!(buf, " latency_ms={:?}", l.latency_ms);
     if let Some(bytes) = l.bytes {
         buf.extend_from_slice(b" bytes=");
         buf.extend_from_slice(ints.format(bytes).as_bytes());
     }
     if let Some(token) = l.token {
-        let _ = write!(buf, " token={token:?}");
+        buf.extend_from_slice(b" token=");
+        debug_str(buf, token);
     }
     buf.extend_from_slice(b" request_id=");
     buf.extend_from_slice(l.request_id.as_bytes());
-    let _ = writeln!(buf, " client={}", ClientText(l.client));
+    buf.extend_from_slice(b" client=");
+    match l.client {
+        Some(IpAddr::V4(ip)) => {
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(ints.format(octet).as_bytes());
+            }
+        }
+        Some(ip @ IpAddr::V6(_)) => {
+            let _ = write!(buf, "{ip}");
+        }
+        None => buf.push(b'-'),
+    }
+    buf.push(b'\n');
+}
+
+/// `{:?}` of a string: quoted, and as is when it holds only printable ASCII other than a quote
+/// or a backslash (a token's name, as a rule); otherwise with `Debug`'s escapes.
+fn debug_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(buf, "{s:?}");
+    }
 }
 
 /// The JSON line: the object tracing-subscriber's flattened JSON format writes for the event,
