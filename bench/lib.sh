@@ -23,7 +23,10 @@ server_address() {
 # /static.json from WORK/nginx on a free loopback port (keep-alive for as long as the load runs).
 # Sets NGX_PORT and NGX_PID (the caller stops it); fails, showing nginx's log, if it does not answer.
 # NGINX_PREFIX (optional) is a command nginx runs under, such as "taskset -c 1"; NGINX_ONE=1 runs
-# one worker and no master process (what callgrind can follow, in bench/instr.sh).
+# one worker and no master process (what callgrind can follow, in bench/instr.sh). NGINX_ACCESS_LOG=1
+# has nginx write its access log (the default `combined` line, through a 64 KiB buffer as
+# jetstream's log thread writes) to WORK/nginx/access.log: the reference for a jetstream logging
+# each request.
 start_nginx_reference() {
   local nginx=$1 work=$2 body=$3
   NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -32,6 +35,8 @@ start_nginx_reference() {
   printf '%s' "$body" >"$work/nginx/www/static.json"
   local processes="worker_processes auto;"
   [[ ${NGINX_ONE:-0} == 1 ]] && processes="master_process off; worker_processes 1;"
+  local access_log="access_log off;"
+  [[ ${NGINX_ACCESS_LOG:-0} == 1 ]] && access_log="access_log $work/nginx/access.log combined buffer=64k;"
   cat >"$work/nginx/nginx.conf" <<EOF
 $processes
 daemon off;
@@ -39,7 +44,7 @@ pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log warn;
 events { worker_connections 1024; }
 http {
-  access_log off;
+  $access_log
   client_body_temp_path $work/nginx/tmp/body;
   proxy_temp_path $work/nginx/tmp/proxy;
   fastcgi_temp_path $work/nginx/tmp/fastcgi;

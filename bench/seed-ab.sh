@@ -12,7 +12,8 @@
 # Settings (environment): BINS (binaries, the first fills the store), EVENTS (2000000), PRODUCTS
 # (1000000), RUNS (3 rounds), WRK_SECS (8), WARMUP_SECS (1: the first pass on each start; a
 # server loading its read cache's index, ~3 s on this store, is still doing so), JETSTREAM_LOG (unset: the server's default, `info`,
-# with its access log line per request, written to a file), NGINX, SKIP_BUILD, OUT, PIN (unset: no
+# with its access log line per request, written to a file), NGINX, NGINX_ACCESS_LOG (0; 1: nginx
+# writes its access log too, see lib.sh), SKIP_BUILD, OUT, PIN (unset: no
 # pinning; "0:1" runs wrk on CPU 0 and nginx and each jetstream on CPU 1, so that the load
 # generator does not take the measured server's core; a pinned jetstream runs one tokio worker).
 set -euo pipefail
