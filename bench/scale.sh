@@ -13,7 +13,8 @@
 # Settings (environment): CHECKPOINTS, PRODUCTS (1000000), SOAK_SECS (1800), SOAK_RATE (50000),
 # SOAK_QUERY_RATE (500), CONNS (4 posts in flight), BODY_EVENTS (5000 NDJSON lines a body),
 # QUERY_SECS (5), WRK_SECS (10) and RUNS (3) for the wrk phase, CONFIG (a settings file for the server), OUT (where the log and the JSON lines go),
-# KEEP (1: keep the store), SKIP_BUILD, JETSTREAM_BIN.
+# KEEP (1: keep the store), SKIP_BUILD, JETSTREAM_BIN, SOAK_PERF (1: a 10-s perf record of the
+# server each soak minute, into OUT/soak-samples beside each thread's CPU and /metrics).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/lib.sh
@@ -51,7 +52,7 @@ mkdir -p "$WORK/store"
 CFG=()
 [[ -n $CONFIG ]] && CFG=(--config "$CONFIG")
 [[ -n $REUSE ]] && CHECKPOINTS=""
-TOKEN=$("$BIN" token create --store "$STORE" "${CFG[@]}" --name "scale-$(date +%s)" --scope ingest,read)
+TOKEN=$("$BIN" token create --store "$STORE" "${CFG[@]}" --name "scale-$(date +%s)" --scope ingest,read,metrics)
 "$BIN" serve --store "$STORE" "${CFG[@]}" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
 SERVER_PID=$!
 ADDR=$(server_address "$WORK/serve.out" "$WORK/serve.err" "$SERVER_PID") || exit 1
@@ -85,11 +86,35 @@ if [[ -z $REUSE && -x $NGINX ]] && command -v wrk >/dev/null; then
   kill "$NGX_PID" 2>/dev/null || true
 fi
 
+# The soak's minute samples beside the loader's own: each thread's CPU ticks (/proc/PID/task), the
+# server's /metrics, and with SOAK_PERF=1 a 10-s `perf record --call-graph dwarf` of the server at each minute's
+# start (bench/perf_summary.py reads them: perf script -i FILE -F comm,tid,ip,sym --no-inline).
+soak_sampler() {
+  local m=0 dir=$OUT/soak-samples
+  mkdir -p "$dir"
+  while kill -0 "$SERVER_PID" 2>/dev/null; do
+    for t in /proc/"$SERVER_PID"/task/*; do
+      echo "$(cat "$t/comm" 2>/dev/null) $(cut -d')' -f2- "$t/stat" 2>/dev/null | awk '{print $12 + $13}')"
+    done >"$dir/threads-$m.txt"
+    curl -s -H "authorization: Bearer $TOKEN" "http://$ADDR/metrics" >"$dir/metrics-$m.txt" || true
+    if [[ ${SOAK_PERF:-0} == 1 ]]; then
+      perf record -q -F 99 -g --call-graph dwarf,16384 -p "$SERVER_PID" -o "$dir/perf-$m.data" -- sleep 10 >/dev/null 2>&1 || true
+      sleep 50
+    else
+      sleep 60
+    fi
+    m=$((m + 1))
+  done
+}
+
 if ((SOAK_SECS > 0)); then
   echo "== soak: $SOAK_SECS s at $SOAK_RATE events/s, $SOAK_QUERY_RATE queries/s (10 % hot, 90 % cold)" | tee -a "$OUT/scale.log"
+  soak_sampler &
+  SAMPLER_PID=$!
   "$LOADER" --addr "$ADDR" --token "$TOKEN" --server-pid "$SERVER_PID" --store-dir "$WORK/store" \
     --checkpoints --products "$PRODUCTS" --soak-secs "$SOAK_SECS" --soak-rate "$SOAK_RATE" \
     --soak-query-rate "$SOAK_QUERY_RATE" --state "$OUT/state.json" \
     >>"$OUT/scale.jsonl" 2> >(tee -a "$OUT/scale.log" >&2)
+  kill "$SAMPLER_PID" 2>/dev/null || true
 fi
 echo "== load average at the end $(cut -d' ' -f1-3 /proc/loadavg); server CPU $(ps -o times= -p "$SERVER_PID") s" | tee -a "$OUT/scale.log"

@@ -201,6 +201,18 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The server's CPU time so far (user + system), in clock ticks (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().map_or(0, |s| {
+        // The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+        let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+        rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
+    })
+}
+
+/// Clock ticks per second in `/proc` (`getconf CLK_TCK`: 100 on every Linux this runs on).
+const CLK_TCK: f64 = 100.0;
+
 fn disk_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map_or(0, |d| d.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
@@ -569,7 +581,8 @@ async fn soak(
 ) -> anyhow::Result<()> {
     let cold = Arc::new(cold);
     let posts = Arc::new(std::sync::Mutex::new((Lat::default(), Totals::default())));
-    let reads = Arc::new(std::sync::Mutex::new(Lat::default()));
+    // (hot, cold): the hot product and the cold ones apart, so a minute's p99 says which moved.
+    let reads = Arc::new(std::sync::Mutex::new((Lat::default(), Lat::default())));
     let t0 = tokio::time::Instant::now();
     let until = t0 + Duration::from_secs(a.soak_secs);
     // Ingest: 1,000-event bodies at fixed times; each in its own task so a slow one delays nothing.
@@ -619,13 +632,15 @@ async fn soak(
             let mut rng = SmallRng::seed_from_u64(7);
             let mut inflight = tokio::task::JoinSet::new();
             while tick.tick().await < until {
-                let id = if rng.random_range(0..10) == 0 { 1 } else { cold[rng.random_range(0..cold.len())] };
+                let hot = rng.random_range(0..10) == 0;
+                let id = if hot { 1 } else { cold[rng.random_range(0..cold.len())] };
                 let path = if rng.random::<bool>() { "sale" } else { "rating" };
                 let (api, reads) = (api.clone(), reads.clone());
                 inflight.spawn(async move {
                     let s = Instant::now();
                     let r = api.get(&format!("/api/product/{path}/{id}")).await;
-                    if let Ok(mut l) = reads.lock() {
+                    if let Ok(mut g) = reads.lock() {
+                        let l = if hot { &mut g.0 } else { &mut g.1 };
                         match r {
                             Ok(_) => l.all.push(s.elapsed()),
                             Err(e) => {
@@ -643,20 +658,29 @@ async fn soak(
     let mut minutes: Vec<(u64, u64, f64)> = Vec::new(); // (minute, RSS, query p99)
     let mut failed = 0;
     let mut minute = 0u64;
+    let mut last_cpu = cpu_ticks(a.server_pid);
     while tokio::time::Instant::now() < until {
         minute += 1;
         tokio::time::sleep_until((t0 + Duration::from_secs(60 * minute)).min(until)).await;
         let (mut p, t) = posts.lock().map(|mut g| std::mem::take(&mut *g)).map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let mut q = reads.lock().map(|mut g| std::mem::take(&mut *g)).map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let (mut hot, mut cold) =
+            reads.lock().map(|mut g| std::mem::take(&mut *g)).map_err(|_| anyhow::anyhow!("poisoned"))?;
         acked.sold += t.sold;
         acked.rated += t.rated;
         acked.cents += t.cents;
-        failed += p.errors + q.errors;
-        let (ps, qs) = (p.summary(60.0), q.summary(60.0));
+        failed += p.errors + hot.errors + cold.errors;
+        let mut q = Lat { all: [hot.all.as_slice(), cold.all.as_slice()].concat(), errors: hot.errors + cold.errors };
+        let (ps, qs, hs, cs) = (p.summary(60.0), q.summary(60.0), hot.summary(60.0), cold.summary(60.0));
         let (r, peak, disk) = (rss_bytes(a.server_pid), rss.take_peak(), disk_bytes(&a.store_dir));
+        let wal = std::fs::metadata(a.store_dir.join("js.db-wal")).map_or(0, |m| m.len());
+        let cpu = cpu_ticks(a.server_pid);
+        let cpu_pct = cpu.saturating_sub(last_cpu) as f64 / CLK_TCK / 60.0 * 100.0;
+        last_cpu = cpu;
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load1 = load.split_whitespace().next().unwrap_or("?").to_owned();
         minutes.push((minute, r, qs["p99_ms"].as_f64().unwrap_or(0.0)));
         eprintln!(
-            "   soak minute {minute}: {} ev/s acked, POST p99 {} max {} ms; queries {}/s p50 {} p99 {} max {} ms; RSS {} MB (peak {}); disk {} MB",
+            "   soak minute {minute}: {} ev/s acked, POST p99 {} max {} ms; queries {}/s p50 {} p99 {} max {} ms (hot p99 {}, cold p50 {} p99 {}); RSS {} MB (peak {}); disk {} MB (WAL {}); server CPU {cpu_pct:.0} %, load {load1}",
             (t.sold + t.rated) / 60,
             ps["p99_ms"],
             ps["max_ms"],
@@ -664,14 +688,19 @@ async fn soak(
             qs["p50_ms"],
             qs["p99_ms"],
             qs["max_ms"],
+            hs["p99_ms"],
+            cs["p50_ms"],
+            cs["p99_ms"],
             mb(r),
             mb(peak),
-            mb(disk)
+            mb(disk),
+            mb(wal)
         );
         println!(
             "{}",
             json!({"kind": "minute", "minute": minute, "acked_events_per_s": (t.sold + t.rated) / 60, "post": ps, "query": qs,
-                   "rss_mb": mb(r), "rss_peak_mb": mb(peak), "disk_mb": mb(disk)})
+                   "query_hot": hs, "query_cold": cs, "rss_mb": mb(r), "rss_peak_mb": mb(peak), "disk_mb": mb(disk),
+                   "wal_mb": mb(wal), "server_cpu_pct": round2(cpu_pct), "load1": load1})
         );
     }
     ingest.await?;
