@@ -283,7 +283,8 @@ async fn commit_group(store: &dyn Store, jobs: Vec<Job>, observers: &[Arc<dyn Co
                 stats.submissions.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 stats.events.fetch_add(events, Ordering::Relaxed);
                 stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
-                in_flight.committed(changes.seconds.as_deref(), pos);
+                in_flight.end();
+                notify_committed(observers, changes, pos).await;
                 answer(jobs, |_| Ok(()));
                 return;
             }
@@ -363,11 +364,34 @@ impl<'a> InFlight<'a> {
         Self { observers, series, ended: false }
     }
 
-    fn committed(mut self, seconds: Option<&[(u32, i64, Agg)]>, pos: Option<CommitPos>) {
+    /// The commit is durable: dropping this no longer tells the observers it failed.
+    fn end(mut self) {
         self.ended = true;
-        let commit = Committed { series: self.series, seconds, pos };
-        for o in self.observers {
+    }
+}
+
+/// Tells the observers about a durable commit, before its submitters are acknowledged, on the
+/// blocking pool: the read cache's update is linear in the series a commit touched (~36,000 in a
+/// commit of a 50k events/s stream on a 100M-event store, 25–57 ms), and on an async worker it
+/// stalled the queries queued behind it. If the update cannot finish (a panic in an observer),
+/// the observers are told the series may have changed, as on a failed commit.
+async fn notify_committed(observers: &[Arc<dyn CommitObserver>], changes: Changes, pos: Option<CommitPos>) {
+    if observers.is_empty() {
+        return;
+    }
+    let changes = Arc::new(changes);
+    let (todo, c) = (observers.to_vec(), changes.clone());
+    let told = tokio::task::spawn_blocking(move || {
+        let commit = Committed { series: &c.series, seconds: c.seconds.as_deref(), pos };
+        for o in &todo {
             o.committed(&commit);
+        }
+    })
+    .await;
+    if let Err(e) = told {
+        tracing::error!(error = %e, "a commit observer failed; its state is forgotten");
+        for o in observers {
+            o.commit_failed(&changes.series);
         }
     }
 }

@@ -280,6 +280,12 @@ impl Core {
             }
             None => commit.series.iter().for_each(|s| self.index.note_unbounded(s)),
         }
+        // The copy kept for reads in flight is made before the lock: readers wait on it.
+        let recent = commit.pos.zip(commit.seconds).map(|(pos, seconds)| Recent {
+            pos,
+            series: commit.series.to_vec(),
+            seconds: seconds.to_vec(),
+        });
         let mut e = self.entries();
         let Some(seconds) = commit.seconds else {
             // No per-second deltas to apply: forget what the commit touched, and make sure no
@@ -309,8 +315,8 @@ impl Core {
                 }
             }
         }
-        if let Some(pos) = commit.pos {
-            e.recent.push_back(Recent { pos, series: commit.series.to_vec(), seconds: seconds.to_vec() });
+        if let Some(recent) = recent {
+            e.recent.push_back(recent);
             if e.recent.len() > RECENT_COMMITS
                 && let Some(old) = e.recent.pop_front()
             {
