@@ -144,3 +144,117 @@ fn an_entry_past_half_its_life_asks_for_one_refresh_at_a_time() {
     c.end_refresh(&s, (0, 1));
     assert!(c.begin_refresh(&s, (0, 1)));
 }
+
+/// A commit at position `pos` adding one event at second 5 to each of `series` (sorted).
+fn ones(series: &[SeriesKey]) -> Vec<(u32, i64, Agg)> {
+    (0..series.len() as u32).map(|i| (i, 5, Agg::of(Decimal::ONE))).collect()
+}
+
+#[test]
+fn a_fill_between_the_halves_of_a_commit_counts_it_once() {
+    let c = Core::new(Duration::from_secs(10));
+    let s = SeriesKey::new("m", "", "");
+    let series = std::slice::from_ref(&s);
+    let seconds = ones(series);
+    let four = Committed { series, seconds: Some(&seconds), pos: Some(4) };
+    let three = || Agg { count: 3, sum: Decimal::from(3), ..Agg::default() };
+    // The store holds commits 1..=3. Commit 4 is logged; a read at 3 fills before the commit
+    // reaches the series' shard (it adds 4 from the log), then the commit reaches the shard.
+    c.log_commit(&four);
+    assert!(c.put(&s, (0, 10), three(), Some(3), c.ticket()));
+    c.apply_commit(&four);
+    assert_eq!(c.get(&s, (0, 10)).map(|a| a.count), Some(4), "commit 4 once");
+    // A read at 3 that fills after the commit was applied everywhere: once too.
+    assert!(c.put(&s, (0, 20), three(), Some(3), c.ticket()));
+    assert_eq!(c.get(&s, (0, 20)).map(|a| a.count), Some(4));
+}
+
+/// Readers fill the cache from snapshots of a store while a writer commits to it and reports
+/// each commit, all on their own threads: every answer the cache gives is exactly what the store
+/// held at some moment of that request, and at the end what it holds.
+#[test]
+fn concurrent_fills_and_commits_agree_with_the_store() {
+    use std::sync::{Arc, Mutex};
+    const SERIES: usize = 64;
+    const COMMITS: u64 = 1_000;
+    const UNREAD: usize = 1_000;
+    let c = Arc::new(Core::new(Duration::from_secs(600)));
+    let mut keys: Vec<SeriesKey> = (0..SERIES).map(|i| SeriesKey::new("m", "p", &i.to_string())).collect();
+    keys.sort();
+    let keys = Arc::new(keys);
+    let unread: Vec<SeriesKey> = (0..UNREAD).map(|i| SeriesKey::new("m", "q", &i.to_string())).collect();
+    // The store: its position and each series' count (one event per series a commit touches),
+    // and each series' count as of the last commit reported to the cache (acknowledged).
+    let store = Arc::new(Mutex::new((0u64, vec![0i64; SERIES], vec![0i64; SERIES])));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|r| {
+            let (c, keys, store, done) = (c.clone(), keys.clone(), store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut n = r;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    // Every series, and many windows of each (all holding second 5): fills keep
+                    // coming for as long as commits do.
+                    let (i, w) = (n * 37 % SERIES, (0, 10 + (n / SERIES % 32) as i64));
+                    let s = &keys[i];
+                    let acked = store.lock().unwrap().2[i];
+                    if let Some(a) = c.get(s, w) {
+                        let stored = store.lock().unwrap().1[i];
+                        assert!(acked <= a.count && a.count <= stored, "{} not in {acked}..={stored}", a.count);
+                        continue;
+                    }
+                    let ticket = c.ticket();
+                    let (pos, n) = {
+                        let st = store.lock().unwrap();
+                        (st.0, st.1[i])
+                    };
+                    // A store read takes a while: commits land meanwhile.
+                    std::thread::sleep(Duration::from_micros(i as u64 % 4 * 100));
+                    c.put(s, w, Agg { count: n, sum: Decimal::from(n), ..Agg::default() }, Some(pos), ticket);
+                }
+            })
+        })
+        .collect();
+    for p in 1..=COMMITS {
+        // Each commit touches a different subset of the series, in key order.
+        // Beside series nobody reads, so a commit takes a while to reach every shard: a fill
+        // lands between its halves (logged, applied) now and then.
+        let mut touched: Vec<SeriesKey> =
+            keys.iter().enumerate().filter(|(i, _)| (*i as u64 * 31 + p) % 5 < 2).map(|(_, k)| k.clone()).collect();
+        touched.extend(unread.iter().cloned());
+        touched.sort();
+        {
+            let mut st = store.lock().unwrap();
+            st.0 = p;
+            for k in &touched {
+                if let Ok(i) = keys.binary_search(k) {
+                    st.1[i] += 1;
+                }
+            }
+        }
+        let seconds = ones(&touched);
+        c.committed(&Committed { series: &touched, seconds: Some(&seconds), pos: Some(p) });
+        {
+            let mut st = store.lock().unwrap();
+            st.2 = st.1.clone();
+        }
+        // Now and then, reads fall behind the commits the cache keeps.
+        std::thread::sleep(Duration::from_micros(if p % 200 == 0 { 2_000 } else { 20 }));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().expect("a reader's check failed");
+    }
+    let st = store.lock().unwrap();
+    let mut cached = 0;
+    for (i, k) in keys.iter().enumerate() {
+        for w in (10..42).map(|end| (0, end)) {
+            if let Some(a) = c.get(k, w) {
+                cached += 1;
+                assert_eq!(a.count, st.1[i], "series {k:?}, window {w:?}");
+            }
+        }
+    }
+    assert!(cached >= SERIES * 32 / 2, "only {cached} answers cached: the test checks little");
+}
