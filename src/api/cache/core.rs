@@ -32,6 +32,9 @@ pub(super) const RECENT_COMMITS: usize = 32;
 
 type Window = (i64, i64);
 
+/// A commit's one-second delta: (its series' index in the commit, the second, the delta).
+type Second = (u32, i64, Agg);
+
 /// One cached answer.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -370,7 +373,7 @@ impl Core {
             return;
         };
         // Seconds come grouped by series: one run per series, sorted by shard.
-        let mut runs: Vec<(usize, &SeriesKey, &[(u32, i64, Agg)])> = seconds
+        let mut runs: Vec<(usize, &SeriesKey, &[Second])> = seconds
             .chunk_by(|a, b| a.0 == b.0)
             .filter_map(|run| commit.series.get(run[0].0 as usize).map(|s| (self.shard_of(s), s, run)))
             .collect();
