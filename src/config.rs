@@ -149,8 +149,9 @@ pub struct HttpSettings {
     /// anyway (nothing acknowledged is lost: an answer is sent only after its commit).
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub shutdown_timeout: Duration,
-    /// Most bytes of ingest bodies being read, parsed or committed at once; beyond it ingest
-    /// answers 503 with Retry-After instead of queueing without bound.
+    /// Most bytes ingest requests hold at once while they are read, parsed and committed: each
+    /// body, and the batch parsing it made (several times the body); beyond it ingest answers
+    /// 503 with Retry-After instead of queueing without bound.
     pub max_inflight_ingest_bytes: usize,
     /// Proxies whose `X-Forwarded-For` is believed for the access log's client address (their
     /// IP addresses); empty: the connection's peer is the client.

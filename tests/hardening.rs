@@ -240,6 +240,22 @@ async fn a_body_of_many_events_is_bounded_and_so_is_its_answer(backend: Backend)
     app.stop().await;
 }
 
+/// The ingest budget charges a request its body and the batch parsing it made (several times
+/// the body): a budget below one request's charge still admits that request alone, and its
+/// events count once.
+async fn a_request_larger_than_the_ingest_budget_is_admitted_alone(backend: Backend) {
+    let mut settings = Settings::default();
+    settings.http.max_inflight_ingest_bytes = 16 * 1024;
+    let app = TestApp::spawn_with(backend, settings).await;
+    let body: String = (0..400).map(|_| format!("{}\n", sold(7))).collect();
+    assert!(body.len() > 16 * 1024, "the body alone is over the budget: {}", body.len());
+    let (s, out) = app.ingest_ndjson(body).await;
+    assert_eq!((s.as_u16(), out["accepted"].as_u64()), (200, Some(400)), "{out}");
+    let (s, out) = app.get("/api/product/sale/7").await;
+    assert_eq!((s.as_u16(), out["count"].as_u64()), (200, Some(400)), "{out}");
+    app.stop().await;
+}
+
 /// Finding 5: many distinct event names in one body cost linear time, not quadratic (80,000
 /// names took 16 s, against 0.05 s for one name): four times the names take about four times as
 /// long, not sixteen.
@@ -326,6 +342,7 @@ both_backends!(
     shutdown_ends_at_its_deadline_with_requests_in_progress,
     a_nul_character_is_refused_and_fails_no_other_request,
     a_body_of_many_events_is_bounded_and_so_is_its_answer,
+    a_request_larger_than_the_ingest_budget_is_admitted_alone,
     distinct_event_names_cost_linear_time,
     pages_are_bounded_in_bytes,
     durations_and_windows_are_bounded,

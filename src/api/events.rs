@@ -41,6 +41,12 @@ const MAX_KEY_LEN: usize = 255;
 const INLINE_PARSE_BYTES: usize = 32 * 1024;
 /// How long a request waits for room in the ingest budget before it is answered 503.
 const GATE_WAIT: Duration = Duration::from_millis(500);
+/// Bytes a request is charged, per byte of its declared length, for the batch parsing will make,
+/// on top of the body itself: a parsed batch waits for the writer holding several times its body (each event's one-second
+/// deltas, the compressed raw block), beside the connection's read buffer. Settled to the parsed
+/// size once known ([`settle_parsed`]). Charging the body alone let a backlog of 256 MB of
+/// bodies hold 2.5 GB of heap (bench/README.md, "Memory under overload").
+const PARSED_PER_BODY_BYTE: u64 = 4;
 /// Most rejected events listed one by one in an answer; the rest are counted by reason.
 const MAX_LISTED_ERRORS: usize = 100;
 
@@ -93,7 +99,8 @@ pub async fn ingest_events(
     let token = access.token;
     let key = idempotency_key(&headers)?;
     let format = body_format(&headers);
-    let (body, _in_flight) = read_body(&state, &headers, body).await?;
+    let (body, mut in_flight) = read_body(&state, &headers, body).await?;
+    let body_len = body.len();
     let fingerprint = key.as_ref().map(|_| fingerprint(format, &body));
     if let (Some(key), Some(fp)) = (&key, &fingerprint)
         && let Some(stored) = state.store.idempotent_answer(&token, key).await?
@@ -111,6 +118,7 @@ pub async fn ingest_events(
     } else {
         parse()?
     };
+    settle_parsed(&state, &mut in_flight, body_len, pending.heap_bytes()).await?;
     if let (Some(key), Some(fingerprint)) = (&key, &fingerprint) {
         let answer = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.into()))?;
         pending.idempotency = Some(IdempotencyRecord {
@@ -156,10 +164,40 @@ fn body_format(headers: &HeaderMap) -> BodyFormat {
     if ndjson { BodyFormat::Ndjson } else { BodyFormat::Json }
 }
 
+/// The request's share of the ingest budget (`http.max_inflight_ingest_bytes`), in KiB: its
+/// body, which the connection's read buffer keeps holding, and what parsing it made.
+fn budget_kib(state: &AppState, bytes: u64) -> u32 {
+    let all = u32::try_from(state.settings.http.max_inflight_ingest_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX).min(all)
+}
+
+/// Settles a request's charge to its body and parsed batch, once parsed: gives back what the
+/// estimate made before parsing held beyond that, or waits (as at the gate) for what it lacks.
+async fn settle_parsed(
+    state: &AppState,
+    permit: &mut tokio::sync::OwnedSemaphorePermit,
+    body: usize,
+    parsed: usize,
+) -> Result<(), ApiError> {
+    let need = budget_kib(state, (body + parsed) as u64) as usize;
+    let held = permit.num_permits();
+    if need < held {
+        drop(permit.split(held - need));
+    } else if need > held {
+        let more = tokio::time::timeout(GATE_WAIT, state.ingest_gate.clone().acquire_many_owned((need - held) as u32))
+            .await
+            .map_err(|_| ApiError::Unavailable("too much ingest in flight; retry in a moment".into()))?
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        permit.merge(more);
+    }
+    Ok(())
+}
+
 /// The body, at most `ingest.max_body_bytes` of it: a larger declared length is refused before
 /// anything is read. Reading it must keep up `http.min_body_rate` (after `http.body_timeout`),
-/// and it needs its size of the ingest budget (`http.max_inflight_ingest_bytes`), held until the
-/// request is answered: past the budget, ingest answers 503 rather than queueing without bound.
+/// and it needs room in the ingest budget (`http.max_inflight_ingest_bytes`) for the body and an
+/// estimate of its parsed batch, held until the request is answered: past the budget, ingest
+/// answers 503 rather than queueing without bound.
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
@@ -173,10 +211,11 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let size = declared.unwrap_or(limit as u64);
-    let kib = u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    // A body of unknown length is charged the limit (and settled once parsed), not five times
+    // it: that would let a single chunked upload take the whole budget.
+    let size = declared.map_or(limit as u64, |n| n.saturating_mul(1 + PARSED_PER_BODY_BYTE));
+    let kib = budget_kib(state, size);
     let gate = state.ingest_gate.clone();
-    let kib = kib.min(u32::try_from(state.settings.http.max_inflight_ingest_bytes.div_ceil(1024)).unwrap_or(u32::MAX));
     let permit = tokio::time::timeout(GATE_WAIT, gate.acquire_many_owned(kib))
         .await
         .map_err(|_| ApiError::Unavailable("too much ingest in flight; retry in a moment".into()))?

@@ -329,6 +329,18 @@ pub struct RollupDelta {
 }
 
 impl RollupDelta {
+    /// About the heap this delta holds, in bytes: what an ingest request is charged for it while
+    /// it waits for the writer (`http.max_inflight_ingest_bytes`).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // A hash map's slot: its key and value, and a control byte.
+        let seconds = self.seconds.capacity() * (size_of::<(SeriesId, Vec<(i64, Agg)>)>() + 1)
+            + self.seconds.values().map(|v| v.capacity() * size_of::<(i64, Agg)>()).sum::<usize>();
+        let labels = self.labels.capacity() * (size_of::<(DimValueId, (i64, Box<str>))>() + 1)
+            + self.labels.values().map(|(_, l)| l.len()).sum::<usize>();
+        seconds + labels
+    }
+
     pub fn merge(&mut self, other: RollupDelta) {
         let Some(theirs) = other.table else { return };
         let ours = self.table.get_or_insert_with(|| theirs.clone());
