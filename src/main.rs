@@ -75,6 +75,12 @@ mod sqlite_alloc {
 }
 
 fn main() -> ExitCode {
+    // No transparent huge pages for this process: mimalloc asks for them on its regions
+    // (`madvise`), and a 2 MiB page stays resident, whole, while anything in it is live. Under an
+    // ingest backlog 561 MB of the server's 1.43 GB RSS were huge pages; without them, 1.2 GB
+    // at most (bench/README.md, "Memory under overload"). Best effort: an old kernel lacks it.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     #[cfg(not(feature = "system-alloc"))]
     if !sqlite_alloc::install() {
         eprintln!("warning: SQLite keeps its own allocator (it was initialised before main)");
