@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 
 use super::error::pg_err;
 use super::read::{agg_from_row, letter_from_row, raw_block_from_row, res_code};
-use super::write::{dim_values, rollups};
+use super::write::{Rows, dim_values, rollups};
 use crate::rollup::{Resolution, SeriesKey};
 use crate::storage::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped, swap_batch};
 use crate::storage::{ClaimRequest, RawBlock, RebuildStep, StoreError};
@@ -194,8 +194,11 @@ pub(super) async fn swap(
         .await
         .map_err(pg_err)?;
     let batch = swap_batch(rebuilt.rows, kept, rebuilt.dims);
-    rollups(&tx, &batch).await?;
-    dim_values(&tx, &batch).await?;
+    // The writers' lock order (see `write::apply`).
+    for part in [Rows::Spread, Rows::Shared] {
+        rollups(&tx, &batch, part).await?;
+        dim_values(&tx, &batch, part).await?;
+    }
     tx.execute(
         "UPDATE rebuild_jobs SET state = 'done', updated_ms = $2 WHERE id = $1",
         &[&job.id, &crate::clock::now_ms()],

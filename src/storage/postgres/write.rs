@@ -6,6 +6,7 @@ use tokio_postgres::error::SqlState;
 
 use super::error::pg_err;
 use super::read::res_code;
+use crate::config::EVENT_NAME_DIMENSION;
 use crate::rollup::Resolution;
 use crate::storage::{OffsetAdvance, PruneBefore, Pruned, StoreError, TokenRecord, WriteBatch};
 
@@ -154,19 +155,41 @@ fn is_retryable(e: &StoreError) -> bool {
         .is_some_and(|c| *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
-/// The tables in the global lock order: position, keys, offsets, rollups, dimension values, then
-/// the append-only raw blocks and dead letters.
+/// The tables in the global lock order: position, keys, offsets, the rollups and dimension values
+/// of [`Rows::Spread`], the append-only raw blocks and dead letters, replayed dead letters, and
+/// last the rows of [`Rows::Shared`], which every writer's commits touch: a second writer then
+/// waits for the first one's commit only once it has written everything else.
 async fn apply(tx: &Transaction<'_>, batch: &WriteBatch, pos: Position) -> Result<(), StoreError> {
     position(tx, pos).await?;
     idempotency_keys(tx, batch).await?;
     for o in &batch.offsets {
         fence(tx, o).await?;
     }
-    rollups(tx, batch).await?;
-    dim_values(tx, batch).await?;
+    rollups(tx, batch, Rows::Spread).await?;
+    dim_values(tx, batch, Rows::Spread).await?;
     raw_blocks(tx, batch).await?;
     dead_letters(tx, batch).await?;
-    replayed(tx, batch).await
+    replayed(tx, batch).await?;
+    rollups(tx, batch, Rows::Shared).await?;
+    dim_values(tx, batch, Rows::Shared).await
+}
+
+/// Which rows of a batch a statement writes. Each part keeps the key order, and every writer
+/// writes the spread part before the shared one, so the lock order stays one total order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rows {
+    /// Series of a dimension value (a product, a category): writers fed by different partitions
+    /// or requests mostly touch different ones.
+    Spread,
+    /// A metric's overall series and its series by event name: nearly every commit of every
+    /// writer adds to their current buckets, so the row locks they take are held to the commit.
+    Shared,
+}
+
+impl Rows {
+    fn of_dim(dim: &str) -> Self {
+        if dim.is_empty() || dim == EVENT_NAME_DIMENSION { Self::Shared } else { Self::Spread }
+    }
 }
 
 /// Removes the dead letters the batch replays; each must still be there (exactly once).
@@ -209,12 +232,12 @@ async fn idempotency_keys(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<()
     Ok(())
 }
 
-pub(super) async fn rollups(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
-    if batch.rollups.is_empty() {
+pub(super) async fn rollups(tx: &Transaction<'_>, batch: &WriteBatch, part: Rows) -> Result<(), StoreError> {
+    let rows: Vec<_> = batch.rollups.iter().filter(|(k, _)| Rows::of_dim(&k.dim) == part).collect();
+    if rows.is_empty() {
         return Ok(());
     }
     let st = tx.prepare_cached(UPSERT_ROLLUPS).await.map_err(pg_err)?;
-    let rows: Vec<_> = batch.rollups.iter().collect();
     for chunk in rows.chunks(CHUNK) {
         let mut metric = Vec::with_capacity(chunk.len());
         let mut dim = Vec::with_capacity(chunk.len());
@@ -241,12 +264,13 @@ pub(super) async fn rollups(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<
     Ok(())
 }
 
-pub(super) async fn dim_values(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError> {
-    if batch.dims.is_empty() {
+pub(super) async fn dim_values(tx: &Transaction<'_>, batch: &WriteBatch, part: Rows) -> Result<(), StoreError> {
+    let dims: Vec<_> = batch.dims.iter().filter(|d| Rows::of_dim(&d.dim) == part).collect();
+    if dims.is_empty() {
         return Ok(());
     }
     let st = tx.prepare_cached(INSERT_DIMS).await.map_err(pg_err)?;
-    for chunk in batch.dims.chunks(CHUNK) {
+    for chunk in dims.chunks(CHUNK) {
         let dim: Vec<&str> = chunk.iter().map(|d| &*d.dim).collect();
         let val: Vec<&str> = chunk.iter().map(|d| d.value.as_str()).collect();
         let first: Vec<i64> = chunk.iter().map(|d| d.first_seen).collect();
