@@ -74,6 +74,49 @@ async fn ingest_authenticates_and_checks_the_length_before_reading_the_body(back
     app.stop().await;
 }
 
+/// An answer given before the request's body was read (a refused token, a declared length over
+/// the limit, a full ingest budget) ends the connection, since the unread body is still on it:
+/// the answer says `Connection: close`, so a client's pool does not send its next request down a
+/// connection that is about to close (seen in a soak: a query failed with "connection closed
+/// before message completed" right after a 503). An answer after the body was read keeps the
+/// connection open for the next request.
+async fn an_answer_before_the_body_is_read_says_the_connection_closes(backend: Backend) {
+    let mut settings = Settings::default();
+    settings.ingest.max_body_bytes = 64 * 1024;
+    let app = TestApp::spawn_with(backend, settings).await;
+    let post = |token: &str, body: &str, length: usize| {
+        format!(
+            "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{}Content-Length: {length}\r\n\r\n{body}",
+            if token.is_empty() { String::new() } else { format!("Authorization: Bearer {token}\r\n") },
+        )
+    };
+    let closes = |answer: &str| answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n");
+    let event = sold(1).to_string();
+    // No token, the body sent: 401, and the connection ends.
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(post("", &event, event.len()).as_bytes()).await.unwrap();
+    let (answer, closed) = read_for(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 401") && closes(&answer) && closed, "{answer}");
+    // Over the limit, declared: 413, and the connection ends.
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(post(&app.token, "", 1_000_000).as_bytes()).await.unwrap();
+    let (answer, closed) = read_for(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413") && closes(&answer) && closed, "{answer}");
+    // Read and refused (not JSON), then read and accepted, then a query: one connection.
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(post(&app.token, "{nope", 5).as_bytes()).await.unwrap();
+    let (answer, closed) = read_for(&mut s, Duration::from_secs(1)).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && !closes(&answer) && !closed, "{answer}");
+    s.write_all(post(&app.token, &event, event.len()).as_bytes()).await.unwrap();
+    let (answer, closed) = read_for(&mut s, Duration::from_secs(1)).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && !closes(&answer) && !closed, "{answer}");
+    let get = format!("GET /api/product/sale/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", app.token);
+    s.write_all(get.as_bytes()).await.unwrap();
+    let (answer, closed) = read_for(&mut s, Duration::from_secs(1)).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && !closes(&answer) && !closed, "{answer}");
+    app.stop().await;
+}
+
 fn tight_http() -> Settings {
     let mut settings = Settings::default();
     settings.http.header_read_timeout = Duration::from_secs(1);
@@ -347,6 +390,7 @@ both_backends!(
     pages_are_bounded_in_bytes,
     durations_and_windows_are_bounded,
     errors_are_json_after_auth_and_carry_no_internals,
+    an_answer_before_the_body_is_read_says_the_connection_closes,
 );
 
 /// Finding 9 on PostgreSQL: with the database refusing connections, reads and ingest answer 503

@@ -8,6 +8,11 @@
 //! services' state, and the parts only the log needs (the client address, the id's text) are
 //! worked out only when the access log is on (bench/README.md, "The HTTP floor").
 //!
+//! An answer given before the request's body was read to its end says `Connection: close`: the
+//! unread rest is still on the connection, so hyper ends it after the answer, and without the
+//! header a client's pool can send its next request down it as it closes ("connection closed
+//! before message completed"; seen with a 503 of a full ingest budget, and after any 401 or 413).
+//!
 //! The client address is the peer's, or the last address of `X-Forwarded-For` not of a trusted
 //! proxy when the peer is one (`http.trusted_proxies`): a client can put anything in that header,
 //! so only what a trusted proxy appended is believed.
@@ -16,14 +21,16 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::HttpBody as _;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
+use hyper::body::{Frame, SizeHint};
 use tracing::Instrument as _;
 
 use crate::telemetry::{logs, metrics};
@@ -105,6 +112,13 @@ where
             req.extensions_mut().insert(token.clone());
         }
         let client = if logged { client_addr(&req, &self.config.trusted_proxies) } else { None };
+        // Only a request with a body pays for watching it (not the GETs).
+        let read = (!req.body().is_end_stream()).then(|| {
+            let read = Arc::new(AtomicBool::new(false));
+            let body = std::mem::take(req.body_mut());
+            *req.body_mut() = Body::new(Watched { body, read: read.clone() });
+            read
+        });
         let sentry = self.config.sentry;
         Box::pin(async move {
             let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
@@ -138,8 +152,39 @@ where
                 });
             }
             resp.headers_mut().insert(header, id);
+            if read.is_some_and(|r| !r.load(Ordering::Relaxed)) {
+                resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok(resp)
         })
+    }
+}
+
+/// A request's body, noting when it has been read to its end.
+struct Watched {
+    body: Body,
+    read: Arc<AtomicBool>,
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        // The end is known either way: no more frames, or a body of known length fully read.
+        if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
