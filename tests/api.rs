@@ -719,19 +719,35 @@ async fn events_later_than_max_lateness_are_refused_with_the_reason(backend: Bac
 /// id must not each read the store), but the first acknowledged event of that id makes it known
 /// at once (read-after-ack).
 async fn an_unknown_id_is_404_from_memory_until_its_first_event_is_acked(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    // A remembered "unknown" lasts `api.cache_ttl`: a minute here, so the 50 requests below fit
+    // in it on any machine (at the default 1 s a slow machine's CI read the store a second time).
+    // The ack of id 777's first event must end it all the same.
+    let mut settings = jetstream::config::Settings::default();
+    settings.api.cache_ttl = Duration::from_secs(60);
+    let app = TestApp::spawn_with(backend, settings).await;
     app.ingest(&json!({"event_name": "productSold", "product_id": 1, "no_of_units": 1, "amount": "1"})).await;
     // From the unknown-value memory, or from the index where it is complete (SQLite).
     let memory = |v: &Value| v["cache"]["hits"].as_u64().unwrap() + v["cache"]["index_answers"].as_u64().unwrap();
     let reads = |v: &Value| v["cache"]["request_reads"].as_u64().unwrap();
-    let (_, before) = app.get("/api/v1/admin/stats").await;
-    for _ in 0..50 {
-        let (s, _) = app.get("/api/product/sale/777").await;
-        assert_eq!(s.as_u16(), 404);
+    // On PostgreSQL the server forgets what it cached once its listener for other instances'
+    // commits is up (commits before it were not heard), which on a loaded machine can land in
+    // the middle of a round: a round that saw it is run again, at most twice.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let (_, before) = app.get("/api/v1/admin/stats").await;
+        for _ in 0..50 {
+            let (s, _) = app.get("/api/product/sale/777").await;
+            assert_eq!(s.as_u16(), 404);
+        }
+        let (_, after) = app.get("/api/v1/admin/stats").await;
+        let round = (memory(&after) - memory(&before), reads(&after) - reads(&before));
+        rounds.push(round);
+        if round.0 >= 49 && round.1 <= 1 {
+            break;
+        }
     }
-    let (_, after) = app.get("/api/v1/admin/stats").await;
-    assert!(memory(&after) - memory(&before) >= 49, "answered from memory: {after}");
-    assert!(reads(&after) - reads(&before) <= 1, "at most one store read: {after}");
+    let (from_memory, reads) = *rounds.last().unwrap();
+    assert!(from_memory >= 49 && reads <= 1, "(from memory, store reads) of each round: {rounds:?}");
     let (s, out) =
         app.ingest(&json!({"event_name": "productSold", "product_id": 777, "no_of_units": 1, "amount": "2.5"})).await;
     assert_eq!(s.as_u16(), 200, "{out}");
