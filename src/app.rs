@@ -60,6 +60,7 @@ impl Application {
         let options = storage::StoreOptions {
             wal_limit_bytes: settings.storage.wal_limit_bytes,
             second_buckets_s: Some(crate::config::secs_i64(settings.retention.second_buckets)),
+            minute_buckets_s: Some(crate::config::secs_i64(settings.retention.minute_buckets)),
         };
         let url = storage::StoreUrl::parse(store_url)?;
         let store = storage::open_url(&url, options).await.with_context(|| format!("opening store {url}"))?;

@@ -166,11 +166,14 @@ pub struct StoreOptions {
     /// written to `rollups` when pending rows are merged (their minute, hour and day buckets are);
     /// `None` keeps them until `prune`.
     pub second_buckets_s: Option<i64>,
+    /// SQLite: the same for minute buckets (`retention.minute_buckets`): a late event's minute
+    /// past retention is not written to its day's pack (see `sqlite::pack`).
+    pub minute_buckets_s: Option<i64>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { wal_limit_bytes: 256 * 1024 * 1024, second_buckets_s: None }
+        Self { wal_limit_bytes: 256 * 1024 * 1024, second_buckets_s: None, minute_buckets_s: None }
     }
 }
 

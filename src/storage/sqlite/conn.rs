@@ -22,6 +22,8 @@ pub(super) struct WriterConn {
     pub(super) merge_step_rows: i64,
     /// Second buckets older than this many seconds are left out of merges (`StoreOptions`).
     pub(super) second_buckets_s: Option<i64>,
+    /// The same for minute buckets.
+    pub(super) minute_buckets_s: Option<i64>,
 }
 
 impl std::ops::Deref for WriterConn {

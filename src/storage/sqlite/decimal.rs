@@ -65,6 +65,12 @@ fn take_decimal(b: &mut &[u8]) -> Option<Decimal> {
 /// A bucket's aggregate as its stored blob.
 pub(super) fn encode_agg(a: &Agg) -> Vec<u8> {
     let mut out = Vec::with_capacity(8);
+    encode_agg_into(&mut out, a);
+    out
+}
+
+/// [`encode_agg`], appended to `out`.
+pub(super) fn encode_agg_into(out: &mut Vec<u8>, a: &Agg) {
     let one = a.count == 1 && a.min == Some(a.sum) && a.max == Some(a.sum);
     let flags = if one {
         ONE_VALUE
@@ -74,25 +80,29 @@ pub(super) fn encode_agg(a: &Agg) -> Vec<u8> {
         0
     };
     out.push(flags);
-    put_varint(&mut out, u128::from(a.count.max(0) as u64));
-    put_decimal(&mut out, a.sum);
+    put_varint(out, u128::from(a.count.max(0) as u64));
+    put_decimal(out, a.sum);
     if flags == MIN_MAX {
-        put_decimal(&mut out, a.min.unwrap_or(a.sum));
-        put_decimal(&mut out, a.max.unwrap_or(a.sum));
+        put_decimal(out, a.min.unwrap_or(a.sum));
+        put_decimal(out, a.max.unwrap_or(a.sum));
     }
-    out
 }
 
 /// The aggregate a blob holds.
 pub(super) fn decode_agg(mut b: &[u8]) -> Result<Agg, rusqlite::Error> {
+    decode_agg_prefix(&mut b)
+}
+
+/// The aggregate at the start of `b`, which is advanced past it.
+pub(super) fn decode_agg_prefix(b: &mut &[u8]) -> Result<Agg, rusqlite::Error> {
     let corrupt = || bad("not a stored aggregate");
     let (&flags, rest) = b.split_first().ok_or_else(corrupt)?;
-    b = rest;
-    let count = i64::try_from(take_varint(&mut b).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
-    let sum = take_decimal(&mut b).ok_or_else(corrupt)?;
+    *b = rest;
+    let count = i64::try_from(take_varint(b).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
+    let sum = take_decimal(b).ok_or_else(corrupt)?;
     let (min, max) = match flags {
         ONE_VALUE => (Some(sum), Some(sum)),
-        MIN_MAX => (Some(take_decimal(&mut b).ok_or_else(corrupt)?), Some(take_decimal(&mut b).ok_or_else(corrupt)?)),
+        MIN_MAX => (Some(take_decimal(b).ok_or_else(corrupt)?), Some(take_decimal(b).ok_or_else(corrupt)?)),
         _ => (None, None),
     };
     Ok(Agg { count, sum, min, max })

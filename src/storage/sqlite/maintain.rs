@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::conn::{WriterConn, db_err};
 use super::decimal::agg_from_row;
-use super::write::{ADD_ROWS, upsert};
+use super::pack::{DayPack, PACK_RES};
+use super::write::add_to_rollups;
 use crate::rollup::{Agg, Resolution, coarser_buckets};
 use crate::storage::{PruneBefore, Pruned, StoreError};
 
@@ -20,29 +21,44 @@ pub(super) const MERGE_EVERY: std::time::Duration = std::time::Duration::from_se
 /// (what reads want), so adding a second's worth of rows to it touches a page per active series;
 /// doing that once a second instead of once per commit is what keeps ingest fast on a big store.
 pub(super) fn merge_deltas(c: &mut Connection) -> Result<usize, StoreError> {
-    merge_series(c, i64::MIN, i64::MAX, i64::MIN)
+    merge_series(c, i64::MIN, i64::MAX, Kept::ALL)
+}
+
+/// The oldest second and minute buckets a merge writes to `rollups` (see `StoreOptions`): older
+/// ones are past their retention, and their coarser buckets hold them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Kept {
+    pub seconds_from: i64,
+    pub minutes_from: i64,
+}
+
+impl Kept {
+    pub const ALL: Kept = Kept { seconds_from: i64::MIN, minutes_from: i64::MIN };
 }
 
 /// [`merge_deltas`] for the series with ids in `[lo, hi)` only: every recent row of a series moves
 /// in one transaction, so a read of any one series still sees each delta exactly once. Second
-/// buckets before `seconds_from` are left out (past their retention; see `StoreOptions`).
-pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64, seconds_from: i64) -> Result<usize, StoreError> {
+/// and minute buckets older than `kept` are left out (past their retention; see `StoreOptions`).
+pub(super) fn merge_series(c: &mut Connection, lo: i64, hi: i64, kept: Kept) -> Result<usize, StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-    let n = merge_rows(&tx, lo, hi, seconds_from)?;
+    let n = merge_rows(&tx, lo, hi, kept)?;
     tx.commit().map_err(db_err)?;
     Ok(n)
 }
 
 /// [`merge_series`] inside the caller's write transaction.
-pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64, seconds_from: i64) -> Result<usize, StoreError> {
-    let mut n = tx
-        .prepare_cached(&format!(
-            "INSERT INTO rollups (series, res, bucket, agg)
-             SELECT series, res, bucket, agg FROM rollup_deltas
-             WHERE series >= ?1 AND series < ?2 {ADD_ROWS}"
-        ))
-        .and_then(|mut s| s.execute([lo, hi]))
+pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64, kept: Kept) -> Result<usize, StoreError> {
+    let corrupt = || db_err(rusqlite::Error::UserFunctionError("a pending row of no known resolution".into()));
+    let deltas: Vec<(i64, i64, i64, Agg)> = tx
+        .prepare_cached("SELECT series, res, bucket, agg FROM rollup_deltas WHERE series >= ?1 AND series < ?2")
+        .and_then(|mut s| {
+            s.query_map([lo, hi], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, agg_from_row(r, 3)?)))?.collect()
+        })
         .map_err(db_err)?;
+    let mut rows: Vec<(i64, Resolution, i64, Agg)> = Vec::with_capacity(deltas.len());
+    for (series, res, bucket, a) in deltas {
+        rows.push((series, Resolution::from_seconds(res).ok_or_else(corrupt)?, bucket, a));
+    }
     tx.prepare_cached("DELETE FROM rollup_deltas WHERE series >= ?1 AND series < ?2")
         .and_then(|mut s| s.execute([lo, hi]))
         .map_err(db_err)?;
@@ -55,34 +71,27 @@ pub(super) fn merge_rows(tx: &Connection, lo: i64, hi: i64, seconds_from: i64) -
         .and_then(|mut s| s.query_map([lo, hi], |r| Ok((r.get(0)?, r.get(1)?, agg_from_row(r, 2)?)))?.collect())
         .map_err(db_err)?;
     if !seconds.is_empty() {
-        let mut rows: Vec<(i64, i64, i64, Agg)> = Vec::with_capacity(seconds.len() * 3);
+        rows.reserve(seconds.len() * 3);
         for group in seconds.chunk_by(|a, b| a.0 == b.0) {
             let series = group[0].0;
             let secs: Vec<(i64, Agg)> = group.iter().map(|(_, t, a)| (*t, a.clone())).collect();
-            rows.extend(coarser_buckets(&secs).map(|(res, start, agg)| (series, res.seconds(), start, agg)));
+            rows.extend(coarser_buckets(&secs).map(|(res, start, agg)| (series, res, start, agg)));
             // A second past its retention (a late event) would only wait for `prune`: its coarser
             // buckets above hold it.
             rows.extend(
                 secs.into_iter()
-                    .filter(|(t, _)| *t >= seconds_from)
-                    .map(|(t, agg)| (series, Resolution::Second.seconds(), t, agg)),
+                    .filter(|(t, _)| *t >= kept.seconds_from)
+                    .map(|(t, agg)| (series, Resolution::Second, t, agg)),
             );
         }
-        let mut up = tx
-            .prepare_cached(&format!(
-                "INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"
-            ))
-            .map_err(db_err)?;
-        for (series, res, bucket, a) in &rows {
-            upsert(&mut up, &[*series, *res, *bucket], a)?;
-        }
-        drop(up);
         tx.prepare_cached("DELETE FROM rollup_seconds WHERE series >= ?1 AND series < ?2")
             .and_then(|mut s| s.execute([lo, hi]))
             .map_err(db_err)?;
-        n += rows.len();
     }
-    Ok(n)
+    // The same for a late event's minute (and any minute past retention in the recent tables).
+    rows.retain(|(_, res, start, _)| *res != Resolution::Minute || *start >= kept.minutes_from);
+    add_to_rollups(tx, rows.iter().map(|(s, res, start, a)| (*s, *res, *start, a)))?;
+    Ok(rows.len())
 }
 
 /// Series per transaction when the writer prunes in the background: each transaction holds the
@@ -158,8 +167,12 @@ pub(super) fn merge_pending(writer: &Mutex<WriterConn>, rows_per_step: i64) -> R
     })
     .map_err(db_err)?;
     let Some(last) = last else { return Ok((0, 0)) };
-    let keep = writer.lock().unwrap_or_else(|e| e.into_inner()).second_buckets_s;
-    let seconds_from = keep.map_or(i64::MIN, |k| (crate::clock::now_ms() / 1000).saturating_sub(k));
+    let kept = {
+        let w = writer.lock().unwrap_or_else(|e| e.into_inner());
+        let now_s = crate::clock::now_ms() / 1000;
+        let from = |keep: Option<i64>| keep.map_or(i64::MIN, |k| now_s.saturating_sub(k));
+        Kept { seconds_from: from(w.second_buckets_s), minutes_from: from(w.minute_buckets_s) }
+    };
     let (mut lo, mut total, mut steps) = (i64::MIN, 0, 0);
     while lo <= last {
         let moved = locked_step_writer(writer, |w| -> Result<Option<(i64, usize)>, StoreError> {
@@ -187,7 +200,7 @@ pub(super) fn merge_pending(writer: &Mutex<WriterConn>, rows_per_step: i64) -> R
             }
             let Some(first) = first.filter(|f| *f <= last) else { return Ok(None) };
             let hi = hi.max(first + 1);
-            let n = without_fsync(c, |c| merge_series(c, first, hi, seconds_from))?;
+            let n = without_fsync(c, |c| merge_series(c, first, hi, kept))?;
             if hi <= last {
                 // The step was full (it ended at the rows bound, not at the last pending series).
                 w.merge_step_rows = next_step_rows(rows_per_step, started.elapsed());
@@ -260,15 +273,21 @@ pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, Sto
     };
     // Series by series: the primary key starts with the series, so each delete reads only the
     // rows it removes (a delete by resolution and time alone scanned the whole table, holding the
-    // writer for ~0.6 s on a store of 2M events, once a minute).
-    let cuts: Vec<(Resolution, i64)> =
-        [(Resolution::Second, b.second_buckets_s), (Resolution::Minute, b.minute_buckets_s)]
-            .into_iter()
-            .filter_map(|(res, cut)| Some((res, cut?)))
-            .collect();
-    if cuts.is_empty() {
+    // writer for ~0.6 s on a store of 2M events, once a minute). Minutes live in day packs (see
+    // `pack`): only the packs of the days since the last pass's cut are read, so a pass does not
+    // read every day the store holds.
+    if b.second_buckets_s.is_none() && b.minute_buckets_s.is_none() {
         return Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: 0 });
     }
+    let minutes_since = match b.minute_buckets_s {
+        Some(_) => locked_step(w, |c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'minutes_pruned_before'", [], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map_err(db_err)?
+        .map_or(i64::MIN, |s| s.div_euclid(86_400).saturating_mul(86_400)),
+        None => i64::MIN,
+    };
     let buckets = step_through_series(w, |c, lo, hi| {
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
         let ids: Vec<i64> = tx
@@ -276,16 +295,61 @@ pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, Sto
             .and_then(|mut s| s.query_map([lo, hi], |r| r.get(0))?.collect())
             .map_err(db_err)?;
         let mut n = 0;
-        let mut del =
-            tx.prepare_cached("DELETE FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3").map_err(db_err)?;
-        for id in ids {
-            for (res, before) in &cuts {
-                n += del.execute(params![id, res.seconds(), before]).map_err(db_err)?;
+        if let Some(before) = b.second_buckets_s {
+            let mut del = tx
+                .prepare_cached("DELETE FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3")
+                .map_err(db_err)?;
+            for id in &ids {
+                n += del.execute(params![id, Resolution::Second.seconds(), before]).map_err(db_err)?;
             }
         }
-        drop(del);
+        if let Some(cut) = b.minute_buckets_s {
+            for id in &ids {
+                n += prune_minutes(&tx, *id, minutes_since, cut)?;
+            }
+        }
         tx.commit().map_err(db_err)?;
         Ok(n)
     })?;
+    if let Some(cut) = b.minute_buckets_s {
+        locked_step(w, |c| {
+            c.execute(
+                "INSERT INTO meta VALUES ('minutes_pruned_before', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                [cut],
+            )
+        })
+        .map_err(db_err)?;
+    }
     Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: buckets as u64 })
+}
+
+/// Drops the minutes before `cut` from the packs of series `id` for the days from `since` to
+/// the cut; returns how many. A pack left empty is deleted.
+fn prune_minutes(tx: &Connection, id: i64, since: i64, cut: i64) -> Result<usize, StoreError> {
+    let packs: Vec<(i64, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+        )
+        .and_then(|mut s| s.query_map(params![id, PACK_RES, since, cut], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(db_err)?;
+    let mut n = 0;
+    for (day, blob) in packs {
+        let mut pack = DayPack::decode(&blob).map_err(db_err)?;
+        let dropped = pack.drop_minutes_before(day, cut);
+        if dropped == 0 {
+            continue;
+        }
+        n += dropped;
+        if pack.is_empty() {
+            tx.prepare_cached("DELETE FROM rollups WHERE series = ?1 AND res = ?2 AND bucket = ?3")
+                .and_then(|mut s| s.execute(params![id, PACK_RES, day]))
+                .map_err(db_err)?;
+        } else {
+            tx.prepare_cached("UPDATE rollups SET agg = ?4 WHERE series = ?1 AND res = ?2 AND bucket = ?3")
+                .and_then(|mut s| s.execute(params![id, PACK_RES, day, pack.encode()]))
+                .map_err(db_err)?;
+        }
+    }
+    Ok(n)
 }

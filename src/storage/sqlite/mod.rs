@@ -17,6 +17,7 @@ mod commits;
 mod conn;
 mod decimal;
 mod maintain;
+mod pack;
 mod read;
 mod rebuild;
 mod schema;
@@ -72,6 +73,7 @@ impl SqliteStore {
             merged_at: std::time::Instant::now(),
             merge_step_rows: maintain::MIN_STEP_ROWS,
             second_buckets_s: options.second_buckets_s,
+            minute_buckets_s: options.minute_buckets_s,
         };
         let wal = Mutex::new(wal::WalKeeper::start(&path, options.wal_limit_bytes)?);
         Ok(Self {

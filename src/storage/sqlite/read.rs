@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::conn::db_err;
 use super::decimal::agg_from_row;
+use super::pack::{PACK_RES, buckets_in, latest_in};
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 use crate::storage::{
     CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, LatestVisitor, NewDeadLetter, RawBlock, StoreError, StoredAnswer,
@@ -120,21 +121,60 @@ fn like_pattern(s: &str) -> String {
     format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
 }
 
-/// The merged buckets of the series with id `id` covered by `spans`.
-fn aggregate_of(c: &Connection, id: i64, spans: &[Span]) -> Result<Agg, StoreError> {
-    let mut merged = c
+/// Calls `out` with each merged bucket (`rollups`, and `rollup_deltas`' rows not merged yet) of
+/// series `id` at `res` starting in `[from, to)`, as `(start, agg)`; a bucket can come in parts.
+/// Day, hour and minute buckets are read from the day packs that hold them (see `pack`).
+fn merged_buckets(
+    c: &Connection,
+    id: i64,
+    res: Resolution,
+    from: i64,
+    to: i64,
+    out: &mut impl FnMut(i64, Agg),
+) -> Result<(), StoreError> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut deltas = c
         .prepare_cached(
-            "SELECT agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
-             UNION ALL
-             SELECT agg FROM rollup_deltas WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+            "SELECT bucket, agg FROM rollup_deltas WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
         )
         .map_err(db_err)?;
+    let mut rows = deltas.query(params![id, res.seconds(), from, to]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
+    }
+    let mut merged = c
+        .prepare_cached(
+            "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+        )
+        .map_err(db_err)?;
+    match res {
+        Resolution::All | Resolution::Second => {
+            let mut rows = merged.query(params![id, res.seconds(), from, to]).map_err(db_err)?;
+            while let Some(r) = rows.next().map_err(db_err)? {
+                out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
+            }
+        }
+        Resolution::Day | Resolution::Hour | Resolution::Minute => {
+            // The packs of the days from the one holding `from`.
+            let first_day = from.div_euclid(86_400).saturating_mul(86_400);
+            let mut rows = merged.query(params![id, PACK_RES, first_day, to]).map_err(db_err)?;
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let day: i64 = r.get(0).map_err(db_err)?;
+                let blob = r.get_ref(1).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
+                buckets_in(blob, day, res, from, to, out).map_err(db_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The merged buckets of the series with id `id` covered by `spans`.
+fn aggregate_of(c: &Connection, id: i64, spans: &[Span]) -> Result<Agg, StoreError> {
     let mut total = Agg::default();
     for sp in spans {
-        let mut rows = merged.query(params![id, sp.res.seconds(), sp.from, sp.to]).map_err(db_err)?;
-        while let Some(r) = rows.next().map_err(db_err)? {
-            total.merge(&agg_from_row(r, 0).map_err(db_err)?);
-        }
+        merged_buckets(c, id, sp.res, sp.from, sp.to, &mut |_, a| total.merge(&a))?;
     }
     for (_, agg) in recent_seconds(c, id, spans)? {
         total.merge(&agg);
@@ -151,16 +191,8 @@ pub(super) fn points(
     to: i64,
 ) -> Result<Vec<(i64, Agg)>, StoreError> {
     let Some(id) = series_id(c, series)? else { return Ok(Vec::new()) };
-    let mut rows: Vec<(i64, Agg)> = c
-        .prepare_cached(
-            "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4
-             UNION ALL
-             SELECT bucket, agg FROM rollup_deltas WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![id, res.seconds(), from, to], |r| Ok((r.get(0)?, agg_from_row(r, 1)?)))?.collect()
-        })
-        .map_err(db_err)?;
+    let mut rows: Vec<(i64, Agg)> = Vec::new();
+    merged_buckets(c, id, res, from, to, &mut |t, a| rows.push((t, a)))?;
     let recent = recent_seconds(c, id, &[Span { res, from, to }])?;
     rows.extend(recent.into_iter().map(|(t, agg)| (res.bucket_of(t), agg)));
     rows.sort_by_key(|(bucket, _)| *bucket);
@@ -311,24 +343,42 @@ pub(super) fn scan_latest(c: &Connection, visit: &mut dyn LatestVisitor) -> Resu
     }
     // Both in series order: one pass over each, side by side.
     let mut series = c.prepare("SELECT id, metric, dim, val FROM series ORDER BY id").map_err(db_err)?;
+    // The latest second row and the latest day pack of each series (SQLite reads a bare column
+    // of a `max()` query from the row holding the maximum); a pack holds its latest hour and minute.
     let mut merged = c
-        .prepare("SELECT series, res, max(bucket) FROM rollups WHERE res > 0 GROUP BY series, res ORDER BY series, res")
+        .prepare(
+            "SELECT series, res, max(bucket), agg FROM rollups WHERE res > 0 GROUP BY series, res ORDER BY series, res",
+        )
         .map_err(db_err)?;
     let mut latest = merged.query([]).map_err(db_err)?;
-    let next_latest = |latest: &mut rusqlite::Rows<'_>| -> Result<Option<(i64, i64, i64)>, StoreError> {
-        match latest.next().map_err(db_err)? {
-            Some(r) => Ok(Some((r.get(0).map_err(db_err)?, r.get(1).map_err(db_err)?, r.get(2).map_err(db_err)?))),
-            None => Ok(None),
-        }
+    type Latest = (i64, Vec<(Resolution, i64)>);
+    let next_latest = |latest: &mut rusqlite::Rows<'_>| -> Result<Option<Latest>, StoreError> {
+        let Some(r) = latest.next().map_err(db_err)? else { return Ok(None) };
+        let (series, res, bucket): (i64, i64, i64) =
+            (r.get(0).map_err(db_err)?, r.get(1).map_err(db_err)?, r.get(2).map_err(db_err)?);
+        let buckets = match res {
+            PACK_RES => {
+                let blob = r.get_ref(3).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
+                let (hour, minute) = latest_in(blob, bucket).map_err(db_err)?;
+                let mut b = vec![(Resolution::Day, bucket)];
+                b.extend(hour.map(|h| (Resolution::Hour, h)));
+                b.extend(minute.map(|m| (Resolution::Minute, m)));
+                b
+            }
+            res => Resolution::from_seconds(res).map(|res| (res, bucket)).into_iter().collect(),
+        };
+        Ok(Some((series, buckets)))
     };
     let mut cur = next_latest(&mut latest)?;
     let mut rows = series.query([]).map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
         let id: i64 = r.get(0).map_err(db_err)?;
         let key = (text(r, 1)?, text(r, 2)?, text(r, 3)?);
-        while let Some((s, res, bucket)) = cur.filter(|c| c.0 <= id) {
-            if let (true, Some(res)) = (s == id, Resolution::from_seconds(res)) {
-                visit.bucket(key, res, bucket);
+        while let Some((s, buckets)) = cur.take_if(|c| c.0 <= id) {
+            if s == id {
+                for (res, bucket) in buckets {
+                    visit.bucket(key, res, bucket);
+                }
             }
             cur = next_latest(&mut latest)?;
         }

@@ -3,10 +3,10 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::conn::{WriterConn, db_err};
-use super::decimal::agg_from_row;
-use super::maintain::merge_rows;
+use super::maintain::{Kept, merge_rows};
+use super::pack::{PACK_RES, buckets_in};
 use super::read::{letter_from_row, raw_block_from_row};
-use super::write::{ADD_ROWS, dim_values, series_ids, upsert};
+use super::write::{add_to_rollups, dim_values, series_ids};
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
 use crate::storage::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped, swap_batch};
 use crate::storage::{ClaimRequest, RawBlock, RebuildStep, StoreError};
@@ -181,7 +181,7 @@ pub(super) fn swap(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
     let progress = check_lease(&tx, job.id, owner)?;
     // Every recent row into `rollups`, so the rows to replace are all in one table.
-    merge_rows(&tx, i64::MIN, i64::MAX, i64::MIN)?;
+    merge_rows(&tx, i64::MIN, i64::MAX, Kept::ALL)?;
     let tail = raw_blocks_after(&tx, progress, i64::MAX, u32::MAX)?;
     let rebuilt = fold(tail).map_err(StoreError::Rejected)?;
     let series = metric_series(&tx, &job.spec.metrics)?;
@@ -199,16 +199,9 @@ pub(super) fn swap(
     let (ids, _) = series_ids(&tx, &FastMap::default(), batch.rollups.series())?;
     // Straight into `rollups` (just emptied of these rows), not through the recent-row tables the
     // background merge would have to move them out of.
-    {
-        let mut up = tx
-            .prepare_cached(&format!(
-                "INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"
-            ))
-            .map_err(db_err)?;
-        for r in batch.rollups.rows() {
-            upsert(&mut up, &[ids[r.series as usize], r.res.seconds(), r.start], &r.agg)?;
-        }
-    }
+    add_to_rollups(&tx, batch.rollups.rows().iter().map(|r| (ids[r.series as usize], r.res, r.start, &r.agg)))?;
+    // The rebuilt days may hold minutes past their retention: the next prune reads every day.
+    tx.execute("DELETE FROM meta WHERE key = 'minutes_pruned_before'", []).map_err(db_err)?;
     dim_values(&tx, dims, &batch)?;
     finish(&tx, job.id, defs)?;
     tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'commit_seq'", []).map_err(db_err)?;
@@ -223,14 +216,17 @@ fn kept_days(
     from: Option<i64>,
 ) -> Result<Vec<(SeriesKey, Agg)>, StoreError> {
     let Some(from) = from else { return Ok(Vec::new()) };
-    let mut s =
-        tx.prepare_cached("SELECT agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3").map_err(db_err)?;
+    let mut s = tx
+        .prepare_cached("SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3")
+        .map_err(db_err)?;
     let mut out = Vec::new();
     for (id, key) in series {
         let mut all = Agg::default();
-        let rows = s.query_map(params![id, Resolution::Day.seconds(), from], |r| agg_from_row(r, 0)).map_err(db_err)?;
-        for a in rows {
-            all.merge(&a.map_err(db_err)?);
+        let mut rows = s.query(params![id, PACK_RES, from]).map_err(db_err)?;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            let day: i64 = r.get(0).map_err(db_err)?;
+            let blob = r.get_ref(1).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
+            buckets_in(blob, day, Resolution::Day, i64::MIN, i64::MAX, &mut |_, a| all.merge(&a)).map_err(db_err)?;
         }
         if all.count > 0 {
             out.push((key.clone(), all));

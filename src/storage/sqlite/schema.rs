@@ -5,7 +5,10 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use super::conn::db_err;
-use super::decimal::register_decimal_functions;
+use super::decimal::{agg_from_row, register_decimal_functions};
+use super::pack::register_pack_functions;
+use super::write::add_to_rollups;
+use crate::rollup::{Agg, Resolution};
 use crate::storage::StoreError;
 
 /// Versioned migrations; `PRAGMA user_version` is the number applied.
@@ -150,7 +153,15 @@ CREATE TABLE metric_defs (
     name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // 11: a series' day, hour and minute buckets of one day are one row of `rollups`, its day
+    // pack (see `pack`); `repack` rewrites the rows of version 10 after this runs.
+    r#"
+DELETE FROM meta WHERE key = 'minutes_pruned_before';
+"#,
 ];
+
+/// The version whose migration is followed by [`repack`].
+const REPACK_VERSION: usize = 11;
 
 pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {
     // Only the file's own directory is created (./data by default): a path with more missing
@@ -180,6 +191,7 @@ pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {
     c.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
     // Before migrating: migration 2 uses `dec_blob`.
     register_decimal_functions(&c).map_err(db_err)?;
+    register_pack_functions(&c).map_err(db_err)?;
     migrate(&mut c)?;
     Ok(c)
 }
@@ -219,7 +231,33 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql).map_err(db_err)?;
+        if i + 1 == REPACK_VERSION {
+            repack(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db_err)?;
     }
     tx.commit().map_err(db_err)
+}
+
+/// Migration 11: each series' day, hour and minute rows of `rollups` become one day pack per day.
+fn repack(tx: &Connection) -> Result<(), StoreError> {
+    let ids: Vec<i64> = tx
+        .prepare("SELECT DISTINCT series FROM rollups WHERE res IN (60, 3600, 86400)")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(db_err)?;
+    let mut rows = tx
+        .prepare("SELECT res, bucket, agg FROM rollups WHERE series = ?1 AND res IN (60, 3600, 86400)")
+        .map_err(db_err)?;
+    let mut del = tx.prepare("DELETE FROM rollups WHERE series = ?1 AND res IN (60, 3600, 86400)").map_err(db_err)?;
+    for id in ids {
+        let old: Vec<(i64, i64, Agg)> = rows
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, agg_from_row(r, 2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(db_err)?;
+        del.execute([id]).map_err(db_err)?;
+        let old: Vec<(Resolution, i64, Agg)> =
+            old.into_iter().filter_map(|(res, bucket, a)| Some((Resolution::from_seconds(res)?, bucket, a))).collect();
+        add_to_rollups(tx, old.iter().map(|(res, bucket, a)| (id, *res, *bucket, a)))?;
+    }
+    Ok(())
 }

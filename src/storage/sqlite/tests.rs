@@ -192,3 +192,123 @@ async fn a_merge_leaves_out_seconds_past_their_retention() {
     let hour = [Span { res: Resolution::Hour, from: old_hour, to: old_hour + 3_600 }];
     assert_eq!(store.read_aggregate(&s, &hour).await.expect("read").count, 1);
 }
+
+/// A store of version 10 (a row per day, hour and minute bucket) opens with those rows as day
+/// packs (migration 11), every bucket reading as before, and takes commits on top.
+#[tokio::test]
+async fn a_version_10_store_is_repacked_with_every_bucket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v10.db");
+    let path = path.to_str().expect("utf-8 path");
+    let s = SeriesKey::new("m", "product_id", "1");
+    let d = |v: &str| Decimal::from_str(v).expect("decimal");
+    let day = 19_000 * 86_400;
+    // (resolution, start, value): two days, an hour of two minutes, an hour row without minutes,
+    // values of different scales, and the second and all-time rows that stay as they are.
+    let rows = [
+        (Resolution::All, 0, "10.50"),
+        (Resolution::Day, day, "7.5"),
+        (Resolution::Hour, day + 3_600, "7.5"),
+        (Resolution::Minute, day + 3_600 + 60, "2.50"),
+        (Resolution::Minute, day + 3_600 + 120, "5"),
+        (Resolution::Day, day + 86_400, "3.00"),
+        (Resolution::Hour, day + 86_400 + 23 * 3_600, "3.00"),
+        (Resolution::Second, day + 86_400 + 23 * 3_600 + 5, "3.00"),
+    ];
+    {
+        let mut c = Connection::open(path).expect("open");
+        super::decimal::register_decimal_functions(&c).expect("functions");
+        let tx = c.transaction().expect("begin");
+        for sql in &MIGRATIONS[..10] {
+            tx.execute_batch(sql).expect("migration");
+        }
+        tx.pragma_update(None, "user_version", 10).expect("version");
+        tx.execute("INSERT INTO series (id, metric, dim, val) VALUES (1, 'm', 'product_id', '1')", []).expect("series");
+        for (res, start, v) in &rows {
+            tx.execute(
+                "INSERT INTO rollups VALUES (1, ?1, ?2, ?3)",
+                rusqlite::params![res.seconds(), start, super::decimal::encode_agg(&Agg::of(d(v)))],
+            )
+            .expect("row");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = SqliteStore::open(path, StoreOptions::default()).await.expect("migrates");
+    let stored: Vec<(i64, i64)> = store
+        .read(|c| {
+            c.prepare("SELECT res, count(*) FROM rollups GROUP BY res ORDER BY res")
+                .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(db_err)
+        })
+        .await
+        .expect("rows");
+    assert_eq!(stored, [(0, 1), (1, 1), (86_400, 2)], "one pack per day");
+    for res in [Resolution::Day, Resolution::Hour, Resolution::Minute, Resolution::Second] {
+        let want: Vec<(i64, Agg)> =
+            rows.iter().filter(|r| r.0 == res).map(|(_, start, v)| (*start, Agg::of(d(v)))).collect();
+        let got = store.read_points(&s, res, day, day + 2 * 86_400).await.expect("points");
+        assert_eq!(got, want, "{res:?}");
+        // Byte for byte: the scale of each sum is kept.
+        let scales: Vec<u32> = got.iter().map(|(_, a)| a.sum.scale()).collect();
+        assert_eq!(scales, want.iter().map(|(_, a)| a.sum.scale()).collect::<Vec<_>>(), "{res:?}");
+    }
+    let seconds = [(s.clone(), day + 3_600 + 61, Agg::of(d("1")))];
+    let batch = WriteBatch { rollups: crate::rollup::RollupRows::from_seconds(seconds), ..Default::default() };
+    store.commit(batch).await.expect("commit");
+    store.write(|w| merge_deltas(w)).await.expect("merge");
+    let minute = store.read_points(&s, Resolution::Minute, day, day + 7_200).await.expect("points");
+    assert_eq!(
+        minute,
+        vec![
+            (day + 3_660, Agg { count: 2, sum: d("3.50"), min: Some(d("1")), max: Some(d("2.50")) }),
+            (day + 3_720, Agg::of(d("5")))
+        ]
+    );
+    let window = [Span { res: Resolution::Day, from: day, to: day + 2 * 86_400 }];
+    assert_eq!(store.read_aggregate(&s, &window).await.expect("read").sum, d("11.50"));
+}
+
+/// Minute retention: a late event's minute past it is not written to its day's pack (its hour,
+/// day and all-time buckets are), and a prune drops the minutes before its cut from the packs of
+/// the days since the last cut, counting them.
+#[tokio::test]
+async fn minutes_past_retention_leave_the_packs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("minutes.db");
+    let options = StoreOptions { minute_buckets_s: Some(86_400), ..Default::default() };
+    let store = SqliteStore::open(path.to_str().expect("utf-8"), options).await.expect("open");
+    let s = SeriesKey::new("m", "product_id", "1");
+    let now = crate::clock::now_ms() / 1000;
+    let late = now - 3 * 86_400;
+    let seconds = [late, now - 7_200, now - 10].map(|t| (s.clone(), t, Agg::of(Decimal::ONE)));
+    let batch = WriteBatch { rollups: crate::rollup::RollupRows::from_seconds(seconds), ..Default::default() };
+    store.commit(batch).await.expect("commit");
+    let w = store.writer.clone();
+    tokio::task::spawn_blocking(move || merge_pending(&w, ROWS_PER_STEP)).await.expect("join").expect("merge");
+    let minutes = |from: i64| {
+        let store = &store;
+        let s = s.clone();
+        async move { store.read_points(&s, Resolution::Minute, from, now + 60).await.expect("points") }
+    };
+    let kept: Vec<i64> = minutes(0).await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(kept, [now - 7_200, now - 10].map(|t| t.div_euclid(60) * 60), "the late minute is left out");
+    let all = store.read_aggregate(&s, &[Span { res: Resolution::All, from: 0, to: 1 }]).await.expect("read");
+    assert_eq!(all.count, 3);
+    let late_hour = late.div_euclid(3_600) * 3_600;
+    let hour = [Span { res: Resolution::Hour, from: late_hour, to: late_hour + 3_600 }];
+    assert_eq!(store.read_aggregate(&s, &hour).await.expect("read").count, 1, "its hour holds it");
+
+    let prune = |cut: i64| PruneBefore {
+        raw_ms: 0,
+        dead_letters_ms: 0,
+        second_buckets_s: None,
+        minute_buckets_s: Some(cut),
+        idempotency_keys_ms: 0,
+    };
+    assert_eq!(store.prune(prune(now - 3_600)).await.expect("prune").buckets, 1, "the minute two hours ago");
+    assert_eq!(minutes(0).await.len(), 1);
+    assert_eq!(store.prune(prune(now)).await.expect("prune").buckets, 1);
+    assert!(minutes(0).await.is_empty());
+    let all = store.read_aggregate(&s, &[Span { res: Resolution::All, from: 0, to: 1 }]).await.expect("read");
+    assert_eq!(all.count, 3, "pruning minutes leaves every coarser bucket");
+}
