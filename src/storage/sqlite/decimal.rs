@@ -25,7 +25,7 @@ fn bad(why: &'static str) -> rusqlite::Error {
     rusqlite::Error::UserFunctionError(why.into())
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u128) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u128) {
     loop {
         let byte = (v & 0x7f) as u8;
         v >>= 7;
@@ -37,7 +37,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u128) {
     }
 }
 
-fn take_varint(b: &mut &[u8]) -> Option<u128> {
+pub(super) fn take_varint(b: &mut &[u8]) -> Option<u128> {
     let mut v: u128 = 0;
     for shift in (0..128).step_by(7) {
         let (&byte, rest) = b.split_first()?;

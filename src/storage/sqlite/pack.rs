@@ -23,7 +23,7 @@
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 
-use super::decimal::{decode_agg_prefix, encode_agg, encode_agg_into};
+use super::decimal::{decode_agg_prefix, encode_agg, encode_agg_into, put_varint, take_varint};
 use crate::rollup::{Agg, Resolution};
 
 const ABSENT: u8 = 0;
@@ -150,7 +150,7 @@ impl DayPack {
                 minutes.push(*m);
                 encode_agg_into(&mut minutes, a);
             }
-            put_len(&mut out, minutes.len());
+            put_varint(&mut out, minutes.len() as u128);
             out.extend_from_slice(&minutes);
         }
         out
@@ -187,29 +187,8 @@ impl DayPack {
     }
 }
 
-fn put_len(out: &mut Vec<u8>, mut v: usize) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 fn take_len(b: &mut &[u8]) -> Result<usize, rusqlite::Error> {
-    let mut v: usize = 0;
-    for shift in (0..35).step_by(7) {
-        let (&byte, rest) = b.split_first().ok_or_else(corrupt)?;
-        *b = rest;
-        v |= usize::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(corrupt())
+    take_varint(b).and_then(|v| usize::try_from(v).ok()).ok_or_else(corrupt)
 }
 
 /// An hour of a stored pack, its minutes still encoded.
