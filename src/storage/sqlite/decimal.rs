@@ -17,6 +17,7 @@ use rusqlite::types::ValueRef;
 use rust_decimal::Decimal;
 
 use crate::rollup::Agg;
+use crate::storage::StoreError;
 
 const MIN_MAX: u8 = 1;
 const ONE_VALUE: u8 = 2;
@@ -106,6 +107,18 @@ pub(super) fn decode_agg_prefix(b: &mut &[u8]) -> Result<Agg, rusqlite::Error> {
         _ => (None, None),
     };
     Ok(Agg { count, sum, min, max })
+}
+
+/// The conflict clause that adds a bucket row to the one already stored.
+pub(super) const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = agg_merge(agg, excluded.agg)";
+
+/// Runs the bucket upsert `st`, whose parameters are the key columns, then the aggregate.
+pub(super) fn upsert(st: &mut rusqlite::CachedStatement<'_>, key: &[i64], a: &Agg) -> Result<(), StoreError> {
+    for (i, k) in key.iter().enumerate() {
+        st.raw_bind_parameter(i + 1, k).map_err(super::conn::db_err)?;
+    }
+    st.raw_bind_parameter(key.len() + 1, encode_agg(a)).map_err(super::conn::db_err)?;
+    st.raw_execute().map(drop).map_err(super::conn::db_err)
 }
 
 /// A decimal of the layout before migration 8: a 16-byte blob (`Decimal::serialize`), or text

@@ -7,8 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::conn::{WriterConn, db_err};
 use super::decimal::agg_from_row;
-use super::pack::{DayPack, PACK_RES};
-use super::write::add_to_rollups;
+use super::pack::{DayPack, PACK_RES, add_to_rollups};
 use crate::rollup::{Agg, Resolution, coarser_buckets};
 use crate::storage::{PruneBefore, Pruned, StoreError};
 

@@ -23,8 +23,12 @@
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 
-use super::decimal::{decode_agg_prefix, encode_agg, encode_agg_into, put_varint, take_varint};
+use rusqlite::{Connection, params};
+
+use super::conn::db_err;
+use super::decimal::{ADD_ROWS, decode_agg_prefix, encode_agg, encode_agg_into, put_varint, take_varint, upsert};
 use crate::rollup::{Agg, Resolution};
+use crate::storage::StoreError;
 
 const ABSENT: u8 = 0;
 const PRESENT: u8 = 1;
@@ -351,6 +355,41 @@ pub(super) fn latest_in(b: &[u8], day: i64) -> Result<(Option<i64>, Option<i64>)
         }
     }
     Ok((hour, minute))
+}
+
+/// The conflict clause that merges a day pack into the one already stored (see `pack`).
+const ADD_PACK: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = pack_merge(agg, excluded.agg)";
+
+/// Adds bucket rows `(series id, resolution, start, aggregate)` to `rollups`: all-time and second
+/// buckets as rows of their own, day, hour and minute buckets into their day's pack (see `pack`).
+pub(super) fn add_to_rollups<'a>(
+    tx: &Connection,
+    rows: impl IntoIterator<Item = (i64, Resolution, i64, &'a Agg)>,
+) -> Result<(), StoreError> {
+    let overflow = || db_err(rusqlite::Error::UserFunctionError("decimal overflow".into()));
+    let mut up = tx
+        .prepare_cached(&format!("INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"))
+        .map_err(db_err)?;
+    let mut packs: std::collections::BTreeMap<(i64, i64), DayPack> = Default::default();
+    for (series, res, start, a) in rows {
+        match res {
+            Resolution::All | Resolution::Second => upsert(&mut up, &[series, res.seconds(), start], a)?,
+            Resolution::Day | Resolution::Hour | Resolution::Minute => {
+                let day = Resolution::Day.bucket_of(start);
+                if !packs.entry((series, day)).or_default().add(res, start - day, a) {
+                    return Err(overflow());
+                }
+            }
+        }
+    }
+    drop(up);
+    let mut up = tx
+        .prepare_cached(&format!("INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_PACK}"))
+        .map_err(db_err)?;
+    for ((series, day), p) in packs {
+        up.execute(params![series, PACK_RES, day, p.encode()]).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Registers `pack_merge(stored, new)`: what the upsert of a pack does on conflict.

@@ -6,8 +6,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::conn::db_err;
 use super::decimal::{agg_from_row, register_decimal_functions};
-use super::pack::register_pack_functions;
-use super::write::add_to_rollups;
+use super::pack::{add_to_rollups, register_pack_functions};
 use crate::rollup::{Agg, Resolution};
 use crate::storage::StoreError;
 

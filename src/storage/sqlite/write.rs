@@ -7,48 +7,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::commits::OwnCommits;
 use super::conn::{DimCache, WriterConn, db_err};
-use super::decimal::encode_agg;
-use super::pack::{DayPack, PACK_RES};
-use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
+use super::decimal::{ADD_ROWS, upsert};
+use crate::rollup::{FastMap, Resolution, SeriesKey};
 use crate::storage::{CommitPos, StoreError, TokenRecord, WriteBatch};
-
-/// The conflict clause that adds a bucket row to the one already stored.
-pub(super) const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = agg_merge(agg, excluded.agg)";
-
-/// The conflict clause that merges a day pack into the one already stored (see `pack`).
-const ADD_PACK: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = pack_merge(agg, excluded.agg)";
-
-/// Adds bucket rows `(series id, resolution, start, aggregate)` to `rollups`: all-time and second
-/// buckets as rows of their own, day, hour and minute buckets into their day's pack (see `pack`).
-pub(super) fn add_to_rollups<'a>(
-    tx: &Connection,
-    rows: impl IntoIterator<Item = (i64, Resolution, i64, &'a Agg)>,
-) -> Result<(), StoreError> {
-    let overflow = || db_err(rusqlite::Error::UserFunctionError("decimal overflow".into()));
-    let mut up = tx
-        .prepare_cached(&format!("INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"))
-        .map_err(db_err)?;
-    let mut packs: std::collections::BTreeMap<(i64, i64), DayPack> = Default::default();
-    for (series, res, start, a) in rows {
-        match res {
-            Resolution::All | Resolution::Second => upsert(&mut up, &[series, res.seconds(), start], a)?,
-            Resolution::Day | Resolution::Hour | Resolution::Minute => {
-                let day = Resolution::Day.bucket_of(start);
-                if !packs.entry((series, day)).or_default().add(res, start - day, a) {
-                    return Err(overflow());
-                }
-            }
-        }
-    }
-    drop(up);
-    let mut up = tx
-        .prepare_cached(&format!("INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_PACK}"))
-        .map_err(db_err)?;
-    for ((series, day), p) in packs {
-        up.execute(params![series, PACK_RES, day, p.encode()]).map_err(db_err)?;
-    }
-    Ok(())
-}
 
 /// Series ids the writer remembers; beyond this the cache starts over (it is only a cache).
 const SERIES_CACHE: usize = 1 << 18;
@@ -193,15 +154,6 @@ pub(super) fn rollups(tx: &Transaction<'_>, ids: &[i64], batch: &WriteBatch) -> 
         }
     }
     Ok(())
-}
-
-/// Runs the bucket upsert `st`, whose parameters are the key columns, then the aggregate.
-pub(super) fn upsert(st: &mut rusqlite::CachedStatement<'_>, key: &[i64], a: &Agg) -> Result<(), StoreError> {
-    for (i, k) in key.iter().enumerate() {
-        st.raw_bind_parameter(i + 1, k).map_err(db_err)?;
-    }
-    st.raw_bind_parameter(key.len() + 1, encode_agg(a)).map_err(db_err)?;
-    st.raw_execute().map(drop).map_err(db_err)
 }
 
 /// Dimension values not yet known to be stored with their label (values are never deleted, so
