@@ -298,24 +298,19 @@ pub(super) fn buckets_in(
                 out(day, a);
             }
         }
-        Resolution::Hour => {
-            while let Some(h) = r.next_hour()? {
-                let start = day + i64::from(h.hour) * 3600;
-                if start >= to {
-                    break;
-                }
-                if start >= from
-                    && let Some(a) = h.total()?
-                {
-                    out(start, a);
-                }
-            }
-        }
-        Resolution::Minute => {
+        Resolution::Hour | Resolution::Minute => {
             while let Some(h) = r.next_hour()? {
                 let hour = day + i64::from(h.hour) * 3600;
                 if hour >= to {
                     break;
+                }
+                if res == Resolution::Hour {
+                    if hour >= from
+                        && let Some(a) = h.total()?
+                    {
+                        out(hour, a);
+                    }
+                    continue;
                 }
                 if hour + 3600 <= from {
                     continue;

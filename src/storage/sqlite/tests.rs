@@ -162,21 +162,28 @@ async fn a_merge_in_steps_moves_every_series_once() {
     }
 }
 
-/// A second past `second_buckets_s` (a late event) is not written to `rollups` by the merge; its
-/// minute, hour, day and all-time buckets are.
-#[tokio::test]
-async fn a_merge_leaves_out_seconds_past_their_retention() {
+/// A fresh store opened with `options`, holding an event of 1 at each second of `times` in one
+/// series, committed and merged into `rollups`; with its directory and the series.
+async fn merged_events(options: StoreOptions, times: &[i64]) -> (tempfile::TempDir, SqliteStore, SeriesKey) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("late.db");
-    let options = StoreOptions { second_buckets_s: Some(3_600), ..Default::default() };
+    let path = dir.path().join("merged.db");
     let store = SqliteStore::open(path.to_str().expect("utf-8"), options).await.expect("open");
     let s = SeriesKey::new("m", "product_id", "1");
-    let now = crate::clock::now_ms() / 1000;
-    let seconds = [now - 7_200, now - 10].map(|t| (s.clone(), t, Agg::of(Decimal::ONE)));
+    let seconds = times.iter().map(|t| (s.clone(), *t, Agg::of(Decimal::ONE)));
     let batch = WriteBatch { rollups: crate::rollup::RollupRows::from_seconds(seconds), ..Default::default() };
     store.commit(batch).await.expect("commit");
     let w = store.writer.clone();
     tokio::task::spawn_blocking(move || merge_pending(&w, ROWS_PER_STEP)).await.expect("join").expect("merge");
+    (dir, store, s)
+}
+
+/// A second past `second_buckets_s` (a late event) is not written to `rollups` by the merge; its
+/// minute, hour, day and all-time buckets are.
+#[tokio::test]
+async fn a_merge_leaves_out_seconds_past_their_retention() {
+    let now = crate::clock::now_ms() / 1000;
+    let options = StoreOptions { second_buckets_s: Some(3_600), ..Default::default() };
+    let (_dir, store, s) = merged_events(options, &[now - 7_200, now - 10]).await;
     let kept: Vec<i64> = store
         .read(|c| {
             c.prepare("SELECT bucket FROM rollups WHERE res = 1")
@@ -273,18 +280,10 @@ async fn a_version_10_store_is_repacked_with_every_bucket() {
 /// the days since the last cut, counting them.
 #[tokio::test]
 async fn minutes_past_retention_leave_the_packs() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("minutes.db");
-    let options = StoreOptions { minute_buckets_s: Some(86_400), ..Default::default() };
-    let store = SqliteStore::open(path.to_str().expect("utf-8"), options).await.expect("open");
-    let s = SeriesKey::new("m", "product_id", "1");
     let now = crate::clock::now_ms() / 1000;
     let late = now - 3 * 86_400;
-    let seconds = [late, now - 7_200, now - 10].map(|t| (s.clone(), t, Agg::of(Decimal::ONE)));
-    let batch = WriteBatch { rollups: crate::rollup::RollupRows::from_seconds(seconds), ..Default::default() };
-    store.commit(batch).await.expect("commit");
-    let w = store.writer.clone();
-    tokio::task::spawn_blocking(move || merge_pending(&w, ROWS_PER_STEP)).await.expect("join").expect("merge");
+    let options = StoreOptions { minute_buckets_s: Some(86_400), ..Default::default() };
+    let (_dir, store, s) = merged_events(options, &[late, now - 7_200, now - 10]).await;
     let minutes = |from: i64| {
         let store = &store;
         let s = s.clone();
