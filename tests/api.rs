@@ -156,17 +156,20 @@ async fn events_without_a_schema_are_stored_counted_and_queryable_raw(backend: B
 async fn raw_events_page_event_by_event_and_come_back_verbatim(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    // Digit runs the raw blocks' codec splits: longer than a u64, leading zeros, exponents.
+    let big = "1234567890123456789012345678901234567890000000000000000000001";
     let body = format!(
         "[{{\"event_name\":\"note\",\n  \"n\": 123456789012345.678901,\n  \"z\":1,\"a\":2,\"a\":3}},\
          {{\"event_name\":\"note\",\"deep\":{nested}}},\
+         {{\"event_name\":\"note\",\"big\":{big},\"s\":\"007-0.05e-0003 \\u00ff\",\"neg\":-0,\"x\":1.0E+0009}},\
          {{\"event_name\":\"note\",\"i\":3}}]"
     );
     let r = app.client.post(app.url("/api/v1/events")).bearer_auth(&app.token).body(body).send().await.unwrap();
     let (s, out) = json_of(r).await;
-    assert_eq!((s.as_u16(), &out["accepted"]), (200, &json!(3)), "{out}");
+    assert_eq!((s.as_u16(), &out["accepted"]), (200, &json!(4)), "{out}");
     let mut seen = Vec::new();
     let mut cursor = String::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let r = app
             .client
             .get(app.url(&format!("/api/v1/events/raw?name=note&limit=1{cursor}")))
@@ -182,14 +185,19 @@ async fn raw_events_page_event_by_event_and_come_back_verbatim(backend: Backend)
         if text.contains("123456789012345.678901") {
             assert!(text.contains(r#""z":1,"a":2,"a":3"#), "the event's own bytes, keys as sent: {text}");
         }
+        if text.contains("\"big\"") {
+            let digits = format!(r#""big":{big},"s":"007-0.05e-0003 \u00ff","neg":-0,"x":1.0E+0009"#);
+            assert!(text.contains(&digits), "digit runs verbatim: {text}");
+        }
         match page.get("next_cursor") {
             common::Exact::Str(c) => cursor = format!("&cursor={c}"),
             _ => break,
         }
     }
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 4, "{seen:?}");
     assert_eq!(seen[0].get("i"), &common::Exact::Num("3".into()), "newest first");
-    assert_eq!(seen[2].get("n"), &common::Exact::Num("123456789012345.678901".into()), "numbers verbatim");
+    assert_eq!(seen[1].get("big"), &common::Exact::Num(big.into()), "numbers verbatim");
+    assert_eq!(seen[3].get("n"), &common::Exact::Num("123456789012345.678901".into()), "numbers verbatim");
     let (s, v) = app.get("/api/v1/events/raw?name=note&cursor=nonsense").await;
     assert_eq!(s.as_u16(), 400, "{v}");
     app.stop().await;

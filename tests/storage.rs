@@ -44,7 +44,7 @@ fn letter(received_ms: i64, reason: &str) -> NewDeadLetter {
 }
 
 fn block(name: &str, max_time_ms: i64, data: &[u8]) -> RawBlock {
-    RawBlock { name: name.into(), min_time_ms: max_time_ms - 10, max_time_ms, count: 2, zstd: data.to_vec() }
+    RawBlock { name: name.into(), min_time_ms: max_time_ms - 10, max_time_ms, count: 2, data: data.to_vec() }
 }
 
 fn dim_row(dim: &str, value: &str, first_seen: i64, label: Option<&str>) -> DimRow {
@@ -574,7 +574,7 @@ async fn raw_blocks_round_trip_newest_first(backend: Backend) {
     assert_eq!(first.iter().map(|(_, b)| b.max_time_ms).collect::<Vec<_>>(), [1003, 1002, 1001]);
     let (id, b) = &first[0];
     assert_eq!((b.name.as_str(), b.min_time_ms, b.count), ("productSold", 993, 2));
-    assert_eq!(b.zstd, &bytes[3..], "bytes round-trip exactly");
+    assert_eq!(b.data, &bytes[3..], "bytes round-trip exactly");
     let rest = store.raw_blocks("productSold", Some(first[2].0), 3).await.expect("raw");
     assert_eq!(rest.iter().map(|(_, b)| b.max_time_ms).collect::<Vec<_>>(), [1000]);
     assert!(rest[0].0 < first[2].0 && first[2].0 < *id);
@@ -625,7 +625,7 @@ async fn prune_removes_only_what_retention_expired(backend: Backend) {
         assert_eq!(bucket(&*store, &key("1", res, start)).await.count, count, "{res:?} {start}");
     }
     let raw = store.raw_blocks("e", None, 10).await.expect("raw");
-    assert_eq!(raw.iter().map(|(_, b)| b.zstd.as_slice()).collect::<Vec<_>>(), [b"new"]);
+    assert_eq!(raw.iter().map(|(_, b)| b.data.as_slice()).collect::<Vec<_>>(), [b"new"]);
     let dead = store.dead_letters(None, 10).await.expect("dead letters");
     assert_eq!(dead.iter().map(|d| d.letter.reason.as_str()).collect::<Vec<_>>(), ["new"]);
 }

@@ -11,7 +11,6 @@
 //! counting anything twice; the same key with another body is a 422. While the first is still
 //! being committed, a repeat gets `409`.
 
-use std::io::Read as _;
 use std::time::Duration;
 
 use axum::Json;
@@ -30,7 +29,7 @@ use super::state::AppState;
 use crate::event::{BodyFormat, split_body};
 use crate::ingest::writer::WriteError;
 use crate::ingest::{Origin, Pending, take_events};
-use crate::storage::{IdempotencyRecord, StoredAnswer};
+use crate::storage::{IdempotencyRecord, StoredAnswer, raw_codec};
 
 /// The request header that makes a retry safe (after the IETF draft of the same name).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -424,9 +423,7 @@ pub async fn get_raw_events(
         for (id, b) in blocks {
             scanned += 1;
             before = Some(id);
-            let mut text = Vec::new();
-            zstd::stream::read::Decoder::new(&b.zstd[..])
-                .and_then(|mut d| d.read_to_end(&mut text))
+            let text = raw_codec::decode(&b.data, raw_codec::MAX_BLOCK_BYTES)
                 .map_err(|e| ApiError::Internal(anyhow::anyhow!("raw block {id} is unreadable: {e}")))?;
             let lines: Vec<&[u8]> = text.split(|&c| c == b'\n').filter(|l| !l.is_empty()).collect();
             // Resuming inside this block (unless retention removed it meanwhile).

@@ -8,7 +8,7 @@ use std::io::Write as _;
 
 use crate::event::{Event, Rejection, Validator};
 use crate::rollup::{Metrics, RollupDelta};
-use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock, WriteBatch};
+use crate::storage::{IdempotencyRecord, NewDeadLetter, OffsetAdvance, RawBlock, WriteBatch, raw_codec};
 use crate::telemetry::metrics as telemetry;
 
 pub mod kafka;
@@ -189,16 +189,16 @@ impl Pending {
     pub fn seal(&mut self) {
         self.raw_index.clear();
         for r in self.raw.drain(..) {
-            let mut zstd = compress(&r.ndjson);
+            let mut data = raw_codec::encode(&r.ndjson);
             // Allocated at the input's worst-case bound, ~5x what it holds; the block waits in
             // memory for the writer (a heap profile of a backlog: 340 MB of blocks' spare room).
-            zstd.shrink_to_fit();
+            data.shrink_to_fit();
             self.blocks.push(RawBlock {
                 name: r.name,
                 min_time_ms: r.min_time_ms,
                 max_time_ms: r.max_time_ms,
                 count: r.count,
-                zstd,
+                data,
             });
         }
     }
@@ -236,7 +236,7 @@ impl Pending {
     pub fn heap_bytes(&self) -> usize {
         self.delta.heap_bytes()
             + self.raw.iter().map(|r| r.ndjson.capacity() + r.name.len()).sum::<usize>()
-            + self.blocks.iter().map(|b| b.zstd.capacity() + b.name.len()).sum::<usize>()
+            + self.blocks.iter().map(|b| b.data.capacity() + b.name.len()).sum::<usize>()
             + self.dead.iter().map(|d| d.raw.capacity() + d.reason.len() + d.source.len()).sum::<usize>()
     }
 
@@ -247,23 +247,6 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty() && self.blocks.is_empty() && self.dead.is_empty() && self.offsets.is_empty()
     }
-}
-
-/// Raw lines as one zstd frame, at level 1: fast, and JSON still compresses ~5x. Each thread keeps
-/// its compression context: making one per block (`zstd::bulk::compress`) was 1.3 % of HTTP
-/// ingest's CPU, its allocation and zeroing more (bench/README.md).
-fn compress(ndjson: &[u8]) -> Vec<u8> {
-    thread_local! {
-        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
-    }
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        let c = match &mut *c {
-            Some(c) => c,
-            None => c.insert(zstd::bulk::Compressor::new(1).expect("a level-1 zstd context")),
-        };
-        c.compress(ndjson).expect("compressing to memory cannot fail")
-    })
 }
 
 /// Validates and folds the raw events of one request (or record batch) received at

@@ -9,8 +9,8 @@ use rust_decimal::Decimal;
 use crate::config::{RetentionSettings, Settings};
 use crate::event::Validator;
 use crate::rollup::{Agg, DimRow, FastMap, Metrics, Resolution, RollupDelta, RollupRow, RollupRows, SeriesKey};
-use crate::storage::RawBlock;
 use crate::storage::rebuild::Rebuilt;
+use crate::storage::{RawBlock, raw_codec};
 
 /// Folds raw events into the buckets of some metrics.
 pub struct Refolder {
@@ -95,7 +95,7 @@ impl Refolder {
 
     /// Folds one block's events (lines `{"t":…,"src":…,…,"e":<event>}`).
     fn fold_block(&self, id: i64, block: &RawBlock, delta: &mut RollupDelta) -> anyhow::Result<Counts> {
-        let data = zstd::bulk::decompress(&block.zstd, MAX_BLOCK_BYTES)
+        let data = raw_codec::decode(&block.data, raw_codec::MAX_BLOCK_BYTES)
             .map_err(|e| anyhow::anyhow!("raw block {id} is unreadable: {e}"))?;
         let mut c = Counts::default();
         for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -135,9 +135,6 @@ impl Refolder {
         out
     }
 }
-
-/// The most bytes one raw block may decompress to (blocks hold one commit's events of a name).
-const MAX_BLOCK_BYTES: usize = 1 << 30;
 
 /// A stored line's event time and the event as it was received. The prefix holds JSON strings
 /// only before `"e"`, in which a quote is escaped, so the first `,"e":` is the event's key.

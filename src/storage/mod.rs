@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 mod postgres;
+pub mod raw_codec;
 pub mod rebuild;
 mod sqlite;
 mod store;

@@ -63,14 +63,14 @@ pub struct OffsetAdvance {
     pub next: i64,
 }
 
-/// Raw events of one name, as zstd-compressed NDJSON.
+/// Raw events of one name: their NDJSON lines, encoded by [`crate::storage::raw_codec`].
 #[derive(Debug, Clone)]
 pub struct RawBlock {
     pub name: String,
     pub min_time_ms: i64,
     pub max_time_ms: i64,
     pub count: i64,
-    pub zstd: Vec<u8>,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -251,7 +251,7 @@ pub(super) fn raw_block_from_row(r: &Row) -> Result<(i64, RawBlock), StoreError>
             min_time_ms: r.try_get(2).map_err(pg_err)?,
             max_time_ms: r.try_get(3).map_err(pg_err)?,
             count: r.try_get(4).map_err(pg_err)?,
-            zstd: r.try_get(5).map_err(pg_err)?,
+            data: r.try_get(5).map_err(pg_err)?,
         },
     ))
 }

@@ -291,7 +291,7 @@ async fn raw_blocks(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), Stor
         let min_t: Vec<i64> = chunk.iter().map(|b| b.min_time_ms).collect();
         let max_t: Vec<i64> = chunk.iter().map(|b| b.max_time_ms).collect();
         let count: Vec<i64> = chunk.iter().map(|b| b.count).collect();
-        let data: Vec<&[u8]> = chunk.iter().map(|b| b.zstd.as_slice()).collect();
+        let data: Vec<&[u8]> = chunk.iter().map(|b| b.data.as_slice()).collect();
         tx.execute(&st, &[&name, &min_t, &max_t, &count, &data]).await.map_err(pg_err)?;
     }
     Ok(())

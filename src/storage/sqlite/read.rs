@@ -265,7 +265,7 @@ pub(super) fn raw_blocks(
 pub(super) fn raw_block_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, RawBlock)> {
     Ok((
         r.get(0)?,
-        RawBlock { name: r.get(1)?, min_time_ms: r.get(2)?, max_time_ms: r.get(3)?, count: r.get(4)?, zstd: r.get(5)? },
+        RawBlock { name: r.get(1)?, min_time_ms: r.get(2)?, max_time_ms: r.get(3)?, count: r.get(4)?, data: r.get(5)? },
     ))
 }
 

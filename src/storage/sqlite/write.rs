@@ -185,7 +185,7 @@ fn raw_blocks(tx: &Transaction<'_>, batch: &WriteBatch) -> Result<(), StoreError
         )
         .map_err(db_err)?;
     for b in &batch.raw_blocks {
-        raw.execute(params![b.name, b.min_time_ms, b.max_time_ms, b.count, b.zstd]).map_err(db_err)?;
+        raw.execute(params![b.name, b.min_time_ms, b.max_time_ms, b.count, b.data]).map_err(db_err)?;
     }
     Ok(())
 }
