@@ -57,7 +57,8 @@ fn next_special(bytes: &[u8], mut i: usize) -> usize {
         // Per byte below 0x80: ('9' + 1 + 127 - b) and (b + 127 - ('0' - 1)) both reach 0x80 for
         // a digit; no byte's sum carries into the next one's.
         let low = w & (ONES * 0x7f);
-        let digit = (ONES * (127 + u64::from(b'9') + 1)).wrapping_sub(low) & (low + ONES * (127 - u64::from(b'0') + 1)) & !w;
+        let digit =
+            (ONES * (127 + u64::from(b'9') + 1)).wrapping_sub(low) & (low + ONES * (127 - u64::from(b'0') + 1)) & !w;
         let x = w ^ (ONES * u64::from(b'\n'));
         let newline = x.wrapping_sub(ONES) & !x;
         let hits = (digit | newline | w) & HIGH;
@@ -563,7 +564,9 @@ mod tests {
     fn the_word_scan_stops_where_the_byte_scan_does() {
         let bytes: Vec<u8> = (0..=255u8).collect();
         for start in 0..bytes.len() {
-            for probe in [&bytes[start..], &b"abcdefghijklmnopqrstuvwx/:\x7f\x0b\x09ABC"[..], &b"\"key\":\"value\"}\n"[..]] {
+            for probe in
+                [&bytes[start..], &b"abcdefghijklmnopqrstuvwx/:\x7f\x0b\x09ABC"[..], &b"\"key\":\"value\"}\n"[..]]
+            {
                 let slow = probe.iter().position(|&b| SPECIAL[usize::from(b)]).unwrap_or(probe.len());
                 let fast = next_special(probe, 0);
                 assert!(fast <= slow, "{probe:?}: passed a special byte");
