@@ -373,6 +373,10 @@ pub(super) async fn prune(client: &mut Client, writer: i64, b: PruneBefore) -> R
         let _ = tx.rollback().await;
         return Ok(Pruned::default());
     }
+    // In the order a rebuild's swap locks them (rollups, then raw blocks): deleting raw blocks
+    // first and buckets after deadlocked a swap that came between the two (PostgreSQL broke the
+    // cycle by failing the rebuild).
+    tx.batch_execute("LOCK TABLE rollups, raw_blocks IN ROW EXCLUSIVE MODE").await.map_err(pg_err)?;
     let raw_blocks = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < $1", &[&b.raw_ms]).await.map_err(pg_err)?;
     if raw_blocks > 0 {
         // What a rebuild can no longer reach (see `Store::raw_pruned_before`).
