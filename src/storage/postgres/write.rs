@@ -155,8 +155,9 @@ fn is_retryable(e: &StoreError) -> bool {
         .is_some_and(|c| *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
-/// The tables in the global lock order: position, keys, offsets, the rollups and dimension values
-/// of [`Rows::Spread`], the append-only raw blocks and dead letters, replayed dead letters, and
+/// The tables in the global lock order: position, keys, offsets, the rollups (the table even
+/// when the batch has no row of this part) and dimension values of [`Rows::Spread`], the
+/// append-only raw blocks and dead letters, replayed dead letters, and
 /// last the rows of [`Rows::Shared`], which every writer's commits touch: a second writer then
 /// waits for the first one's commit only once it has written everything else.
 async fn apply(tx: &Transaction<'_>, batch: &WriteBatch, pos: Position) -> Result<(), StoreError> {
@@ -167,6 +168,12 @@ async fn apply(tx: &Transaction<'_>, batch: &WriteBatch, pos: Position) -> Resul
     }
     rollups(tx, batch, Rows::Spread).await?;
     dim_values(tx, batch, Rows::Spread).await?;
+    if !batch.raw_blocks.is_empty() && !batch.rollups.iter().any(|(k, _)| Rows::of_dim(&k.dim) == Rows::Spread) {
+        // A rebuild's swap locks `rollups`, then `raw_blocks`: a batch with no spread row (events
+        // only the count by name follows) takes `rollups` here, not after its raw blocks, or the
+        // two wait on each other and PostgreSQL fails the swap.
+        tx.batch_execute("LOCK TABLE rollups IN ROW EXCLUSIVE MODE").await.map_err(pg_err)?;
+    }
     raw_blocks(tx, batch).await?;
     dead_letters(tx, batch).await?;
     replayed(tx, batch).await?;
