@@ -4,7 +4,8 @@
 //! the rebuild is SIGKILLed at random points and run again; dead letters replay exactly once
 //! after a schema is relaxed; a removed metric is not served and its rows can be dropped; a
 //! rebuild cannot reach before what retention kept; neither retention passes nor commits of
-//! events only the count by name follows deadlock a rebuild's swap (PostgreSQL).
+//! events only the count by name follows deadlock a rebuild's swap (PostgreSQL), and a swap
+//! PostgreSQL rolls back anyway is resumed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -135,6 +136,11 @@ async fn post_json(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
 async fn rebuild_via_api(app: &TestApp, body: Value) -> Value {
     let (status, out) = post_json(app, "/api/v1/admin/rollups/rebuild", body).await;
     assert_eq!(status, 202, "{out}");
+    rebuild_finished(app).await
+}
+
+/// Waits for this server's rebuild to finish; returns the status that says so.
+async fn rebuild_finished(app: &TestApp) -> Value {
     for _ in 0..1200 {
         let (_, s) = app.get("/api/v1/admin/rollups").await;
         // A failed rebuild has no `last` report, only `last_error`: say it rather than wait.
@@ -640,6 +646,40 @@ async fn one_rebuild_runs_at_a_time(backend: Backend) {
     // Once the lease has run out, another may take over (the first never swapped anything).
     let later = jetstream::storage::ClaimRequest { now_ms: now_ms() + 60_000, ..req };
     assert!(matches!(s.rebuild_claim(later).await.unwrap(), jetstream::storage::rebuild::Claim::Held(_)));
+}
+
+/// A swap PostgreSQL rolls back (here a deadlock with another session, made on purpose) is not
+/// the end of the rebuild: the server claims the job again and resumes it, and the rebuilt
+/// metric counts every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_postgres_rolled_back_is_resumed() {
+    let events = sales(41, 400, now_ms());
+    let app = TestApp::spawn_with(Backend::Postgres, with_units()).await;
+    post(&app, &events).await;
+    let (mut client, conn) = tokio_postgres::connect(&app.store.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = client.transaction().await.unwrap();
+    // This session never looks for deadlocks (it would be the one rolled back otherwise), and
+    // holds off the swap's lock of `raw_blocks`.
+    tx.batch_execute("SET LOCAL deadlock_timeout = '1h'; LOCK TABLE raw_blocks IN ROW SHARE MODE").await.unwrap();
+    let (status, out) = post_json(&app, "/api/v1/admin/rollups/rebuild", json!({"metrics": ["units"]})).await;
+    assert_eq!(status, 202, "{out}");
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                   WHERE c.relname = 'raw_blocks' AND NOT l.granted";
+    let mut polls = 0;
+    while tx.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        polls += 1;
+        assert!(polls < 600, "the swap never waited for raw_blocks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The swap holds `rollups` and waits for `raw_blocks`; waiting for `rollups` here closes the
+    // cycle, and PostgreSQL rolls the swap back (40P01), which lets this lock through.
+    tx.batch_execute("LOCK TABLE rollups IN ROW EXCLUSIVE MODE").await.unwrap();
+    tx.rollback().await.unwrap();
+    let s = rebuild_finished(&app).await;
+    assert_eq!(s["server"]["last"]["attempts"], json!(2), "{s}");
+    check_metric(&app, "units", &events, units).await;
+    app.stop().await;
 }
 
 both_backends!(

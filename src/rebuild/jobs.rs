@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use super::{Progress, RebuildError, Report, Request};
 use crate::config::Settings;
-use crate::storage::Store;
 use crate::storage::rebuild::RebuildJob;
+use crate::storage::{Store, StoreError};
 
 /// The server's rebuilds: at most one at a time (the store's lease also holds other processes
 /// off).
@@ -38,6 +38,36 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// Runs of a job the store interrupted before it gives up: a lost connection, or a transaction
+/// PostgreSQL rolled back (a deadlock, a serialisation failure).
+const ATTEMPTS: u32 = 5;
+
+/// Runs a claimed job; when the store was unavailable on the way (nothing of the failed step or
+/// swap was applied), claims it again and resumes after its last stored step, a few times, waiting
+/// longer each time.
+async fn run_resuming(
+    store: Arc<dyn Store>,
+    settings: &Settings,
+    mut job: RebuildJob,
+    mut resumed: bool,
+    progress: Arc<Progress>,
+) -> Result<Report, RebuildError> {
+    let mut attempt = 1;
+    loop {
+        let out = super::run(store.clone(), settings, job.clone(), resumed, progress.clone(), super::STEP_EVENTS).await;
+        match out {
+            Err(RebuildError::Store(e @ StoreError::Unavailable(_))) if attempt < ATTEMPTS => {
+                tracing::warn!(error = %e, job = job.id, attempt, "rollup rebuild interrupted by the store; resuming it");
+                tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
+                (job, resumed) = super::claim(&*store, &job.spec).await?;
+                attempt += 1;
+            }
+            Ok(report) => return Ok(Report { attempts: attempt, ..report }),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Rebuilds {
     /// Plans and claims a rebuild, then runs it in the background; `after_swap` runs once its
     /// rows are in (the read cache forgets what it held).
@@ -57,7 +87,7 @@ impl Rebuilds {
         let this = self.clone();
         let claimed = job.clone();
         tokio::spawn(async move {
-            let out = super::run(store, &settings, claimed, resumed, this.progress.clone(), super::STEP_EVENTS).await;
+            let out = run_resuming(store, &settings, claimed, resumed, this.progress.clone()).await;
             match &out {
                 Ok(r) => {
                     after_swap();

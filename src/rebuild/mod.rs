@@ -104,6 +104,8 @@ pub struct Report {
     pub events: i64,
     pub skipped: i64,
     pub resumed: bool,
+    /// Runs it took: more than one when the store interrupted a run (the server resumes it).
+    pub attempts: u32,
     pub swapped: Swapped,
     pub seconds: f64,
     /// Where the time went: folding and storing steps, merging their chunks, the swap.
@@ -260,6 +262,7 @@ pub async fn run(
         events,
         skipped: before_tail.skipped,
         resumed,
+        attempts: 1,
         swapped,
         seconds: started.elapsed().as_secs_f64(),
         steps_s,

@@ -26,9 +26,10 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
         // A data exception or an integrity violation, raised by a statement inside the
         // transaction: rolled back, nothing applied.
         Some("22" | "23") => StoreError::Rejected(e),
-        // Connection exceptions, insufficient resources, operator intervention (shutdown,
-        // a statement timeout), a lock not available: worth a retry later.
-        Some("08" | "53" | "57" | "55") | None => StoreError::Unavailable(e),
+        // Connection exceptions, a transaction the server rolled back (a deadlock, a
+        // serialisation failure), insufficient resources, operator intervention (shutdown, a
+        // statement timeout), a lock not available: worth a retry later.
+        Some("08" | "40" | "53" | "57" | "55") | None => StoreError::Unavailable(e),
         _ => StoreError::Backend(e),
     }
 }

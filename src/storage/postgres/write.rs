@@ -149,7 +149,7 @@ pub(super) async fn commit(client: &mut Client, mut batch: WriteBatch, pos: Posi
 
 /// A deadlock or serialisation failure: the server rolled the transaction back; run it again.
 fn is_retryable(e: &StoreError) -> bool {
-    let (StoreError::Backend(a) | StoreError::Unavailable(a)) = e else { return false };
+    let StoreError::Unavailable(a) = e else { return false };
     a.downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.code())
         .is_some_and(|c| *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
