@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use rust_decimal::Decimal;
 
 use super::agg::{Agg, SeriesKey};
-use super::rows::{DimRow, RollupRows};
+use super::rows::{DimRow, RollupRows, Seconds};
 use crate::config::{Aggregation, EVENT_NAME_DIMENSION, MetricDef, Settings};
 use crate::event::{Event, FieldValue, parse_decimal, parse_id};
 
@@ -306,7 +306,7 @@ impl SeriesIds {
 /// Adds to the bucket of second `t` in a series' list. Events mostly arrive in time order, so
 /// only the last few buckets are searched; a miss appends, and [`RollupDelta::into_rows`] merges
 /// the duplicates that can leave. That keeps one event's cost bounded whatever the batch.
-fn add_second(seconds: &mut Vec<(i64, Agg)>, t: i64, agg: &Agg) {
+fn add_second(seconds: &mut Seconds, t: i64, agg: &Agg) {
     match seconds.iter_mut().rev().take(4).find(|(s, _)| *s == t) {
         Some((_, a)) => a.merge(agg),
         None => seconds.push((t, agg.clone())),
@@ -323,7 +323,7 @@ pub struct RollupDelta {
     /// The table `seconds` ids belong to; set by the first fold.
     table: Option<Arc<SeriesTable>>,
     /// Per series, its one-second buckets `(second, agg)`: unordered, possibly repeated.
-    seconds: FastMap<SeriesId, Vec<(i64, Agg)>>,
+    seconds: FastMap<SeriesId, Seconds>,
     /// Per dimension value, the latest label seen: (event time, label).
     labels: FastMap<DimValueId, (i64, Box<str>)>,
 }
@@ -334,8 +334,13 @@ impl RollupDelta {
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
         // A hash map's slot: its key and value, and a control byte.
-        let seconds = self.seconds.capacity() * (size_of::<(SeriesId, Vec<(i64, Agg)>)>() + 1)
-            + self.seconds.values().map(|v| v.capacity() * size_of::<(i64, Agg)>()).sum::<usize>();
+        let seconds = self.seconds.capacity() * (size_of::<(SeriesId, Seconds)>() + 1)
+            + self
+                .seconds
+                .values()
+                .filter(|v| v.spilled())
+                .map(|v| v.capacity() * size_of::<(i64, Agg)>())
+                .sum::<usize>();
         let labels = self.labels.capacity() * (size_of::<(DimValueId, (i64, Box<str>))>() + 1)
             + self.labels.values().map(|(_, l)| l.len()).sum::<usize>();
         seconds + labels
@@ -373,10 +378,10 @@ impl RollupDelta {
     /// second it was seen in (what makes a product "known").
     pub fn into_rows(self) -> (RollupRows, Vec<DimRow>) {
         let Some(table) = self.table else { return Default::default() };
-        let mut entries: Vec<(SeriesId, Vec<(i64, Agg)>)> = self.seconds.into_iter().collect();
+        let mut entries: Vec<(SeriesId, Seconds)> = self.seconds.into_iter().collect();
         // Series in key order: every writer then locks rows in one order (PostgreSQL).
         let keys = table.keys(entries.iter().map(|(id, _)| *id));
-        let mut keyed: Vec<(SeriesKey, Vec<(i64, Agg)>)> =
+        let mut keyed: Vec<(SeriesKey, Seconds)> =
             keys.into_iter().zip(entries.drain(..)).map(|(k, (_, secs))| (k, secs)).collect();
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let (rows, mut dims) = RollupRows::from_keyed_seconds(keyed);
@@ -411,6 +416,21 @@ mod tests {
         format!(
             r#"{{"event_name":"productSold","product_id":{product},"no_of_units":1,"amount":"{amount}","category":"c"}}"#
         )
+    }
+
+    /// What a parsed batch holds while it waits for the writer (and is charged to the ingest
+    /// budget): the reference stream's 1,000-event bodies touch mostly products seen once in the
+    /// batch, whose one second must not cost a vector of its own.
+    #[test]
+    fn a_batch_of_cold_products_holds_little_per_event() {
+        let metrics = Metrics::new(&Settings::default());
+        let sales: Vec<(String, i64)> =
+            (0..1_000).map(|i| (sale(10_000 + i, "12.50"), 1_000_000 + 997 * i64::from(i))).collect();
+        let events: Vec<(&str, i64)> = sales.iter().map(|(j, t)| (j.as_str(), *t)).collect();
+        let delta = fold_all(&metrics, &events);
+        let per_event = delta.heap_bytes() / events.len();
+        eprintln!("heap per event: {per_event} bytes, {} series", delta.seconds.len());
+        assert!(per_event < 900, "{per_event} bytes an event");
     }
 
     #[test]

@@ -5,6 +5,11 @@ use std::sync::Arc;
 use super::agg::{Agg, BucketKey, SeriesKey};
 use super::time::Resolution;
 
+/// A series' one-second buckets `(second, agg)` in a batch. Most series of a batch get one
+/// event (a cold product's), so the first bucket lives inline: no allocation, and ~90 bytes
+/// per series rather than a 288-byte vector of four.
+pub type Seconds = smallvec::SmallVec<[(i64, Agg); 1]>;
+
 /// The all-time, day, hour and minute buckets of one series' second buckets, which must be sorted
 /// by second with each second once. Each coarser bucket is a run of consecutive seconds, so the
 /// buckets come out ordered by (resolution, start), coarsest first: the lock order.
@@ -58,7 +63,7 @@ impl RollupRows {
     /// From one-second buckets in any order (repeats are merged), with every coarser bucket
     /// derived from them.
     pub fn from_seconds(seconds: impl IntoIterator<Item = (SeriesKey, i64, Agg)>) -> Self {
-        let mut by_series: std::collections::BTreeMap<SeriesKey, Vec<(i64, Agg)>> = Default::default();
+        let mut by_series: std::collections::BTreeMap<SeriesKey, Seconds> = Default::default();
         for (key, t, agg) in seconds {
             by_series.entry(key).or_default().push((t, agg));
         }
@@ -71,7 +76,7 @@ impl RollupRows {
 
     /// From each series' one-second buckets, the series in key order; with each dimension value
     /// seen and the first second it was seen in (what makes a product "known").
-    pub(super) fn from_keyed_seconds(keyed: Vec<(SeriesKey, Vec<(i64, Agg)>)>) -> (Self, Vec<DimRow>) {
+    pub(super) fn from_keyed_seconds(keyed: Vec<(SeriesKey, Seconds)>) -> (Self, Vec<DimRow>) {
         let mut out = Self { derived: true, ..Self::default() };
         let mut dims = Vec::new();
         out.rows.reserve(keyed.iter().map(|(_, s)| s.len() + 4).sum());
@@ -87,7 +92,7 @@ impl RollupRows {
 
     /// Adds a series (after every series already here, in key order) with its seconds and the
     /// buckets derived from them; returns its first second.
-    fn push_seconds(&mut self, key: SeriesKey, mut secs: Vec<(i64, Agg)>) -> i64 {
+    fn push_seconds(&mut self, key: SeriesKey, mut secs: Seconds) -> i64 {
         let series = self.series.len() as u32;
         secs.sort_unstable_by_key(|(t, _)| *t);
         secs.dedup_by(|b, a| {
