@@ -94,6 +94,16 @@ pub struct Progress {
     pub started_ms: AtomicI64,
 }
 
+impl Progress {
+    /// A run of `job` starts (a resumed job after its last step).
+    fn begin(&self, job: &RebuildJob) {
+        self.job.store(job.id, Ordering::Relaxed);
+        self.started_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.events_read.store(job.events_read, Ordering::Relaxed);
+        self.start_block.store(job.progress_block, Ordering::Relaxed);
+    }
+}
+
 /// What a finished rebuild did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -203,10 +213,7 @@ pub async fn run(
     let owner = job.owner.clone();
     let spec = job.spec.clone();
     let refolder = Arc::new(Refolder::new(settings, &spec.metrics, spec.from_s, crate::clock::now_ms() / 1000));
-    progress.job.store(job.id, Ordering::Relaxed);
-    progress.started_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
-    progress.events_read.store(job.events_read, Ordering::Relaxed);
-    progress.start_block.store(job.progress_block, Ordering::Relaxed);
+    progress.begin(&job);
     let mut done = job.progress_block;
     let mut counts = Counts { events: job.events_read, skipped: job.events_skipped };
     let mut mine = Partial::default();
