@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use super::agg::{Agg, SeriesKey};
 use super::rows::{DimRow, RollupRows, Seconds};
 use crate::config::{Aggregation, EVENT_NAME_DIMENSION, MetricDef, Settings};
-use crate::event::{Event, FieldValue, parse_decimal, parse_id};
+use crate::event::{Event, FieldValue, id_number, parse_decimal, parse_id};
 
 /// A metric compiled for folding: the config's declaration with its strings shared.
 #[derive(Debug, Clone)]
@@ -83,12 +83,15 @@ impl Metrics {
                 let id = match looked_up[..n].iter().find(|(p, _)| *p == ptr) {
                     Some((_, id)) => *id,
                     None => {
-                        let value = if &**d == EVENT_NAME_DIMENSION {
-                            Some(Cow::Borrowed(&*event.name))
+                        let id = if &**d == EVENT_NAME_DIMENSION {
+                            Some(table.dim_value(d, &event.name))
                         } else {
-                            event.fields.get(d).and_then(dimension_value)
+                            event.fields.get(d).and_then(|v| match id_number(v) {
+                                // An id (the common dimension) by its number: no text hashed or built.
+                                Some(n) => Some(table.dim_number(d, n)),
+                                None => dimension_value(v).map(|v| table.dim_value(d, &v)),
+                            })
                         };
-                        let id = value.map(|v| table.dim_value(d, &v));
                         if n < looked_up.len() {
                             looked_up[n] = (ptr, id);
                             n += 1;
@@ -137,17 +140,12 @@ impl From<&MetricDef> for CompiledMetric {
     }
 }
 
-/// A dimension value: ids in canonical form, short strings as they are.
+/// A dimension value that is not an id (ids are looked up by their number): short strings as
+/// they are, other numbers in their shortest exact form.
 fn dimension_value<'v>(v: &'v FieldValue<'_>) -> Option<Cow<'v, str>> {
     match v {
         FieldValue::Str(s) if s.len() <= crate::event::MAX_NAME_BYTES && !s.contains('\0') => {
-            // Already canonical (digits without leading zeros): borrowed, the common case.
-            let canonical =
-                !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
-            if canonical && s.parse::<u64>().is_ok() {
-                return Some(Cow::Borrowed(s));
-            }
-            Some(Cow::Owned(parse_id(v).unwrap_or_else(|| s.to_string())))
+            Some(parse_id(v).map_or(Cow::Borrowed(&**s), Cow::Owned))
         }
         // The number's value in its shortest exact form ("1.50" and "1.5" are one value).
         FieldValue::Number(n) => Some(Cow::Owned(
@@ -158,6 +156,13 @@ fn dimension_value<'v>(v: &'v FieldValue<'_>) -> Option<Cow<'v, str>> {
         FieldValue::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
+}
+
+/// The number a dimension value's text is the canonical form of ("7", not "07"): such a value is
+/// interned by its number, whichever way it arrives.
+fn canonical_number(s: &str) -> Option<u64> {
+    let n = crate::event::id_number(&FieldValue::Str(Cow::Borrowed(s)))?;
+    (s == "0" || !s.starts_with('0')).then_some(n)
 }
 
 /// A hash map with a fast, non-cryptographic hasher: the keys are ours (metric names, dimension
@@ -210,8 +215,31 @@ pub struct SeriesTable {
 
 #[derive(Debug)]
 struct Interned {
+    /// Dimensions seen, by number (an index): a numeric value's key is two integers.
+    dims: Vec<Arc<str>>,
+    /// Values whose text is a canonical number, by (dimension's number, value): most dimension
+    /// values are ids, and hashing two integers beats hashing and comparing two strings.
+    numbers: FastMap<(u32, u64), DimValueId>,
+    /// Every other value, by its text.
     ids: hashbrown::HashMap<DimValue, DimValueId, foldhash::fast::RandomState>,
+    /// Every value, by id.
     values: Vec<DimValue>,
+}
+
+impl Interned {
+    /// A dimension's number: found by pointer when it is one of the metrics' own (folding), by
+    /// text otherwise.
+    fn dim_number(&self, dim: &Arc<str>) -> Option<u32> {
+        let i =
+            self.dims.iter().position(|d| Arc::ptr_eq(d, dim)).or_else(|| self.dims.iter().position(|d| d == dim))?;
+        Some(i as u32)
+    }
+
+    fn push(&mut self, key: DimValue) -> DimValueId {
+        let id = DimValueId::try_from(self.values.len()).expect("a table is replaced long before 2^32 values");
+        self.values.push(key);
+        id
+    }
 }
 
 impl SeriesTable {
@@ -219,10 +247,14 @@ impl SeriesTable {
         let overall = DimValue { dim: Arc::from(""), value: String::new() };
         let mut ids = hashbrown::HashMap::default();
         ids.insert(overall.clone(), OVERALL);
-        Self { metrics, inner: RwLock::new(Interned { ids, values: vec![overall] }) }
+        let inner = Interned { dims: Vec::new(), numbers: FastMap::default(), ids, values: vec![overall] };
+        Self { metrics, inner: RwLock::new(inner) }
     }
 
     fn dim_value(&self, dim: &Arc<str>, value: &str) -> DimValueId {
+        if let Some(n) = canonical_number(value) {
+            return self.dim_number(dim, n);
+        }
         let r = DimValueRef { dim, value };
         if let Some(&id) = self.inner.read().unwrap_or_else(|e| e.into_inner()).ids.get(&r) {
             return id;
@@ -231,10 +263,34 @@ impl SeriesTable {
         if let Some(&id) = w.ids.get(&r) {
             return id;
         }
-        let id = DimValueId::try_from(w.values.len()).expect("a table is replaced long before 2^32 values");
         let key = DimValue { dim: dim.clone(), value: value.to_string() };
-        w.values.push(key.clone());
+        let id = w.push(key.clone());
         w.ids.insert(key, id);
+        id
+    }
+
+    /// The id of a dimension value whose canonical text is `n`'s (an id).
+    fn dim_number(&self, dim: &Arc<str>, n: u64) -> DimValueId {
+        {
+            let r = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = r.dim_number(dim).and_then(|d| r.numbers.get(&(d, n))) {
+                return *id;
+            }
+        }
+        let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let d = match w.dim_number(dim) {
+            Some(d) => d,
+            None => {
+                w.dims.push(dim.clone());
+                (w.dims.len() - 1) as u32
+            }
+        };
+        if let Some(&id) = w.numbers.get(&(d, n)) {
+            return id;
+        }
+        let dim = w.dims[d as usize].clone();
+        let id = w.push(DimValue { dim, value: n.to_string() });
+        w.numbers.insert((d, n), id);
         id
     }
 
@@ -444,6 +500,43 @@ mod tests {
         assert_eq!(t.len(), 4);
         let b = t.intern(&SeriesKey::new("n", "", ""));
         assert_eq!(t.keys([a, b].into_iter()), [SeriesKey::new("m", "d", "1"), SeriesKey::new("n", "", "")]);
+    }
+
+    /// Ids are interned by number, other values by text: every way an id arrives, and its
+    /// canonical text from another table, must find one value.
+    #[test]
+    fn an_id_is_one_value_however_it_arrives() {
+        let metrics = Metrics::new(&Settings::default());
+        let forms = ["7", "\"7\"", "\"007\"", "7", "\"0000007\""];
+        let events: Vec<String> = forms
+            .iter()
+            .map(|p| format!(r#"{{"event_name":"productSold","product_id":{p},"no_of_units":1,"amount":"1"}}"#))
+            .collect();
+        let delta = fold_all(&metrics, &events.iter().map(|e| (e.as_str(), 1_000)).collect::<Vec<_>>());
+        let table = delta.table.clone().expect("table");
+        let (rows, dims) = delta.into_rows();
+        let mut products: Vec<_> = dims.iter().filter(|d| &*d.dim == "product_id").map(|d| d.value.as_str()).collect();
+        products.dedup();
+        assert_eq!(products, ["7"]);
+        let all = rows
+            .iter()
+            .find(|(k, r)| **k == SeriesKey::new("sales_amount", "product_id", "7") && r.res == Resolution::All)
+            .map(|(_, r)| r.agg.count);
+        assert_eq!(all, Some(forms.len() as i64));
+        // The dimension's name from elsewhere (another allocation), by text and by number.
+        let d: Arc<str> = Arc::from("product_id");
+        let id = table.dim_number(&d, 7);
+        assert_eq!(table.dim_value(&d, "7"), id);
+        assert_eq!(table.dim_value_key(id), (d.clone(), "7".to_string()));
+        assert_ne!(table.dim_value(&d, "07"), id, "only canonical text is a number");
+        assert_ne!(table.dim_number(&Arc::from("category"), 7), id, "numbers are per dimension");
+        assert_eq!(table.dim_value(&d, "0"), table.dim_number(&d, 0));
+        // A dimension without a schema may hold any number: its shortest exact form is an id's.
+        for n in ["7.0", "7e0", "0.07e2"] {
+            let field = FieldValue::Number(n);
+            let v = dimension_value(&field).expect("a value");
+            assert_eq!(table.dim_value(&d, &v), id, "{n}");
+        }
     }
 
     #[test]
