@@ -83,6 +83,32 @@ pub fn exact_decimal(text: &str) -> Result<Decimal, &'static str> {
     if (int.is_empty() && frac.is_empty()) || unsigned.ends_with('.') || !is_digits(int) || !is_digits(frac) {
         return Err(NOT_A_NUMBER);
     }
+    // The common case (a price, a count): 18 digits or fewer fit a u64 and stay below 10^18.
+    if exponent == 0 && int.len() + frac.len() <= 18 {
+        return Ok(short_decimal(int, frac, negative));
+    }
+    long_decimal(int, frac, exponent, negative)
+}
+
+/// The value of at most 18 digits (`int.frac`, both digits only), exactly: the digits over
+/// 10^places, less the fraction's trailing zeros (what [`long_decimal`] gives, without its i128
+/// steps and checks, none of which such a number can fail).
+fn short_decimal(int: &str, frac: &str, negative: bool) -> Decimal {
+    let mut m = int.bytes().chain(frac.bytes()).fold(0u64, |m, b| m * 10 + u64::from(b - b'0'));
+    if m == 0 {
+        return Decimal::ZERO;
+    }
+    let mut scale = frac.len() as u32;
+    while scale > 0 && m % 10 == 0 {
+        m /= 10;
+        scale -= 1;
+    }
+    let m = m as i64; // below 10^18
+    Decimal::new(if negative { -m } else { m }, scale)
+}
+
+/// The value of `int.frac` × 10^exponent (`int` and `frac` digits only), or why it cannot be held.
+fn long_decimal(int: &str, frac: &str, exponent: i64, negative: bool) -> Result<Decimal, &'static str> {
     // More than 19 whole digits is beyond the bound, however precise.
     let whole_digits = int.trim_start_matches('0').len() as i64;
     if whole_digits > 0 && whole_digits + exponent > 19 {
@@ -123,6 +149,40 @@ pub fn exact_decimal(text: &str) -> Result<Decimal, &'static str> {
         return Err(NOT_A_NUMBER);
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The short path is the long one's answer, scale included ("1.50" is 1.5, "100" is 100).
+        #[test]
+        fn a_short_number_is_read_as_the_long_path_reads_it(
+            negative: bool, int in "[0-9]{0,18}", frac in proptest::option::of("[0-9]{0,18}"),
+        ) {
+            let frac = frac.unwrap_or_default();
+            prop_assume!(int.len() + frac.len() <= 18 && !(int.is_empty() && frac.is_empty()));
+            let short = short_decimal(&int, &frac, negative);
+            let long = long_decimal(&int, &frac, 0, negative).expect("18 digits are within the bound");
+            prop_assert_eq!((short.mantissa(), short.scale()), (long.mantissa(), long.scale()));
+            let text = format!("{}{int}{}{frac}", if negative { "-" } else { "" }, if frac.is_empty() { "" } else { "." });
+            let read = exact_decimal(&text).expect("a number");
+            prop_assert_eq!((read.mantissa(), read.scale()), (long.mantissa(), long.scale()));
+        }
+    }
+
+    #[test]
+    fn short_numbers_keep_their_places_but_not_trailing_zeros() {
+        for (text, mantissa, scale) in
+            [("556.92", 55692, 2), ("1.50", 15, 1), ("100", 100, 0), ("-0.00", 0, 0), ("007.0700", 707, 2)]
+        {
+            let d = exact_decimal(text).expect(text);
+            assert_eq!((d.mantissa(), d.scale()), (mantissa, scale), "{text}");
+        }
+    }
 }
 
 /// The largest magnitude a numeric field may have (10^18): sums of billions of such values still
