@@ -151,6 +151,10 @@ fn long_decimal(int: &str, frac: &str, exponent: i64, negative: bool) -> Result<
     Ok(d)
 }
 
+/// The largest magnitude a numeric field may have (10^18): sums of billions of such values still
+/// fit a bucket's 96-bit decimal, so adding them up can never overflow.
+pub const MAX_DECIMAL: Decimal = Decimal::from_parts(0xA764_0000, 0x0DE0_B6B3, 0, false, 0);
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -184,7 +188,3 @@ mod tests {
         }
     }
 }
-
-/// The largest magnitude a numeric field may have (10^18): sums of billions of such values still
-/// fit a bucket's 96-bit decimal, so adding them up can never overflow.
-pub const MAX_DECIMAL: Decimal = Decimal::from_parts(0xA764_0000, 0x0DE0_B6B3, 0, false, 0);
