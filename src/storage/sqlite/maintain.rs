@@ -251,42 +251,51 @@ pub(super) fn maintain(writer: &Mutex<WriterConn>) {
 pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, StoreError> {
     // Merged first, so each bucket is one row and the count below is of buckets.
     merge_pending(w, ROWS_PER_STEP)?;
-    let (raw_blocks, dead_letters) = {
-        let mut g = w.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = g.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
-        let raw = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < ?1", [b.raw_ms]).map_err(db_err)?;
-        if raw > 0 {
-            // What a rebuild can no longer reach (see `Store::raw_pruned_before`).
-            tx.execute(
-                "INSERT INTO meta VALUES ('raw_pruned_before_ms', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-                [b.raw_ms],
-            )
-            .map_err(db_err)?;
-        }
-        let dead =
-            tx.execute("DELETE FROM dead_letters WHERE received_ms < ?1", [b.dead_letters_ms]).map_err(db_err)?;
-        tx.execute("DELETE FROM idempotency_keys WHERE at_ms < ?1", [b.idempotency_keys_ms]).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        (raw, dead)
-    };
+    let (raw_blocks, dead_letters) = prune_rows(w, &b)?;
+    let buckets = prune_buckets(w, &b)?;
+    Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: buckets as u64 })
+}
+
+/// Raw blocks, dead letters and idempotency keys past their cut-offs; how many blocks and letters.
+fn prune_rows(w: &Mutex<WriterConn>, b: &PruneBefore) -> Result<(usize, usize), StoreError> {
+    let mut g = w.lock().unwrap_or_else(|e| e.into_inner());
+    let tx = g.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
+    let raw = tx.execute("DELETE FROM raw_blocks WHERE max_time_ms < ?1", [b.raw_ms]).map_err(db_err)?;
+    if raw > 0 {
+        // What a rebuild can no longer reach (see `Store::raw_pruned_before`).
+        tx.execute(
+            "INSERT INTO meta VALUES ('raw_pruned_before_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            [b.raw_ms],
+        )
+        .map_err(db_err)?;
+    }
+    let dead = tx.execute("DELETE FROM dead_letters WHERE received_ms < ?1", [b.dead_letters_ms]).map_err(db_err)?;
+    tx.execute("DELETE FROM idempotency_keys WHERE at_ms < ?1", [b.idempotency_keys_ms]).map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok((raw, dead))
+}
+
+/// Second and minute buckets past their cut-offs; how many.
+fn prune_buckets(w: &Mutex<WriterConn>, b: &PruneBefore) -> Result<usize, StoreError> {
     // Series by series: the primary key starts with the series, so each delete reads only the
     // rows it removes (a delete by resolution and time alone scanned the whole table, holding the
-    // writer for ~0.6 s on a store of 2M events, once a minute). Minutes live in day packs (see
-    // `pack`): only the packs of the days since the last pass's cut are read, so a pass does not
-    // read every day the store holds.
+    // writer for ~0.6 s on a store of 2M events, once a minute). Minutes, and the seconds minutes
+    // carry, live in day packs (see `pack`): only the packs of the days since the last pass's cut
+    // are read, so a pass does not read every day the store holds.
     if b.second_buckets_s.is_none() && b.minute_buckets_s.is_none() {
-        return Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: 0 });
+        return Ok(0);
     }
-    let minutes_since = match b.minute_buckets_s {
-        Some(_) => locked_step(w, |c| {
-            c.query_row("SELECT value FROM meta WHERE key = 'minutes_pruned_before'", [], |r| r.get::<_, i64>(0))
-                .optional()
+    // The day from which packs may still hold what a cut drops (the last pass's cut, remembered).
+    let since = |key: &'static str| {
+        locked_step(w, |c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, i64>(0)).optional()
         })
-        .map_err(db_err)?
-        .map_or(i64::MIN, |s| s.div_euclid(86_400).saturating_mul(86_400)),
-        None => i64::MIN,
+        .map(|s| s.map_or(i64::MIN, |s| s.div_euclid(86_400).saturating_mul(86_400)))
+        .map_err(db_err)
     };
+    let seconds_since = if b.second_buckets_s.is_some() { since("seconds_pruned_before")? } else { i64::MIN };
+    let minutes_since = if b.minute_buckets_s.is_some() { since("minutes_pruned_before")? } else { i64::MIN };
     let buckets = step_through_series(w, |c, lo, hi| {
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
         let ids: Vec<i64> = tx
@@ -300,32 +309,45 @@ pub(super) fn prune(w: &Mutex<WriterConn>, b: PruneBefore) -> Result<Pruned, Sto
                 .map_err(db_err)?;
             for id in &ids {
                 n += del.execute(params![id, Resolution::Second.seconds(), before]).map_err(db_err)?;
+                n +=
+                    prune_packs(&tx, *id, seconds_since, before, |day, pack, _| pack.drop_seconds_before(day, before))?;
             }
         }
         if let Some(cut) = b.minute_buckets_s {
             for id in &ids {
-                n += prune_minutes(&tx, *id, minutes_since, cut)?;
+                n += prune_packs(&tx, *id, minutes_since, cut, |day, pack, carried| {
+                    pack.drop_minutes_before(day, cut, carried)
+                })?;
             }
         }
         tx.commit().map_err(db_err)?;
         Ok(n)
     })?;
-    if let Some(cut) = b.minute_buckets_s {
+    for (key, cut) in [("seconds_pruned_before", b.second_buckets_s), ("minutes_pruned_before", b.minute_buckets_s)] {
+        let Some(cut) = cut else { continue };
         locked_step(w, |c| {
             c.execute(
-                "INSERT INTO meta VALUES ('minutes_pruned_before', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-                [cut],
+                "INSERT INTO meta VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                params![key, cut],
             )
         })
         .map_err(db_err)?;
     }
-    Ok(Pruned { raw_blocks: raw_blocks as u64, dead_letters: dead_letters as u64, buckets: buckets as u64 })
+    Ok(buckets)
 }
 
-/// Drops the minutes before `cut` from the packs of series `id` for the days from `since` to
-/// the cut; returns how many. A pack left empty is deleted.
-fn prune_minutes(tx: &Connection, id: i64, since: i64, cut: i64) -> Result<usize, StoreError> {
+/// Prunes the packs of series `id` for the days from `since` to `cut` with `drop`, which returns
+/// how many buckets it dropped and pushes the carried seconds of the minutes it dropped; returns
+/// how many. A pack left empty is deleted. A carried second outlives its minute as a row: it is
+/// a second bucket, whose own retention (the seconds' cut, if any) drops it (as it did before
+/// the minute carried it).
+fn prune_packs(
+    tx: &Connection,
+    id: i64,
+    since: i64,
+    cut: i64,
+    mut drop: impl FnMut(i64, &mut DayPack, &mut Vec<(i64, Agg)>) -> usize,
+) -> Result<usize, StoreError> {
     let packs: Vec<(i64, Vec<u8>)> = tx
         .prepare_cached(
             "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
@@ -333,9 +355,10 @@ fn prune_minutes(tx: &Connection, id: i64, since: i64, cut: i64) -> Result<usize
         .and_then(|mut s| s.query_map(params![id, PACK_RES, since, cut], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(db_err)?;
     let mut n = 0;
+    let mut carried = Vec::new();
     for (day, blob) in packs {
         let mut pack = DayPack::decode(&blob).map_err(db_err)?;
-        let dropped = pack.drop_minutes_before(day, cut);
+        let dropped = drop(day, &mut pack, &mut carried);
         if dropped == 0 {
             continue;
         }
@@ -350,5 +373,6 @@ fn prune_minutes(tx: &Connection, id: i64, since: i64, cut: i64) -> Result<usize
                 .map_err(db_err)?;
         }
     }
+    add_to_rollups(tx, carried.iter().map(|(start, a)| (id, Resolution::Second, *start, a)))?;
     Ok(n)
 }

@@ -123,7 +123,6 @@ fn like_pattern(s: &str) -> String {
 
 /// Calls `out` with each merged bucket (`rollups`, and `rollup_deltas`' rows not merged yet) of
 /// series `id` at `res` starting in `[from, to)`, as `(start, agg)`; a bucket can come in parts.
-/// Day, hour and minute buckets are read from the day packs that hold them (see `pack`).
 fn merged_buckets(
     c: &Connection,
     id: i64,
@@ -132,7 +131,14 @@ fn merged_buckets(
     to: i64,
     out: &mut impl FnMut(i64, Agg),
 ) -> Result<(), StoreError> {
-    if from >= to {
+    let span = [Span { res, from, to }];
+    rows_of(c, id, &span[0], out)?;
+    packs_of(c, id, &span, out)
+}
+
+/// [`merged_buckets`]' rows: `rollup_deltas`' and, for all-time and second spans, `rollups`'.
+fn rows_of(c: &Connection, id: i64, sp: &Span, out: &mut impl FnMut(i64, Agg)) -> Result<(), StoreError> {
+    if sp.from >= sp.to {
         return Ok(());
     }
     let mut deltas = c
@@ -140,31 +146,42 @@ fn merged_buckets(
             "SELECT bucket, agg FROM rollup_deltas WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
         )
         .map_err(db_err)?;
-    let mut rows = deltas.query(params![id, res.seconds(), from, to]).map_err(db_err)?;
+    let mut rows = deltas.query(params![id, sp.res.seconds(), sp.from, sp.to]).map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
         out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
     }
-    let mut merged = c
+    if matches!(sp.res, Resolution::All | Resolution::Second) {
+        let mut merged = c
+            .prepare_cached(
+                "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+            )
+            .map_err(db_err)?;
+        let mut rows = merged.query(params![id, sp.res.seconds(), sp.from, sp.to]).map_err(db_err)?;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
+        }
+    }
+    Ok(())
+}
+
+/// [`merged_buckets`]' buckets held by day packs (see `pack`): the day, hour and minute buckets
+/// of `spans`, and the seconds their minutes carry, read from the packs of the days the spans
+/// reach in one range query.
+fn packs_of(c: &Connection, id: i64, spans: &[Span], out: &mut impl FnMut(i64, Agg)) -> Result<(), StoreError> {
+    let held = || spans.iter().filter(|s| s.res != Resolution::All && s.from < s.to);
+    let (Some(from), Some(to)) = (held().map(|s| s.from).min(), held().map(|s| s.to).max()) else { return Ok(()) };
+    let first_day = from.div_euclid(86_400).saturating_mul(86_400);
+    let mut packs = c
         .prepare_cached(
             "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
         )
         .map_err(db_err)?;
-    match res {
-        Resolution::All | Resolution::Second => {
-            let mut rows = merged.query(params![id, res.seconds(), from, to]).map_err(db_err)?;
-            while let Some(r) = rows.next().map_err(db_err)? {
-                out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
-            }
-        }
-        Resolution::Day | Resolution::Hour | Resolution::Minute => {
-            // The packs of the days from the one holding `from`.
-            let first_day = from.div_euclid(86_400).saturating_mul(86_400);
-            let mut rows = merged.query(params![id, PACK_RES, first_day, to]).map_err(db_err)?;
-            while let Some(r) = rows.next().map_err(db_err)? {
-                let day: i64 = r.get(0).map_err(db_err)?;
-                let blob = r.get_ref(1).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
-                buckets_in(blob, day, res, from, to, out).map_err(db_err)?;
-            }
+    let mut rows = packs.query(params![id, PACK_RES, first_day, to]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let day: i64 = r.get(0).map_err(db_err)?;
+        let blob = r.get_ref(1).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
+        for sp in held().filter(|s| s.from < day.saturating_add(86_400) && s.to > day) {
+            buckets_in(blob, day, sp.res, sp.from, sp.to, out).map_err(db_err)?;
         }
     }
     Ok(())
@@ -173,9 +190,11 @@ fn merged_buckets(
 /// The merged buckets of the series with id `id` covered by `spans`.
 fn aggregate_of(c: &Connection, id: i64, spans: &[Span]) -> Result<Agg, StoreError> {
     let mut total = Agg::default();
+    let mut add = |_, a: Agg| total.merge(&a);
     for sp in spans {
-        merged_buckets(c, id, sp.res, sp.from, sp.to, &mut |_, a| total.merge(&a))?;
+        rows_of(c, id, sp, &mut add)?;
     }
+    packs_of(c, id, spans, &mut add)?;
     for (_, agg) in recent_seconds(c, id, spans)? {
         total.merge(&agg);
     }
@@ -359,10 +378,12 @@ pub(super) fn scan_latest(c: &Connection, visit: &mut dyn LatestVisitor) -> Resu
         let buckets = match res {
             PACK_RES => {
                 let blob = r.get_ref(3).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
-                let (hour, minute) = latest_in(blob, bucket).map_err(db_err)?;
+                let latest = latest_in(blob, bucket).map_err(db_err)?;
                 let mut b = vec![(Resolution::Day, bucket)];
-                b.extend(hour.map(|h| (Resolution::Hour, h)));
-                b.extend(minute.map(|m| (Resolution::Minute, m)));
+                b.extend(latest.hour.map(|h| (Resolution::Hour, h)));
+                b.extend(latest.minute.map(|m| (Resolution::Minute, m)));
+                // Seconds carried by minutes: the visitor keeps the later of this and the rows'.
+                b.push((Resolution::Second, latest.carried_bound));
                 b
             }
             res => Resolution::from_seconds(res).map(|res| (res, bucket)).into_iter().collect(),

@@ -200,8 +200,10 @@ pub(super) fn swap(
     // Straight into `rollups` (just emptied of these rows), not through the recent-row tables the
     // background merge would have to move them out of.
     add_to_rollups(&tx, batch.rollups.rows().iter().map(|r| (ids[r.series as usize], r.res, r.start, &r.agg)))?;
-    // The rebuilt days may hold minutes past their retention: the next prune reads every day.
-    tx.execute("DELETE FROM meta WHERE key = 'minutes_pruned_before'", []).map_err(db_err)?;
+    // The rebuilt days may hold minutes (and carried seconds) past their retention: the next
+    // prune reads every day.
+    tx.execute("DELETE FROM meta WHERE key IN ('minutes_pruned_before', 'seconds_pruned_before')", [])
+        .map_err(db_err)?;
     dim_values(&tx, dims, &batch)?;
     finish(&tx, job.id, defs)?;
     tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'commit_seq'", []).map_err(db_err)?;

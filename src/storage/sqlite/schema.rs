@@ -157,6 +157,11 @@ CREATE TABLE metric_defs (
     r#"
 DELETE FROM meta WHERE key = 'minutes_pruned_before';
 "#,
+    // 12: a pack's minute may carry its one second instead of a second row (see `pack`); no row
+    // changes, but a binary of version 11 would misread such a pack, so it must refuse the store.
+    r#"
+DELETE FROM meta WHERE key = 'seconds_pruned_before';
+"#,
 ];
 
 /// The version whose migration is followed by [`repack`].

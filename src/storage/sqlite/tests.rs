@@ -185,13 +185,12 @@ async fn a_merge_leaves_out_seconds_past_their_retention() {
     let options = StoreOptions { second_buckets_s: Some(3_600), ..Default::default() };
     let (_dir, store, s) = merged_events(options, &[now - 7_200, now - 10]).await;
     let kept: Vec<i64> = store
-        .read(|c| {
-            c.prepare("SELECT bucket FROM rollups WHERE res = 1")
-                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-                .map_err(db_err)
-        })
+        .read_points(&s, Resolution::Second, 0, now + 1)
         .await
-        .expect("seconds");
+        .expect("seconds")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
     assert_eq!(kept, [now - 10], "only the second within retention");
     let all = store.read_aggregate(&s, &[Span { res: Resolution::All, from: 0, to: 1 }]).await.expect("read");
     assert_eq!(all.count, 2, "the late event still counts in the coarser buckets");
@@ -310,4 +309,155 @@ async fn minutes_past_retention_leave_the_packs() {
     assert!(minutes(0).await.is_empty());
     let all = store.read_aggregate(&s, &[Span { res: Resolution::All, from: 0, to: 1 }]).await.expect("read");
     assert_eq!(all.count, 3, "pruning minutes leaves every coarser bucket");
+}
+
+/// A store fed `events` (series, second, value) and the plain oracle of what it must answer.
+struct Seen<'a> {
+    store: &'a SqliteStore,
+    series: &'a [SeriesKey],
+    events: &'a [(usize, i64, Decimal)],
+    seed: u64,
+    base: i64,
+}
+
+impl Seen<'_> {
+    /// Series `s`'s buckets at `res` from `cut` on, summed from the events in a plain loop.
+    fn buckets(&self, s: usize, res: Resolution, cut: i64) -> Vec<(i64, Agg)> {
+        let mut m: std::collections::BTreeMap<i64, Agg> = Default::default();
+        for (_, t, v) in self.events.iter().filter(|(e, t, _)| *e == s && res.bucket_of(*t) >= cut) {
+            m.entry(res.bucket_of(*t)).or_default().merge(&Agg::of(*v));
+        }
+        m.into_iter().collect()
+    }
+
+    /// Every series' seconds and minutes from their cuts on, its hours, and (when nothing was
+    /// pruned) its aggregate over each of `windows`, against the oracle.
+    async fn check(&self, windows: &[(i64, i64)], (second_cut, minute_cut): (i64, i64)) {
+        let seed = self.seed;
+        for (i, s) in self.series.iter().enumerate() {
+            for (res, cut) in
+                [(Resolution::Second, second_cut), (Resolution::Minute, minute_cut), (Resolution::Hour, 0)]
+            {
+                let got = self.store.read_points(s, res, self.base - 3_600, self.base + 3_600).await.expect("points");
+                assert_eq!(got, self.buckets(i, res, cut), "seed {seed}, series {i}, {res:?}");
+            }
+            if (second_cut, minute_cut) != (i64::MIN, i64::MIN) {
+                continue;
+            }
+            for (from, to) in windows {
+                let mut want = Agg::default();
+                for (_, _, v) in self.events.iter().filter(|(e, t, _)| *e == i && (*from..*to).contains(t)) {
+                    want.merge(&Agg::of(*v));
+                }
+                let got = self.store.read_aggregate(s, &crate::rollup::cover(*from, *to)).await.expect("read");
+                assert_eq!(got, want, "seed {seed}, series {i}, window {from}..{to}");
+            }
+        }
+    }
+}
+
+/// The latest second `scan_latest` reports for each series.
+#[derive(Default)]
+struct LatestSeconds(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>);
+
+impl crate::storage::LatestVisitor for LatestSeconds {
+    fn begin(&mut self, _: u64) {}
+    fn value(&mut self, _: &str, _: &str) {}
+    fn bucket(&mut self, (_, _, value): (&str, &str, &str), res: Resolution, start: i64) {
+        if res == Resolution::Second {
+            let mut m = self.0.lock().expect("lock");
+            let t = m.entry(value.to_string()).or_insert(i64::MIN);
+            *t = (*t).max(start);
+        }
+    }
+    fn end(&mut self) {}
+}
+
+/// A lone second of its minute is carried by the minute's entry in its day pack instead of a row
+/// of its own (see `pack`). Random events over three series and ten minutes, committed in small
+/// batches merged at random points, read back as the plain sums of the events (each second,
+/// minute and random window), before and after the merge and after a prune of seconds and
+/// minutes; the latest-bucket scan never puts a series' latest second before its real one.
+#[tokio::test]
+async fn carried_seconds_read_and_prune_as_second_rows_did() {
+    use rand::{Rng, SeedableRng};
+
+    let base = (crate::clock::now_ms() / 1000 - 3_600).div_euclid(60) * 60;
+    for seed in 0..4u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("carried.db");
+        let store = SqliteStore::open(path.to_str().expect("utf-8"), StoreOptions::default()).await.expect("open");
+        let series: Vec<SeriesKey> = (1..=3).map(|i| SeriesKey::new("m", "product_id", &i.to_string())).collect();
+        let mut events: Vec<(usize, i64, Decimal)> = Vec::new();
+        let merge = |store: &SqliteStore| {
+            let w = store.writer.clone();
+            tokio::task::spawn_blocking(move || merge_pending(&w, ROWS_PER_STEP))
+        };
+        for _ in 0..25 {
+            let batch: Vec<(usize, i64, Decimal)> = (0..rng.random_range(1..6))
+                .map(|_| {
+                    (
+                        rng.random_range(0..3),
+                        base + rng.random_range(0..600),
+                        Decimal::new(rng.random_range(1..10_000), 2),
+                    )
+                })
+                .collect();
+            let seconds = batch.iter().map(|(s, t, v)| (series[*s].clone(), *t, Agg::of(*v)));
+            let wb = WriteBatch { rollups: crate::rollup::RollupRows::from_seconds(seconds), ..Default::default() };
+            store.commit(wb).await.expect("commit");
+            events.extend(batch);
+            if rng.random_bool(0.4) {
+                merge(&store).await.expect("join").expect("merge");
+            }
+        }
+        let mut windows = || -> Vec<(i64, i64)> {
+            (0..8)
+                .map(|_| {
+                    let a = base - 30 + rng.random_range(0..660);
+                    (a, a + rng.random_range(1..700))
+                })
+                .collect()
+        };
+        let none = (i64::MIN, i64::MIN);
+        let seen = Seen { store: &store, series: &series, events: &events, seed, base };
+        seen.check(&windows(), none).await;
+        merge(&store).await.expect("join").expect("merge");
+        seen.check(&windows(), none).await;
+        let rows: i64 = store
+            .read(|c| c.query_row("SELECT count(*) FROM rollups WHERE res = 1", [], |r| r.get(0)).map_err(db_err))
+            .await
+            .expect("rows");
+        let distinct: std::collections::BTreeSet<(usize, i64)> = events.iter().map(|(s, t, _)| (*s, *t)).collect();
+        assert!(rows < distinct.len() as i64, "seed {seed}: {rows} second rows for {} seconds", distinct.len());
+
+        let latest = LatestSeconds::default();
+        let reported_latest = latest.0.clone();
+        assert!(store.scan_latest(Box::new(latest)).await.expect("scan"));
+        for (i, s) in series.iter().enumerate() {
+            let real = events.iter().filter(|(e, _, _)| *e == i).map(|(_, t, _)| *t).max();
+            let reported = reported_latest.lock().expect("lock").get(&s.value).copied();
+            assert!(real <= reported, "seed {seed}, series {i}: latest second {real:?}, reported {reported:?}");
+        }
+
+        // Minutes first, alone: the seconds their minutes carried stay, as rows; then both.
+        let minutes: std::collections::BTreeSet<(usize, i64)> =
+            events.iter().map(|(s, t, _)| (*s, Resolution::Minute.bucket_of(*t))).collect();
+        let cuts = (base + 300, base + 120);
+        for (second_cut, gone) in [
+            (None, minutes.iter().filter(|(_, t)| *t < cuts.1).count()),
+            (Some(cuts.0), distinct.iter().filter(|(_, t)| *t < cuts.0).count()),
+        ] {
+            let before = PruneBefore {
+                raw_ms: 0,
+                dead_letters_ms: 0,
+                second_buckets_s: second_cut,
+                minute_buckets_s: Some(cuts.1),
+                idempotency_keys_ms: 0,
+            };
+            assert_eq!(store.prune(before).await.expect("prune").buckets, gone as u64, "seed {seed}");
+            seen.check(&windows(), (second_cut.unwrap_or(i64::MIN), cuts.1)).await;
+        }
+    }
 }
