@@ -7,7 +7,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::conn::{WriterConn, db_err};
 use super::decimal::agg_from_row;
-use super::pack::{DayPack, PACK_RES, add_to_rollups};
+use super::pack::{DayPack, PACK_RES};
+use super::rollups::add_to_rollups;
+use super::seconds;
 use crate::rollup::{Agg, Resolution, coarser_buckets};
 use crate::storage::{PruneBefore, Pruned, StoreError};
 
@@ -304,11 +306,8 @@ fn prune_buckets(w: &Mutex<WriterConn>, b: &PruneBefore) -> Result<usize, StoreE
             .map_err(db_err)?;
         let mut n = 0;
         if let Some(before) = b.second_buckets_s {
-            let mut del = tx
-                .prepare_cached("DELETE FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3")
-                .map_err(db_err)?;
             for id in &ids {
-                n += del.execute(params![id, Resolution::Second.seconds(), before]).map_err(db_err)?;
+                n += prune_second_rows(&tx, *id, before)?;
                 n +=
                     prune_packs(&tx, *id, seconds_since, before, |day, pack, _| pack.drop_seconds_before(day, before))?;
             }
@@ -334,6 +333,33 @@ fn prune_buckets(w: &Mutex<WriterConn>, b: &PruneBefore) -> Result<usize, StoreE
         .map_err(db_err)?;
     }
     Ok(buckets)
+}
+
+/// Drops the seconds before `cut` from series `id`'s minutes of seconds (see `seconds`); returns
+/// how many. A minute left empty is deleted.
+fn prune_second_rows(tx: &Connection, id: i64, cut: i64) -> Result<usize, StoreError> {
+    let second = Resolution::Second.seconds();
+    let minutes: Vec<(i64, Vec<u8>)> = tx
+        .prepare_cached("SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket < ?3")
+        .and_then(|mut s| s.query_map(params![id, second, cut], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(db_err)?;
+    let mut n = 0;
+    for (minute, blob) in minutes {
+        let mut secs = seconds::decode(&blob).map_err(db_err)?;
+        let before = secs.len();
+        secs.retain(|(s, _)| minute + i64::from(*s) >= cut);
+        n += before - secs.len();
+        if secs.is_empty() {
+            tx.prepare_cached("DELETE FROM rollups WHERE series = ?1 AND res = ?2 AND bucket = ?3")
+                .and_then(|mut s| s.execute(params![id, second, minute]))
+                .map_err(db_err)?;
+        } else if secs.len() < before {
+            tx.prepare_cached("UPDATE rollups SET agg = ?4 WHERE series = ?1 AND res = ?2 AND bucket = ?3")
+                .and_then(|mut s| s.execute(params![id, second, minute, seconds::encode(&secs)]))
+                .map_err(db_err)?;
+        }
+    }
+    Ok(n)
 }
 
 /// Prunes the packs of series `id` for the days from `since` to `cut` with `drop`, which returns

@@ -20,7 +20,9 @@ mod maintain;
 mod pack;
 mod read;
 mod rebuild;
+mod rollups;
 mod schema;
+mod seconds;
 mod wal;
 mod write;
 

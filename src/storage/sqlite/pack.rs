@@ -34,12 +34,8 @@ use std::cell::RefCell;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 
-use rusqlite::{Connection, params};
-
-use super::conn::db_err;
-use super::decimal::{ADD_ROWS, decode_agg_prefix, encode_agg, encode_agg_into, put_varint, take_varint, upsert};
+use super::decimal::{decode_agg_prefix, encode_agg, encode_agg_into, put_varint, take_varint};
 use crate::rollup::{Agg, Resolution};
-use crate::storage::StoreError;
 
 const ABSENT: u8 = 0;
 const PRESENT: u8 = 1;
@@ -476,85 +472,17 @@ pub(super) fn latest_in(b: &[u8], day: i64) -> Result<Latest, rusqlite::Error> {
 }
 
 /// The conflict clause that merges a day pack into the one already stored (see `pack`).
-const ADD_PACK: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = pack_merge(agg, excluded.agg)";
+pub(super) const ADD_PACK: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = pack_merge(agg, excluded.agg)";
+
+/// Empties [`FREED`] and returns what it held.
+pub(super) fn take_freed() -> Vec<(i64, Agg)> {
+    FREED.with_borrow_mut(std::mem::take)
+}
 
 thread_local! {
     /// The seconds `pack_merge` freed from the minutes that carried them (see [`DayPack::merge`]),
     /// as `(offset in the day, agg)`: the statement that ran it writes them as rows.
     static FREED: RefCell<Vec<(i64, Agg)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Adds bucket rows `(series id, resolution, start, aggregate)` to `rollups`: all-time and second
-/// buckets as rows of their own, day, hour and minute buckets into their day's pack (see `pack`),
-/// where a minute whose one second is among the rows carries it instead of a row.
-pub(super) fn add_to_rollups<'a>(
-    tx: &Connection,
-    rows: impl IntoIterator<Item = (i64, Resolution, i64, &'a Agg)>,
-) -> Result<(), StoreError> {
-    let overflow = || db_err(rusqlite::Error::UserFunctionError("decimal overflow".into()));
-    let mut packs = Packs::new();
-    let mut singles: Vec<(i64, i64, &Agg)> = Vec::new();
-    let mut seconds: Vec<(i64, i64, &Agg)> = Vec::new();
-    for (series, res, start, a) in rows {
-        match res {
-            Resolution::All => singles.push((series, start, a)),
-            Resolution::Second => seconds.push((series, start, a)),
-            Resolution::Day | Resolution::Hour | Resolution::Minute => {
-                let day = Resolution::Day.bucket_of(start);
-                if !packs.entry((series, day)).or_default().add(res, start - day, a) {
-                    return Err(overflow());
-                }
-            }
-        }
-    }
-    carry_lone_seconds(&mut packs, &mut seconds);
-    let mut up = tx
-        .prepare_cached(&format!("INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_ROWS}"))
-        .map_err(db_err)?;
-    for (series, start, a) in &singles {
-        upsert(&mut up, &[*series, Resolution::All.seconds(), *start], a)?;
-    }
-    for (series, start, a) in &seconds {
-        upsert(&mut up, &[*series, Resolution::Second.seconds(), *start], a)?;
-    }
-    let mut pack_up = tx
-        .prepare_cached(&format!("INSERT INTO rollups (series, res, bucket, agg) VALUES (?1, ?2, ?3, ?4) {ADD_PACK}"))
-        .map_err(db_err)?;
-    FREED.with_borrow_mut(Vec::clear);
-    for ((series, day), p) in packs {
-        let done = pack_up.execute(params![series, PACK_RES, day, p.encode()]);
-        let freed = FREED.with_borrow_mut(std::mem::take);
-        done.map_err(db_err)?;
-        for (offset, a) in &freed {
-            upsert(&mut up, &[series, Resolution::Second.seconds(), day + offset], a)?;
-        }
-    }
-    Ok(())
-}
-
-/// Packs of new buckets by `(series, day)`.
-type Packs = std::collections::BTreeMap<(i64, i64), DayPack>;
-
-/// Leaves in `seconds` (new second buckets, `(series, start, agg)`) those to write as rows: a
-/// minute of `packs` whose only second among them is all of it carries that second instead.
-fn carry_lone_seconds(packs: &mut Packs, seconds: &mut Vec<(i64, i64, &Agg)>) {
-    // A minute's only second among these rows is carried by it if the minute is exactly that
-    // second (sorted, the only second of its minute has no neighbour in the same minute).
-    seconds.sort_unstable_by_key(|(series, start, _)| (*series, *start));
-    let minute_of = |s: &(i64, i64, &Agg)| (s.0, Resolution::Minute.bucket_of(s.1));
-    let alone: Vec<bool> = (0..seconds.len())
-        .map(|i| {
-            let m = minute_of(&seconds[i]);
-            (i == 0 || minute_of(&seconds[i - 1]) != m) && seconds.get(i + 1).is_none_or(|n| minute_of(n) != m)
-        })
-        .collect();
-    let mut alone = alone.into_iter();
-    seconds.retain(|(series, start, a)| {
-        let (minute, day) = (Resolution::Minute.bucket_of(*start), Resolution::Day.bucket_of(*start));
-        let carried = alone.next() == Some(true)
-            && packs.get_mut(&(*series, day)).is_some_and(|p| p.carry(minute - day, (*start - minute) as u8, a));
-        !carried
-    });
 }
 
 /// Registers `pack_merge(stored, new)`: what the upsert of a pack does on conflict. The seconds
@@ -585,6 +513,7 @@ mod tests {
     use rust_decimal::Decimal;
 
     use super::*;
+    use crate::storage::sqlite::rollups::{Packs, carry_lone_seconds};
 
     fn agg(cents: i64, n: i64) -> Agg {
         let v = Decimal::new(cents, 2);

@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::conn::db_err;
 use super::decimal::agg_from_row;
 use super::pack::{PACK_RES, buckets_in, latest_in};
+use super::seconds;
 use crate::rollup::{Agg, Resolution, SeriesKey, Span};
 use crate::storage::{
     CommitPos, DEAD_LETTER_PAGE_RAW, DeadLetter, LatestVisitor, NewDeadLetter, RawBlock, StoreError, StoredAnswer,
@@ -150,16 +151,35 @@ fn rows_of(c: &Connection, id: i64, sp: &Span, out: &mut impl FnMut(i64, Agg)) -
     while let Some(r) = rows.next().map_err(db_err)? {
         out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
     }
-    if matches!(sp.res, Resolution::All | Resolution::Second) {
-        let mut merged = c
-            .prepare_cached(
-                "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
-            )
-            .map_err(db_err)?;
-        let mut rows = merged.query(params![id, sp.res.seconds(), sp.from, sp.to]).map_err(db_err)?;
-        while let Some(r) = rows.next().map_err(db_err)? {
-            out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
+    let mut merged = c
+        .prepare_cached(
+            "SELECT bucket, agg FROM rollups WHERE series = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4",
+        )
+        .map_err(db_err)?;
+    match sp.res {
+        Resolution::All => {
+            let mut rows = merged.query(params![id, sp.res.seconds(), sp.from, sp.to]).map_err(db_err)?;
+            while let Some(r) = rows.next().map_err(db_err)? {
+                out(r.get(0).map_err(db_err)?, agg_from_row(r, 1).map_err(db_err)?);
+            }
         }
+        Resolution::Second => {
+            // A row per minute (see `seconds`): the minutes from the one holding `from`.
+            let first = Resolution::Minute.bucket_of(sp.from);
+            let mut rows = merged.query(params![id, sp.res.seconds(), first, sp.to]).map_err(db_err)?;
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let minute: i64 = r.get(0).map_err(db_err)?;
+                let blob = r.get_ref(1).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
+                seconds::visit(blob, &mut |s, a| {
+                    let t = minute + i64::from(s);
+                    if (sp.from..sp.to).contains(&t) {
+                        out(t, a);
+                    }
+                })
+                .map_err(db_err)?;
+            }
+        }
+        Resolution::Minute | Resolution::Hour | Resolution::Day => {}
     }
     Ok(())
 }
@@ -370,26 +390,6 @@ pub(super) fn scan_latest(c: &Connection, visit: &mut dyn LatestVisitor) -> Resu
         )
         .map_err(db_err)?;
     let mut latest = merged.query([]).map_err(db_err)?;
-    type Latest = (i64, Vec<(Resolution, i64)>);
-    let next_latest = |latest: &mut rusqlite::Rows<'_>| -> Result<Option<Latest>, StoreError> {
-        let Some(r) = latest.next().map_err(db_err)? else { return Ok(None) };
-        let (series, res, bucket): (i64, i64, i64) =
-            (r.get(0).map_err(db_err)?, r.get(1).map_err(db_err)?, r.get(2).map_err(db_err)?);
-        let buckets = match res {
-            PACK_RES => {
-                let blob = r.get_ref(3).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err)?;
-                let latest = latest_in(blob, bucket).map_err(db_err)?;
-                let mut b = vec![(Resolution::Day, bucket)];
-                b.extend(latest.hour.map(|h| (Resolution::Hour, h)));
-                b.extend(latest.minute.map(|m| (Resolution::Minute, m)));
-                // Seconds carried by minutes: the visitor keeps the later of this and the rows'.
-                b.push((Resolution::Second, latest.carried_bound));
-                b
-            }
-            res => Resolution::from_seconds(res).map(|res| (res, bucket)).into_iter().collect(),
-        };
-        Ok(Some((series, buckets)))
-    };
     let mut cur = next_latest(&mut latest)?;
     let mut rows = series.query([]).map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
@@ -408,6 +408,37 @@ pub(super) fn scan_latest(c: &Connection, visit: &mut dyn LatestVisitor) -> Resu
         }
     }
     Ok(())
+}
+
+/// A series and its latest buckets, by resolution.
+type Latest = (i64, Vec<(Resolution, i64)>);
+
+/// The series of the next row of `scan_latest`'s query of `rollups` (its latest row per
+/// resolution), with the latest buckets that row holds.
+fn next_latest(latest: &mut rusqlite::Rows<'_>) -> Result<Option<Latest>, StoreError> {
+    let Some(r) = latest.next().map_err(db_err)? else { return Ok(None) };
+    let (series, res, bucket): (i64, i64, i64) =
+        (r.get(0).map_err(db_err)?, r.get(1).map_err(db_err)?, r.get(2).map_err(db_err)?);
+    let blob = || r.get_ref(3).and_then(|v| v.as_blob().map_err(Into::into)).map_err(db_err);
+    let buckets = match res {
+        PACK_RES => {
+            let latest = latest_in(blob()?, bucket).map_err(db_err)?;
+            let mut b = vec![(Resolution::Day, bucket)];
+            b.extend(latest.hour.map(|h| (Resolution::Hour, h)));
+            b.extend(latest.minute.map(|m| (Resolution::Minute, m)));
+            // Seconds carried by minutes: the visitor keeps the later of this and the rows'.
+            b.push((Resolution::Second, latest.carried_bound));
+            b
+        }
+        1 => {
+            // A minute of seconds (see `seconds`): its latest second.
+            let mut last = bucket;
+            seconds::visit(blob()?, &mut |s, _| last = bucket + i64::from(s)).map_err(db_err)?;
+            vec![(Resolution::Second, last)]
+        }
+        res => Resolution::from_seconds(res).map(|res| (res, bucket)).into_iter().collect(),
+    };
+    Ok(Some((series, buckets)))
 }
 
 /// A text column, borrowed from the row.

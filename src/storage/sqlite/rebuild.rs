@@ -4,8 +4,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::conn::{WriterConn, db_err};
 use super::maintain::{Kept, merge_rows};
-use super::pack::{PACK_RES, add_to_rollups, buckets_in};
+use super::pack::{PACK_RES, buckets_in};
 use super::read::{letter_from_row, raw_block_from_row};
+use super::rollups::add_to_rollups;
 use super::write::{dim_values, series_ids};
 use crate::rollup::{Agg, FastMap, Resolution, SeriesKey};
 use crate::storage::rebuild::{Claim, FoldTail, MetricRecord, RebuildJob, StoredDeadLetter, Swapped, swap_batch};

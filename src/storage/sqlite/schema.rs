@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, params};
 
 use super::conn::db_err;
 use super::decimal::{agg_from_row, register_decimal_functions};
-use super::pack::{add_to_rollups, register_pack_functions};
+use super::pack::register_pack_functions;
+use super::rollups::add_to_rollups;
 use crate::rollup::{Agg, Resolution};
 use crate::storage::StoreError;
 
@@ -162,10 +163,18 @@ DELETE FROM meta WHERE key = 'minutes_pruned_before';
     r#"
 DELETE FROM meta WHERE key = 'seconds_pruned_before';
 "#,
+    // 13: a minute's second rows become one row (see `seconds`); `regroup_seconds` rewrites them
+    // after this runs.
+    r#"
+CREATE TEMP TABLE minutes_of_seconds (series INTEGER NOT NULL, bucket INTEGER NOT NULL, agg BLOB NOT NULL);
+"#,
 ];
 
 /// The version whose migration is followed by [`repack`].
 const REPACK_VERSION: usize = 11;
+
+/// The version whose migration is followed by [`regroup_seconds`].
+const REGROUP_VERSION: usize = 13;
 
 pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {
     // Only the file's own directory is created (./data by default): a path with more missing
@@ -196,6 +205,7 @@ pub(super) fn open_writer(path: &str) -> Result<Connection, StoreError> {
     // Before migrating: migration 2 uses `dec_blob`.
     register_decimal_functions(&c).map_err(db_err)?;
     register_pack_functions(&c).map_err(db_err)?;
+    super::seconds::register_seconds_functions(&c).map_err(db_err)?;
     migrate(&mut c)?;
     Ok(c)
 }
@@ -238,9 +248,47 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
         if i + 1 == REPACK_VERSION {
             repack(&tx)?;
         }
+        if i + 1 == REGROUP_VERSION {
+            regroup_seconds(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db_err)?;
     }
     tx.commit().map_err(db_err)
+}
+
+/// Migration 13: each minute's second rows of `rollups` become one row (see `seconds`), read in
+/// key order and grouped into a temporary table as they stream, then swapped in.
+fn regroup_seconds(tx: &Connection) -> Result<(), StoreError> {
+    let mut rows =
+        tx.prepare("SELECT series, bucket, agg FROM rollups WHERE res = 1 ORDER BY series, bucket").map_err(db_err)?;
+    let mut put = tx.prepare("INSERT INTO temp.minutes_of_seconds VALUES (?1, ?2, ?3)").map_err(db_err)?;
+    let mut cur: Option<(i64, i64)> = None;
+    let mut secs: Vec<(u8, Agg)> = Vec::new();
+    let mut flush = |key: Option<(i64, i64)>, secs: &mut Vec<(u8, Agg)>| -> Result<(), StoreError> {
+        if let Some((series, minute)) = key {
+            put.execute(params![series, minute, super::seconds::encode(secs)]).map_err(db_err)?;
+        }
+        secs.clear();
+        Ok(())
+    };
+    let mut it = rows.query([]).map_err(db_err)?;
+    while let Some(r) = it.next().map_err(db_err)? {
+        let (series, t): (i64, i64) = (r.get(0).map_err(db_err)?, r.get(1).map_err(db_err)?);
+        let minute = Resolution::Minute.bucket_of(t);
+        if cur != Some((series, minute)) {
+            flush(cur, &mut secs)?;
+            cur = Some((series, minute));
+        }
+        secs.push(((t - minute) as u8, agg_from_row(r, 2).map_err(db_err)?));
+    }
+    flush(cur, &mut secs)?;
+    drop(it);
+    tx.execute_batch(
+        "DELETE FROM rollups WHERE res = 1;
+         INSERT INTO rollups SELECT series, 1, bucket, agg FROM temp.minutes_of_seconds;
+         DROP TABLE temp.minutes_of_seconds;",
+    )
+    .map_err(db_err)
 }
 
 /// Migration 11: each series' day, hour and minute rows of `rollups` become one day pack per day.

@@ -444,7 +444,8 @@ async fn carried_seconds_read_and_prune_as_second_rows_did() {
         // Minutes first, alone: the seconds their minutes carried stay, as rows; then both.
         let minutes: std::collections::BTreeSet<(usize, i64)> =
             events.iter().map(|(s, t, _)| (*s, Resolution::Minute.bucket_of(*t))).collect();
-        let cuts = (base + 300, base + 120);
+        // The seconds' cut inside a minute: that minute loses only its seconds before it.
+        let cuts = (base + 317, base + 120);
         for (second_cut, gone) in [
             (None, minutes.iter().filter(|(_, t)| *t < cuts.1).count()),
             (Some(cuts.0), distinct.iter().filter(|(_, t)| *t < cuts.0).count()),
@@ -460,4 +461,74 @@ async fn carried_seconds_read_and_prune_as_second_rows_did() {
             seen.check(&windows(), (second_cut.unwrap_or(i64::MIN), cuts.1)).await;
         }
     }
+}
+
+/// A store of version 12 (a row per second bucket) opens with a row per minute of seconds
+/// (migration 13), every second reading as before, and takes commits on top.
+#[tokio::test]
+async fn a_version_12_store_has_its_seconds_regrouped_by_minute() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v12.db");
+    let path = path.to_str().expect("utf-8 path");
+    let d = |v: &str| Decimal::from_str(v).expect("decimal");
+    let t = 1_800_000_000; // a minute's start
+    // (series, second, value): two seconds of one minute, one of the next, another series' second.
+    let rows = [(1, t + 3, "1.50"), (1, t + 59, "2"), (1, t + 60, "0.25"), (2, t + 3, "7")];
+    {
+        let mut c = Connection::open(path).expect("open");
+        super::decimal::register_decimal_functions(&c).expect("functions");
+        let tx = c.transaction().expect("begin");
+        for sql in &MIGRATIONS[..12] {
+            tx.execute_batch(sql).expect("migration");
+        }
+        tx.pragma_update(None, "user_version", 12).expect("version");
+        for id in [1, 2] {
+            tx.execute("INSERT INTO series (id, metric, dim, val) VALUES (?1, 'm', 'product_id', ?1)", [id])
+                .expect("series");
+        }
+        for (id, t, v) in &rows {
+            tx.execute(
+                "INSERT INTO rollups VALUES (?1, 1, ?2, ?3)",
+                rusqlite::params![id, t, super::decimal::encode_agg(&Agg::of(d(v)))],
+            )
+            .expect("row");
+        }
+        tx.commit().expect("commit");
+    }
+    let store = SqliteStore::open(path, StoreOptions::default()).await.expect("migrates");
+    let minutes: Vec<(i64, i64)> = store
+        .read(|c| {
+            c.prepare("SELECT series, bucket FROM rollups WHERE res = 1 ORDER BY 1, 2")
+                .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(db_err)
+        })
+        .await
+        .expect("rows");
+    assert_eq!(minutes, [(1, t), (1, t + 60), (2, t)], "a row per minute of seconds");
+    for id in [1, 2] {
+        let s = SeriesKey::new("m", "product_id", &id.to_string());
+        let want: Vec<(i64, Agg)> = rows.iter().filter(|r| r.0 == id).map(|(_, t, v)| (*t, Agg::of(d(v)))).collect();
+        let got = store.read_points(&s, Resolution::Second, t - 60, t + 120).await.expect("points");
+        assert_eq!(got, want, "series {id}");
+        assert_eq!(
+            got.iter().map(|(_, a)| a.sum.scale()).collect::<Vec<_>>(),
+            want.iter().map(|(_, a)| a.sum.scale()).collect::<Vec<_>>()
+        );
+    }
+    // A commit on top adds to the migrated minute.
+    let s = SeriesKey::new("m", "product_id", "1");
+    let batch = WriteBatch {
+        rollups: crate::rollup::RollupRows::from_seconds([(s.clone(), t + 3, Agg::of(d("1")))]),
+        ..Default::default()
+    };
+    store.commit(batch).await.expect("commit");
+    store.write(|w| merge_deltas(w)).await.expect("merge");
+    let got = store.read_points(&s, Resolution::Second, t, t + 60).await.expect("points");
+    assert_eq!(
+        got,
+        vec![
+            (t + 3, Agg { count: 2, sum: d("2.50"), min: Some(d("1")), max: Some(d("1.50")) }),
+            (t + 59, Agg::of(d("2")))
+        ]
+    );
 }

@@ -1,0 +1,142 @@
+//! A minute's seconds as one row of `rollups` (schema version 13): `res` 1, `bucket` the minute's
+//! start, and a blob of its seconds in order, each `second:u8 agg` (`agg`: [`encode_agg`]'s blob).
+//!
+//! Second buckets were a row each. After lone seconds went into their minutes' day packs (see
+//! `pack`), the 17.6M second rows left in a store of 100M events were the seconds of minutes with
+//! two or more (the warm and hot products'), each paying ~14 bytes of key and cell for a ~5-byte
+//! aggregate; as one row per minute they pay that once per minute. A merge rewrites a growing
+//! minute's row (at most 60 entries, ~400 bytes), not a page per second.
+
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::ValueRef;
+
+use super::decimal::{decode_agg_prefix, encode_agg_into};
+use crate::rollup::Agg;
+
+fn corrupt() -> rusqlite::Error {
+    rusqlite::Error::UserFunctionError("not a stored minute of seconds".into())
+}
+
+/// The blob of `seconds` (second of the minute, aggregate), in order of second.
+pub(super) fn encode(seconds: &[(u8, Agg)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(seconds.len() * 8);
+    for (s, a) in seconds {
+        debug_assert!(*s < 60, "second {s} of a minute");
+        out.push(*s);
+        encode_agg_into(&mut out, a);
+    }
+    out
+}
+
+/// Calls `out` with each second of a stored minute, in order, as (second of the minute, agg).
+pub(super) fn visit(mut b: &[u8], out: &mut impl FnMut(u8, Agg)) -> Result<(), rusqlite::Error> {
+    let mut last = None;
+    while let Some((&s, rest)) = b.split_first() {
+        b = rest;
+        if s >= 60 || last.is_some_and(|l| l >= s) {
+            return Err(corrupt());
+        }
+        last = Some(s);
+        out(s, decode_agg_prefix(&mut b)?);
+    }
+    Ok(())
+}
+
+pub(super) fn decode(b: &[u8]) -> Result<Vec<(u8, Agg)>, rusqlite::Error> {
+    let mut v = Vec::new();
+    visit(b, &mut |s, a| v.push((s, a)))?;
+    Ok(v)
+}
+
+/// The seconds of both, those in both added; `None` on a decimal overflow.
+pub(super) fn merge(a: &[(u8, Agg)], b: &[(u8, Agg)]) -> Option<Vec<(u8, Agg)>> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                let mut m = x.1.clone();
+                if !m.checked_merge(&y.1) {
+                    return None;
+                }
+                out.push((x.0, m));
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                out.push(x.clone());
+                i += 1;
+            }
+            (Some(x), None) => {
+                out.push(x.clone());
+                i += 1;
+            }
+            (_, Some(y)) => {
+                out.push(y.clone());
+                j += 1;
+            }
+            (None, None) => unreachable!("the loop's condition"),
+        }
+    }
+    Some(out)
+}
+
+/// The conflict clause that adds a minute's new seconds to its stored row.
+pub(super) const ADD_SECONDS: &str =
+    "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = seconds_merge(agg, excluded.agg)";
+
+/// Registers `seconds_merge(stored, new)`: what the upsert of a minute's seconds does on conflict.
+pub(super) fn register_seconds_functions(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    c.create_scalar_function("seconds_merge", 2, flags, |ctx| {
+        let part = |i: usize| match ctx.get_raw(i) {
+            ValueRef::Blob(b) => decode(b),
+            _ => Err(corrupt()),
+        };
+        let merged =
+            merge(&part(0)?, &part(1)?).ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow".into()))?;
+        Ok(encode(&merged))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn seconds(v: &[(u8, i64)]) -> Vec<(u8, Agg)> {
+        let mut m: BTreeMap<u8, Agg> = BTreeMap::new();
+        for (s, c) in v {
+            m.entry(*s).or_default().merge(&Agg::of(Decimal::new(*c, 2)));
+        }
+        m.into_iter().collect()
+    }
+
+    proptest! {
+        /// Two stored minutes merged read back as the plain sums of both, second by second.
+        #[test]
+        fn merged_minutes_read_back_the_sums(
+            a in proptest::collection::vec((0u8..60, 1i64..100_000), 0..30),
+            b in proptest::collection::vec((0u8..60, 1i64..100_000), 0..30),
+        ) {
+            let merged = merge(&decode(&encode(&seconds(&a))).expect("a"), &decode(&encode(&seconds(&b))).expect("b"))
+                .expect("no overflow");
+            let all: Vec<(u8, i64)> = a.iter().chain(&b).copied().collect();
+            prop_assert_eq!(decode(&encode(&merged)).expect("decodes"), seconds(&all));
+        }
+    }
+
+    #[test]
+    fn a_cut_or_disordered_minute_is_an_error_not_a_panic() {
+        let blob = encode(&seconds(&[(3, 150), (9, 1)]));
+        assert!(decode(&blob[..blob.len() - 1]).is_err());
+        let mut twice = blob.clone();
+        twice.extend_from_slice(&blob);
+        assert!(decode(&twice).is_err(), "seconds out of order");
+        assert!(decode(&[60, 2, 1, 0]).is_err(), "second 60");
+    }
+}
