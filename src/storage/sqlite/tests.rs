@@ -199,6 +199,53 @@ async fn a_merge_leaves_out_seconds_past_their_retention() {
     assert_eq!(store.read_aggregate(&s, &hour).await.expect("read").count, 1);
 }
 
+/// A store file at `path` as a binary of schema `version` left it, holding the `rollups` rows
+/// `(series, res, bucket, agg)` of series `m/product_id/<id>`.
+fn store_of_version(path: &str, version: usize, rows: &[(i64, i64, i64, Agg)]) {
+    let mut c = Connection::open(path).expect("open");
+    super::decimal::register_decimal_functions(&c).expect("functions");
+    let tx = c.transaction().expect("begin");
+    for sql in &MIGRATIONS[..version] {
+        tx.execute_batch(sql).expect("migration");
+    }
+    tx.pragma_update(None, "user_version", version as i64).expect("version");
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        tx.execute("INSERT INTO series (id, metric, dim, val) VALUES (?1, 'm', 'product_id', ?1)", [id])
+            .expect("series");
+    }
+    for (id, res, bucket, a) in rows {
+        tx.execute(
+            "INSERT INTO rollups VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![id, res, bucket, super::decimal::encode_agg(a)],
+        )
+        .expect("row");
+    }
+    tx.commit().expect("commit");
+}
+
+/// Commits `agg` at second `t` of series `s` and merges it into `rollups`.
+async fn commit_merged(store: &SqliteStore, s: &SeriesKey, t: i64, agg: Agg) {
+    let batch =
+        WriteBatch { rollups: crate::rollup::RollupRows::from_seconds([(s.clone(), t, agg)]), ..Default::default() };
+    store.commit(batch).await.expect("commit");
+    store.write(|w| merge_deltas(w)).await.expect("merge");
+}
+
+/// The pairs of integers a query of `store` answers.
+async fn pairs(store: &SqliteStore, sql: &'static str) -> Vec<(i64, i64)> {
+    store
+        .read(move |c| {
+            c.prepare(sql)
+                .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(db_err)
+        })
+        .await
+        .expect("rows")
+}
+
 /// A store of version 10 (a row per day, hour and minute bucket) opens with those rows as day
 /// packs (migration 11), every bucket reading as before, and takes commits on top.
 #[tokio::test]
@@ -221,33 +268,10 @@ async fn a_version_10_store_is_repacked_with_every_bucket() {
         (Resolution::Hour, day + 86_400 + 23 * 3_600, "3.00"),
         (Resolution::Second, day + 86_400 + 23 * 3_600 + 5, "3.00"),
     ];
-    {
-        let mut c = Connection::open(path).expect("open");
-        super::decimal::register_decimal_functions(&c).expect("functions");
-        let tx = c.transaction().expect("begin");
-        for sql in &MIGRATIONS[..10] {
-            tx.execute_batch(sql).expect("migration");
-        }
-        tx.pragma_update(None, "user_version", 10).expect("version");
-        tx.execute("INSERT INTO series (id, metric, dim, val) VALUES (1, 'm', 'product_id', '1')", []).expect("series");
-        for (res, start, v) in &rows {
-            tx.execute(
-                "INSERT INTO rollups VALUES (1, ?1, ?2, ?3)",
-                rusqlite::params![res.seconds(), start, super::decimal::encode_agg(&Agg::of(d(v)))],
-            )
-            .expect("row");
-        }
-        tx.commit().expect("commit");
-    }
+    let old: Vec<(i64, i64, i64, Agg)> = rows.iter().map(|(res, t, v)| (1, res.seconds(), *t, Agg::of(d(v)))).collect();
+    store_of_version(path, 10, &old);
     let store = SqliteStore::open(path, StoreOptions::default()).await.expect("migrates");
-    let stored: Vec<(i64, i64)> = store
-        .read(|c| {
-            c.prepare("SELECT res, count(*) FROM rollups GROUP BY res ORDER BY res")
-                .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-                .map_err(db_err)
-        })
-        .await
-        .expect("rows");
+    let stored = pairs(&store, "SELECT res, count(*) FROM rollups GROUP BY res ORDER BY res").await;
     assert_eq!(stored, [(0, 1), (1, 1), (86_400, 2)], "one pack per day");
     for res in [Resolution::Day, Resolution::Hour, Resolution::Minute, Resolution::Second] {
         let want: Vec<(i64, Agg)> =
@@ -258,10 +282,7 @@ async fn a_version_10_store_is_repacked_with_every_bucket() {
         let scales: Vec<u32> = got.iter().map(|(_, a)| a.sum.scale()).collect();
         assert_eq!(scales, want.iter().map(|(_, a)| a.sum.scale()).collect::<Vec<_>>(), "{res:?}");
     }
-    let seconds = [(s.clone(), day + 3_600 + 61, Agg::of(d("1")))];
-    let batch = WriteBatch { rollups: crate::rollup::RollupRows::from_seconds(seconds), ..Default::default() };
-    store.commit(batch).await.expect("commit");
-    store.write(|w| merge_deltas(w)).await.expect("merge");
+    commit_merged(&store, &s, day + 3_600 + 61, Agg::of(d("1"))).await;
     let minute = store.read_points(&s, Resolution::Minute, day, day + 7_200).await.expect("points");
     assert_eq!(
         minute,
@@ -474,36 +495,10 @@ async fn a_version_12_store_has_its_seconds_regrouped_by_minute() {
     let t = 1_800_000_000; // a minute's start
     // (series, second, value): two seconds of one minute, one of the next, another series' second.
     let rows = [(1, t + 3, "1.50"), (1, t + 59, "2"), (1, t + 60, "0.25"), (2, t + 3, "7")];
-    {
-        let mut c = Connection::open(path).expect("open");
-        super::decimal::register_decimal_functions(&c).expect("functions");
-        let tx = c.transaction().expect("begin");
-        for sql in &MIGRATIONS[..12] {
-            tx.execute_batch(sql).expect("migration");
-        }
-        tx.pragma_update(None, "user_version", 12).expect("version");
-        for id in [1, 2] {
-            tx.execute("INSERT INTO series (id, metric, dim, val) VALUES (?1, 'm', 'product_id', ?1)", [id])
-                .expect("series");
-        }
-        for (id, t, v) in &rows {
-            tx.execute(
-                "INSERT INTO rollups VALUES (?1, 1, ?2, ?3)",
-                rusqlite::params![id, t, super::decimal::encode_agg(&Agg::of(d(v)))],
-            )
-            .expect("row");
-        }
-        tx.commit().expect("commit");
-    }
+    let old: Vec<(i64, i64, i64, Agg)> = rows.iter().map(|(id, t, v)| (*id, 1, *t, Agg::of(d(v)))).collect();
+    store_of_version(path, 12, &old);
     let store = SqliteStore::open(path, StoreOptions::default()).await.expect("migrates");
-    let minutes: Vec<(i64, i64)> = store
-        .read(|c| {
-            c.prepare("SELECT series, bucket FROM rollups WHERE res = 1 ORDER BY 1, 2")
-                .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-                .map_err(db_err)
-        })
-        .await
-        .expect("rows");
+    let minutes = pairs(&store, "SELECT series, bucket FROM rollups WHERE res = 1 ORDER BY 1, 2").await;
     assert_eq!(minutes, [(1, t), (1, t + 60), (2, t)], "a row per minute of seconds");
     for id in [1, 2] {
         let s = SeriesKey::new("m", "product_id", &id.to_string());
@@ -517,12 +512,7 @@ async fn a_version_12_store_has_its_seconds_regrouped_by_minute() {
     }
     // A commit on top adds to the migrated minute.
     let s = SeriesKey::new("m", "product_id", "1");
-    let batch = WriteBatch {
-        rollups: crate::rollup::RollupRows::from_seconds([(s.clone(), t + 3, Agg::of(d("1")))]),
-        ..Default::default()
-    };
-    store.commit(batch).await.expect("commit");
-    store.write(|w| merge_deltas(w)).await.expect("merge");
+    commit_merged(&store, &s, t + 3, Agg::of(d("1"))).await;
     let got = store.read_points(&s, Resolution::Second, t, t + 60).await.expect("points");
     assert_eq!(
         got,
