@@ -109,6 +109,19 @@ pub(super) fn decode_agg_prefix(b: &mut &[u8]) -> Result<Agg, rusqlite::Error> {
     Ok(Agg { count, sum, min, max })
 }
 
+/// Advances `b` past the aggregate at its start without decoding its decimals; `None` if cut.
+pub(super) fn skip_agg_prefix(b: &mut &[u8]) -> Option<()> {
+    let (&flags, rest) = b.split_first()?;
+    *b = rest;
+    take_varint(b)?;
+    let decimals = if flags == MIN_MAX { 3 } else { 1 };
+    for _ in 0..decimals {
+        *b = b.get(1..)?;
+        take_varint(b)?;
+    }
+    Some(())
+}
+
 /// The conflict clause that adds a bucket row to the one already stored.
 pub(super) const ADD_ROWS: &str = "ON CONFLICT (series, res, bucket) DO UPDATE SET agg = agg_merge(agg, excluded.agg)";
 
