@@ -28,8 +28,12 @@ pub(super) fn encode(seconds: &[(u8, Agg)]) -> Vec<u8> {
     out
 }
 
-/// Calls `out` with each second of a stored minute, in order, as (second of the minute, agg).
-pub(super) fn visit(mut b: &[u8], out: &mut impl FnMut(u8, Agg)) -> Result<(), rusqlite::Error> {
+/// Walks a stored minute's entries in order: `entry` gets each second of the minute and the
+/// blob from its aggregate on, which it must consume.
+fn walk(
+    mut b: &[u8],
+    mut entry: impl FnMut(u8, &mut &[u8]) -> Result<(), rusqlite::Error>,
+) -> Result<(), rusqlite::Error> {
     let mut last = None;
     while let Some((&s, rest)) = b.split_first() {
         b = rest;
@@ -37,9 +41,17 @@ pub(super) fn visit(mut b: &[u8], out: &mut impl FnMut(u8, Agg)) -> Result<(), r
             return Err(corrupt());
         }
         last = Some(s);
-        out(s, decode_agg_prefix(&mut b)?);
+        entry(s, &mut b)?;
     }
     Ok(())
+}
+
+/// Calls `out` with each second of a stored minute, in order, as (second of the minute, agg).
+pub(super) fn visit(b: &[u8], out: &mut impl FnMut(u8, Agg)) -> Result<(), rusqlite::Error> {
+    walk(b, |s, b| {
+        out(s, decode_agg_prefix(b)?);
+        Ok(())
+    })
 }
 
 pub(super) fn decode(b: &[u8]) -> Result<Vec<(u8, Agg)>, rusqlite::Error> {
@@ -50,16 +62,12 @@ pub(super) fn decode(b: &[u8]) -> Result<Vec<(u8, Agg)>, rusqlite::Error> {
 
 /// The last second of a stored minute, its entries walked without decoding their decimals;
 /// `None` for an empty blob, an error for a cut or disordered one.
-fn last_second(mut b: &[u8]) -> Result<Option<u8>, rusqlite::Error> {
+fn last_second(b: &[u8]) -> Result<Option<u8>, rusqlite::Error> {
     let mut last = None;
-    while let Some((&s, rest)) = b.split_first() {
-        b = rest;
-        if s >= 60 || last.is_some_and(|l| l >= s) {
-            return Err(corrupt());
-        }
+    walk(b, |s, b| {
         last = Some(s);
-        skip_agg_prefix(&mut b).ok_or_else(corrupt)?;
-    }
+        skip_agg_prefix(b).ok_or_else(corrupt)
+    })?;
     Ok(last)
 }
 
